@@ -1,0 +1,59 @@
+# Every target installs what it needs first (scripts/bootstrap.sh: Debian
+# packages, .venv with the pinned Python packages, checkov's own venv); the
+# install is skipped when nothing changed.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.bootstrap-stamp
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-k aggregate'.
+PYTEST_ARGS ?=
+# The trigger form's JSON for make run, e.g. make run CONF='{"num_tasks": 20}'.
+CONF ?=
+
+SHELL_SCRIPTS := deploy.sh destroy.sh scripts/bootstrap.sh .ci/run $(wildcard scripts/*.sh docker/*.sh)
+DOCKERFILES := $(wildcard docker/Dockerfile*)
+TEMPLATES := $(wildcard cloudformation/*.yaml)
+
+.PHONY: help setup run ui test unit lint bench screenshots lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## Install Octave, Chromium, .venv and checkov (skipped when up to date)
+	@scripts/bootstrap.sh
+
+run: setup ## Run the whole study locally through Airflow (CONF='{"num_tasks": 20}')
+	@$(PY) scripts/run_local.py --conf '$(CONF)'
+
+ui: setup ## Start Airflow locally with the DAG, for "Trigger DAG w/ config"
+	@$(PY) scripts/run_local.py --ui
+
+test: setup lint unit ## Lint, then run every test (the command CI runs)
+
+unit: setup ## Run the tests only
+	@$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff, mypy, hadolint, ShellCheck, cfn-lint, checkov
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+	@$(BIN)/hadolint $(DOCKERFILES)
+	@$(BIN)/shellcheck $(SHELL_SCRIPTS)
+	@if [[ -n "$(TEMPLATES)" ]]; then $(BIN)/cfn-lint $(TEMPLATES); fi
+	@if [[ -n "$(TEMPLATES)" ]]; then .venv-checkov/bin/checkov --quiet --compact --framework cloudformation -d cloudformation; fi
+
+bench: setup ## Print the performance figures (kernel, planning, DAG parse, local run)
+	@$(PY) -m benchmarks
+
+screenshots: setup ## Regenerate the README's screenshots from a real local run
+	@$(BIN)/pytest tests/ui -m screenshots --screenshots-dir docs/img
+
+lock: ## Re-resolve constraints.txt from requirements.txt in a scratch venv
+	@scripts/lock.sh
+
+clean: ## Remove the local Airflow home and results (keeps .venv)
+	rm -rf .local

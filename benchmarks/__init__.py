@@ -1,0 +1,1 @@
+"""Performance benchmarks: `make bench` runs every `bench_*.py` module's `main()`."""
