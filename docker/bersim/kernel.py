@@ -1,0 +1,124 @@
+"""Python bridge to the Octave kernel `octave/bersim_kernel.m`, driven through oct2py.
+
+One call starts one Octave session, runs the kernel once and closes the session again,
+whatever happens: the container runs one simulation per process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from oct2py import Oct2Py
+
+OCTAVE_DIR = Path(__file__).resolve().parent / "octave"
+"""Directory holding the kernel's .m files (shipped as package data)."""
+
+KERNEL_FUNCTION = "bersim_kernel"
+
+MODES = ("fast", "explicit")
+"""Kernel variants: `fast` sends all +1 (exact by symmetry), `explicit` random bits."""
+
+_MAX_EXACT = 2**53
+"""Octave hands counts back as doubles, exact up to 2**53."""
+
+
+class KernelError(RuntimeError):
+    """The Octave kernel could not be started, failed, or returned something unusable."""
+
+
+@dataclass(frozen=True)
+class KernelResult:
+    """What one kernel run measured.
+
+    bits: bits actually simulated; errors: bit errors counted;
+    elapsed_s: time of the simulation loop measured inside Octave (tic/toc, no start-up);
+    octave_version: the GNU Octave version that ran it.
+    """
+
+    bits: int
+    errors: int
+    elapsed_s: float
+    octave_version: str
+
+
+def _exact_int(value: object, name: str) -> int:
+    """Convert a count Octave returned (a double, maybe wrapped in an array) to an exact int."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise KernelError(f"Octave kernel returned a non-numeric {name}: {value!r}") from exc
+    if not number.is_integer() or number < 0 or number > _MAX_EXACT:
+        raise KernelError(f"Octave kernel returned an invalid {name}: {value!r}")
+    return int(number)
+
+
+def _session() -> Oct2Py:
+    """Return a running Octave session.
+
+    Importing oct2py already starts a default session (`oct2py.octave`); reusing it instead
+    of starting a second one saves an Octave start-up per call. It is restarted when a
+    previous call closed it.
+    """
+    # Imported here: the import starts Octave, which only this call needs.
+    import oct2py  # noqa: PLC0415
+
+    octave = getattr(oct2py, "octave", None)
+    if octave is None:
+        return oct2py.Oct2Py()
+    if octave._engine is None:
+        octave.restart()
+    return octave
+
+
+def run_kernel(
+    *,
+    ebn0_db: float,
+    max_bits: int,
+    seed: int,
+    target_errors: int = 0,
+    chunk_bits: int | None = None,
+    mode: str = "fast",
+) -> KernelResult:
+    """Run the Octave kernel once and return its counts.
+
+    ebn0_db: Eb/N0 in dB. max_bits: bits to simulate (exactly, without early stop).
+    seed: seeds Octave's default generator (rand/randn "state"; Octave reduces it
+    modulo 2**32 - 1). target_errors: stop after the chunk that reaches this many errors
+    (0 = off). chunk_bits: bits per chunk (None = the kernel's default).
+    mode: "fast" (all +1 transmission) or "explicit" (random bits; the reference).
+    Raises KernelError when Octave cannot be started or the kernel fails.
+    """
+    os.environ.setdefault("OCTAVE_EXECUTABLE", "octave-cli")
+
+    # Octave's arithmetic on integer classes saturates; doubles are exact up to 2**53.
+    args: tuple[object, ...] = (
+        float(ebn0_db),
+        float(max_bits),
+        float(seed),
+        float(target_errors),
+        float(chunk_bits) if chunk_bits is not None else [],
+        mode,
+    )
+    octave = None
+    try:
+        octave = _session()
+        octave.addpath(str(OCTAVE_DIR))
+        version = str(octave.feval("version"))
+        bits, errors, elapsed_s = octave.feval(KERNEL_FUNCTION, *args, nout=3)
+    except KernelError:
+        raise
+    except Exception as exc:
+        raise KernelError(f"Octave kernel failed: {exc}") from exc
+    finally:
+        if octave is not None:
+            octave.exit()
+    return KernelResult(
+        bits=_exact_int(bits, "bit count"),
+        errors=_exact_int(errors, "error count"),
+        elapsed_s=float(elapsed_s),
+        octave_version=version,
+    )
