@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MAX_KEY_BYTES = 1024
+_LIST_PAGE_SIZE = 1000
+"""Keys per ListObjectsV2 page (the S3 maximum)."""
 _READ_THREADS = 16
 """Parallel GETs when reading many small objects (one task result each)."""
 
@@ -253,7 +255,12 @@ class Storage:
 
         def pages() -> list[dict[str, Any]]:
             paginator = self.s3.get_paginator("list_objects_v2")
-            return list(paginator.paginate(Bucket=prefix.bucket, Prefix=key_prefix))
+            iterator = paginator.paginate(
+                Bucket=prefix.bucket,
+                Prefix=key_prefix,
+                PaginationConfig={"PageSize": _LIST_PAGE_SIZE},
+            )
+            return list(iterator)
 
         found = []
         for page in self._call_s3(prefix, "list objects", pages):

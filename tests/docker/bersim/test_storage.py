@@ -1,0 +1,208 @@
+"""bersim.storage: URI parsing, atomic local writes, S3 through moto, and error translation."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from bersim import storage as storage_mod
+from bersim.errors import RuntimeFailure, UsageError
+from bersim.storage import Location, Storage, parse_uri
+
+BUCKET = "bersim-test-results"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and no endpoint override, so nothing can reach a real account."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_RETRY_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def s3(aws_env: None):
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("text", "is_prefix", "expected"),
+    [
+        pytest.param("s3://b-1/k/x.json", False, ("s3", "b-1", "k/x.json"), id="s3-object"),
+        pytest.param("s3://bucket.x", True, ("s3", "bucket.x", ""), id="s3-whole-bucket"),
+        pytest.param("s3://bkt/sim/run/", True, ("s3", "bkt", "sim/run/"), id="s3-prefix-slash"),
+        pytest.param("results/t.json", False, ("file", "", "results/t.json"), id="relative"),
+        pytest.param("/tmp/r/t.json", False, ("file", "", "/tmp/r/t.json"), id="absolute"),
+        pytest.param("file:///tmp/r", True, ("file", "", "/tmp/r"), id="file-uri"),
+        pytest.param("C:\\results\\t.json", False, ("file", "", "C:\\results\\t.json"), id="drive"),
+    ],
+)
+def test_parse_uri_accepts(text: str, is_prefix: bool, expected: tuple[str, str, str]) -> None:
+    loc = parse_uri(text, option="--output", is_prefix=is_prefix)
+    assert (loc.scheme, loc.bucket, loc.key) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "is_prefix", "needle"),
+    [
+        pytest.param("gs://bucket/key", False, "unknown URI scheme 'gs:'", id="gs"),
+        pytest.param("http://host/key", False, "unknown URI scheme 'http:'", id="http"),
+        pytest.param("s3:bucket/key", False, "unknown URI scheme 's3:'", id="s3-no-slashes"),
+        pytest.param("s3://Bad_Bucket/k", False, "not a valid S3 bucket name", id="bucket-case"),
+        pytest.param("s3://ab/k", False, "not a valid S3 bucket name", id="bucket-short"),
+        pytest.param("s3://a..b/k", False, "not a valid S3 bucket name", id="bucket-dots"),
+        pytest.param("s3://bucket", False, "needs an object key", id="no-key"),
+        pytest.param("s3://bucket/dir/", False, "needs an object key", id="key-is-folder"),
+        pytest.param("file://relative/x", False, "absolute path", id="file-relative"),
+        pytest.param("", False, "empty", id="empty"),
+        pytest.param(" x.json", False, "blanks", id="padded"),
+    ],
+)
+def test_parse_uri_refuses(text: str, is_prefix: bool, needle: str) -> None:
+    with pytest.raises(UsageError, match="--output") as info:
+        parse_uri(text, option="--output", is_prefix=is_prefix)
+    assert needle in str(info.value)
+
+
+def test_child_joins_keys_and_paths() -> None:
+    assert Location("s3", "b", "sim/agg/").child("results.csv").key == "sim/agg/results.csv"
+    assert Location("s3", "b", "").child("results.csv").key == "results.csv"
+    assert Location("file", "", "out/agg").child("results.csv").key == str(
+        Path("out/agg/results.csv")
+    )
+
+
+def test_local_write_creates_folders_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "task-00001.json"
+    loc = parse_uri(str(target), option="--output", is_prefix=False)
+    Storage().write_bytes(loc, b"first")
+    Storage().write_bytes(loc, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["task-00001.json"]
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_local_write_into_a_file_as_folder_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("not a folder")
+    loc = parse_uri(str(tmp_path / "blocker" / "x.json"), option="--output", is_prefix=False)
+    with pytest.raises(UsageError, match="cannot create its folder"):
+        Storage().write_bytes(loc, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_local_write_over_a_directory_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "x.json").mkdir()
+    loc = parse_uri(str(tmp_path / "x.json"), option="--output", is_prefix=False)
+    with pytest.raises(UsageError, match="is a directory"):
+        Storage().check_writable(loc)
+    with pytest.raises(UsageError, match="is a directory"):
+        Storage().write_bytes(loc, b"data")
+
+
+def test_local_list_is_recursive_and_sorted(tmp_path: Path) -> None:
+    for rel in ("run/b/task-00002.json", "run/task-00001.json", "run/notes.txt", "run1/x.json"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    listing = Storage().list_objects(
+        parse_uri(str(tmp_path / "run"), option="--input", is_prefix=True)
+    )
+    names = [Path(loc.key).relative_to(tmp_path).as_posix() for loc, _ in listing]
+    assert names == ["run/b/task-00002.json", "run/notes.txt", "run/task-00001.json"]
+    assert all(size == 2 for _, size in listing)
+
+
+def test_local_list_of_a_missing_folder_is_empty_and_of_a_file_is_bad_input(
+    tmp_path: Path,
+) -> None:
+    assert Storage().list_objects(Location("file", "", str(tmp_path / "nope"))) == []
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(UsageError, match="is a file"):
+        Storage().list_objects(Location("file", "", str(tmp_path / "file.json"), label="--input"))
+
+
+def test_s3_write_read_list_round_trip(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two keys per page makes the listing cross several pages.
+    monkeypatch.setattr(storage_mod, "_LIST_PAGE_SIZE", 2)
+    store = Storage()
+    prefix = parse_uri(f"s3://{BUCKET}/sim/task_results/run1", option="--input", is_prefix=True)
+    for index in range(5):
+        store.write_bytes(prefix.child(f"task-{index:05d}.json"), f"{index}".encode())
+    store.write_bytes(
+        parse_uri(f"s3://{BUCKET}/sim/task_results/run10/x.json", option="o", is_prefix=False),
+        b"other run",
+    )
+    listing = store.list_objects(prefix)
+    assert [loc.key for loc, _ in listing] == [
+        f"sim/task_results/run1/task-{i:05d}.json" for i in range(5)
+    ]
+    assert [data for _, data in store.read_many([loc for loc, _ in listing])] == [
+        f"{i}".encode() for i in range(5)
+    ]
+    head = s3.head_object(Bucket=BUCKET, Key="sim/task_results/run1/task-00000.json")
+    assert head["ContentType"] == "application/json"
+
+
+def test_s3_missing_bucket_is_bad_input(s3) -> None:
+    store = Storage()
+    loc = parse_uri("s3://no-such-bucket-here/k.json", option="--output", is_prefix=False)
+    with pytest.raises(UsageError, match="bucket 'no-such-bucket-here' does not exist"):
+        store.check_writable(loc)
+    with pytest.raises(UsageError, match="does not exist"):
+        store.write_bytes(loc, b"x")
+    with pytest.raises(UsageError, match="does not exist"):
+        store.list_objects(
+            parse_uri("s3://no-such-bucket-here/p", option="--input", is_prefix=True)
+        )
+
+
+def test_s3_head_bucket_forbidden_lets_the_write_decide(aws_env: None) -> None:
+    # A task role may write its prefix without being allowed to list the bucket.
+    client = boto3.client("s3", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_client_error("head_bucket", service_error_code="403", http_status_code=403)
+        Storage(client_factory=lambda: client).check_writable(
+            Location("s3", BUCKET, "k.json", label="--output")
+        )
+        stub.assert_no_pending_responses()
+
+
+def test_s3_access_denied_on_write_is_a_runtime_failure(aws_env: None) -> None:
+    client = boto3.client("s3", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403)
+        with pytest.raises(RuntimeFailure, match="access denied"):
+            Storage(client_factory=lambda: client).write_bytes(
+                Location("s3", BUCKET, "k.json", label="--output s3://x/k.json"), b"x"
+            )
+
+
+def test_s3_unreachable_endpoint_is_a_runtime_failure_naming_it(
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing listens there: boto3 honours AWS_ENDPOINT_URL itself, and one attempt is enough.
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    loc = parse_uri(f"s3://{BUCKET}/k.json", option="--output", is_prefix=False)
+    with pytest.raises(RuntimeFailure, match="cannot reach the S3 endpoint") as info:
+        Storage().write_bytes(loc, b"x")
+    assert endpoint in str(info.value)
