@@ -1,0 +1,56 @@
+# Entrypoint of the Windows bersim image.
+#
+# 1. Adds the routes a Windows container on ECS needs, in the default (NAT) network mode, to reach
+#    the task credential endpoint (169.254.170.2) and the instance metadata (169.254.169.254):
+#    without them boto3 finds no credentials for the task IAM role. These are the commands of
+#    AWS's "IAM roles for task container bootstrap script" (Amazon ECS Developer Guide, Windows
+#    IAM roles for tasks), made idempotent and non-fatal so the image also runs outside ECS.
+#    Set BERSIM_SKIP_ECS_ROUTES=1 to skip them (e.g. awsvpc mode, or a laptop).
+# 2. Runs `python -m bersim` with the container's arguments (ECS: the command override) and exits
+#    with its exit code: 0 ok, 1 runtime failure, 2 bad input, 3 aggregate wrote its outputs but
+#    tasks were missing.
+#
+# New-NetRoute needs administrator rights: the image runs as ContainerAdministrator (the default).
+
+$ErrorActionPreference = 'Stop'
+
+function Add-EcsTaskRoutes {
+    $defaultRoute = Get-NetRoute -DestinationPrefix '0.0.0.0/0' -ErrorAction SilentlyContinue |
+        Sort-Object -Property RouteMetric | Select-Object -First 1
+    $adapter = Get-NetAdapter -InterfaceDescription 'Hyper-V Virtual Ethernet*' -ErrorAction SilentlyContinue |
+        Sort-Object -Property ifIndex | Select-Object -First 1
+    if (-not $defaultRoute -or -not $adapter) {
+        Write-Warning 'bersim: no default gateway or Hyper-V adapter found; ECS task routes not added'
+        return
+    }
+    $gateway = $defaultRoute.NextHop
+    $ifIndex = $adapter.ifIndex
+    # credentials API, then metadata API
+    foreach ($prefix in @('169.254.170.2/32', '169.254.169.254/32')) {
+        if (Get-NetRoute -DestinationPrefix $prefix -ErrorAction SilentlyContinue) {
+            continue
+        }
+        New-NetRoute -DestinationPrefix $prefix -InterfaceIndex $ifIndex -NextHop $gateway `
+            -PolicyStore ActiveStore | Out-Null
+    }
+}
+
+if ($env:BERSIM_SKIP_ECS_ROUTES -ne '1') {
+    try {
+        Add-EcsTaskRoutes
+    }
+    catch {
+        # Not fatal: outside ECS the routes are not needed; on ECS a missing route shows up as
+        # "no AWS credentials found" from bersim, with exit code 1.
+        Write-Warning ('bersim: could not add the ECS task routes: {0}' -f $_.Exception.Message)
+    }
+}
+
+if ($args.Count -eq 0) {
+    $bersimArgs = @('--help')
+}
+else {
+    $bersimArgs = $args
+}
+& python -m bersim @bersimArgs
+exit $LASTEXITCODE
