@@ -6,10 +6,14 @@ whatever happens: the container runs one simulation per process.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from oct2py import Oct2Py
@@ -45,15 +49,31 @@ class KernelResult:
     octave_version: str
 
 
-def _exact_int(value: object, name: str) -> int:
-    """Convert a count Octave returned (a double, maybe wrapped in an array) to an exact int."""
+def _scalar(value: object, name: str) -> float:
+    """Return the one number Octave sent back (oct2py may wrap it in an array)."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        array = np.asarray(value, dtype=float).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise KernelError(f"Octave kernel returned a non-numeric {name}: {value!r}") from exc
+    if array.size != 1 or not np.isfinite(array[0]):
+        raise KernelError(f"Octave kernel returned an invalid {name}: {value!r}")
+    return float(array[0])
+
+
+def _exact_int(value: object, name: str) -> int:
+    """Convert a count Octave returned as a double to an exact int."""
+    number = _scalar(value, name)
     if not number.is_integer() or number < 0 or number > _MAX_EXACT:
         raise KernelError(f"Octave kernel returned an invalid {name}: {value!r}")
     return int(number)
+
+
+def _configure_environment() -> None:
+    """Point oct2py at the CLI build of Octave and keep Octave from writing a history."""
+    os.environ.setdefault("OCTAVE_EXECUTABLE", "octave-cli")
+    # Without a writable history file Octave prints a spurious "error: ignoring const
+    # execution_exception& while preparing to exit" on stderr at every exit.
+    os.environ.setdefault("OCTAVE_HISTFILE", os.devnull)
 
 
 def _session() -> Oct2Py:
@@ -61,14 +81,23 @@ def _session() -> Oct2Py:
 
     Importing oct2py already starts a default session (`oct2py.octave`); reusing it instead
     of starting a second one saves an Octave start-up per call. It is restarted when a
-    previous call closed it.
+    previous call closed it. Raises KernelError when Octave cannot be started.
     """
-    # Imported here: the import starts Octave, which only this call needs.
-    import oct2py  # noqa: PLC0415
+    _configure_environment()
+    # oct2py reports a failed default session by printing, not raising: keep that text
+    # for the error message instead of letting it reach the caller's stdout/stderr.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        import oct2py  # noqa: PLC0415  (the import starts Octave; only this call needs it)
 
     octave = getattr(oct2py, "octave", None)
     if octave is None:
-        return oct2py.Oct2Py()
+        try:
+            return oct2py.Oct2Py()
+        except Exception as exc:
+            detail = captured.getvalue().strip().splitlines()
+            hint = f" ({detail[-1]})" if detail else ""
+            raise KernelError(f"cannot start Octave: {exc}{hint}") from exc
     if octave._engine is None:
         octave.restart()
     return octave
@@ -85,15 +114,13 @@ def run_kernel(
 ) -> KernelResult:
     """Run the Octave kernel once and return its counts.
 
-    ebn0_db: Eb/N0 in dB. max_bits: bits to simulate (exactly, without early stop).
-    seed: seeds Octave's default generator (rand/randn "state"; Octave reduces it
-    modulo 2**32 - 1). target_errors: stop after the chunk that reaches this many errors
-    (0 = off). chunk_bits: bits per chunk (None = the kernel's default).
+    ebn0_db: Eb/N0 in dB. max_bits: bits to simulate (exactly, without early stop; counts
+    are exact up to 2**53). seed: seeds Octave's default generator (rand/randn "state";
+    Octave reduces it modulo 2**32 - 1). target_errors: stop after the chunk that reaches
+    this many errors (0 = off). chunk_bits: bits per chunk (None = the kernel's default).
     mode: "fast" (all +1 transmission) or "explicit" (random bits; the reference).
     Raises KernelError when Octave cannot be started or the kernel fails.
     """
-    os.environ.setdefault("OCTAVE_EXECUTABLE", "octave-cli")
-
     # Octave's arithmetic on integer classes saturates; doubles are exact up to 2**53.
     args: tuple[object, ...] = (
         float(ebn0_db),
@@ -119,6 +146,6 @@ def run_kernel(
     return KernelResult(
         bits=_exact_int(bits, "bit count"),
         errors=_exact_int(errors, "error count"),
-        elapsed_s=float(elapsed_s),
+        elapsed_s=_scalar(elapsed_s, "elapsed time"),
         octave_version=version,
     )
