@@ -7,8 +7,12 @@ AWS there in three ways this module corrects, in the server process only:
   error); AWS creates a FAILED change set ("The submitted information didn't contain changes"),
   which is what `--no-fail-on-empty-changeset` handles. Unchanged parameters passed back as
   UsePreviousValue are compared after normalisation (moto keeps numbers and lists parsed).
-- A stack created or updated by executing a change set keeps its old (empty) outputs.
+- A stack created or updated by executing a change set keeps its old (empty) outputs and never
+  registers its exports (deleting it then fails with a KeyError).
 - `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned).
+- Deleting a stack leaves its route tables, NAT gateways, gateway endpoints, internet gateway and
+  flow logs in place (their models cannot be deleted through CloudFormation), so its VPC cannot
+  be deleted. Deleting the VPC here first deletes what CloudFormation would have deleted before.
 
 It also seeds the public SSM parameter of the ECS-optimized Windows Server 2022 AMI, which AWS
 publishes and moto does not know. Run as `python moto_server.py --port N`.
@@ -66,11 +70,15 @@ def _normalise(value: Any) -> str:
 
 
 def apply_patches() -> None:
-    """Make moto's change sets and S3 buckets behave as described in the module docstring."""
-    from moto.cloudformation.models import ChangeSet, Stack
+    """Make moto behave like AWS in the ways the module docstring lists."""
+    _patch_change_sets()
+    _patch_bucket_versioning()
+    _patch_vpc_deletion()
+
+
+def _patch_change_sets() -> None:
+    from moto.cloudformation.models import CloudFormationBackend, Stack
     from moto.cloudformation.responses import CloudFormationResponse
-    from moto.s3.models import FakeBucket, s3_backends
-    from moto.utilities.utils import get_partition
 
     create_change_set = CloudFormationResponse.create_change_set
 
@@ -86,13 +94,33 @@ def apply_patches() -> None:
             for key, value in other_parameters.items()
         )
 
-    apply_change_set = ChangeSet.apply
+    execute_change_set = CloudFormationBackend.execute_change_set
 
-    def apply_and_refresh_outputs(self: Any) -> None:
-        apply_change_set(self)
-        self.stack.template = self.template
-        self.stack._parse_template()
-        self.stack.output_map = self.stack._create_output_map()
+    def execute_and_refresh_outputs(
+        self: Any, change_set_name: str, stack_name: str | None = None
+    ) -> None:
+        execute_change_set(self, change_set_name=change_set_name, stack_name=stack_name)
+        change_set = self.describe_change_set(change_set_name)
+        stack = self.stacks[change_set.stack_id]
+        stack._parse_template()
+        stack.output_map = stack._create_output_map()
+        for name in [
+            name
+            for name, export in self.exports.items()
+            if export.exporting_stack_id == stack.stack_id
+        ]:
+            del self.exports[name]
+        for export in stack.exports:
+            self.exports[export.name] = export
+
+    CloudFormationResponse.create_change_set = create_change_set_like_aws  # type: ignore[method-assign]
+    Stack.has_parameters = has_parameters  # type: ignore[method-assign]
+    CloudFormationBackend.execute_change_set = execute_and_refresh_outputs  # type: ignore[method-assign]
+
+
+def _patch_bucket_versioning() -> None:
+    from moto.s3.models import FakeBucket, s3_backends
+    from moto.utilities.utils import get_partition
 
     create_bucket = FakeBucket.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 
@@ -117,10 +145,46 @@ def apply_patches() -> None:
             backend.put_bucket_versioning(bucket.name, status)
         return bucket
 
-    CloudFormationResponse.create_change_set = create_change_set_like_aws  # type: ignore[method-assign]
-    Stack.has_parameters = has_parameters  # type: ignore[method-assign]
-    ChangeSet.apply = apply_and_refresh_outputs  # type: ignore[method-assign]
     FakeBucket.create_from_cloudformation_json = classmethod(create_bucket_with_versioning)  # type: ignore[method-assign,assignment]
+
+
+def _patch_vpc_deletion() -> None:
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.vpcs import VPC
+
+    delete_vpc = VPC.delete_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def delete_vpc_after_its_resources(
+        cls: Any, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        backend = ec2_backends[account_id][region_name]
+        vpc_id = resource_name
+        if backend.describe_subnets(filters={"vpc-id": vpc_id}):
+            # Subnets go first; moto's own delete refuses, and the stack deletion retries later.
+            delete_vpc(cls, resource_name, cloudformation_json, account_id, region_name)
+        for nat in list(backend.nat_gateways.values()):
+            if nat.vpc_id == vpc_id:
+                backend.delete_nat_gateway(nat.id)
+                backend.nat_gateways.pop(nat.id)
+        for endpoint in list(backend.vpc_end_points.values()):
+            if endpoint.vpc_id == vpc_id:
+                backend.delete_vpc_endpoints([endpoint.id])
+        for flow_log in list(backend.flow_logs.values()):
+            if flow_log.resource_id == vpc_id:
+                backend.delete_flow_logs([flow_log.id])
+        for gateway in backend.describe_internet_gateways(filters={"attachment.vpc-id": vpc_id}):
+            backend.detach_internet_gateway(gateway.id, vpc_id)
+            backend.delete_internet_gateway(gateway.id)
+        for table in backend.describe_route_tables(filters={"vpc-id": vpc_id}):
+            if table.main_association_id is None:
+                table._associations.clear()
+                backend.delete_route_table(table.id)
+        for eni in list(backend.enis.values()):
+            if eni.subnet.vpc_id == vpc_id:
+                backend.delete_network_interface(eni.id)
+        delete_vpc(cls, resource_name, cloudformation_json, account_id, region_name)
+
+    VPC.delete_from_cloudformation_json = classmethod(delete_vpc_after_its_resources)  # type: ignore[method-assign,assignment]
 
 
 def free_port() -> int:
@@ -131,7 +195,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(log_path: Path, region: str = "us-east-1") -> Iterator[str]:
-    """Start this module as a moto server on a free port; yield its URL; stop it whatever happens."""
+    """Run this module as a moto server on a free port; yield its URL; stop it in any case."""
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
