@@ -632,3 +632,44 @@ def test_subprocess_octave_failure_is_a_runtime_failure(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert_one_line_error(done.stderr, "Octave not found: ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def moto_server(aws_env: None) -> Any:
+    """A moto server on 127.0.0.1 for subprocesses (mock_aws only patches this process)."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_subprocess_aggregate_through_s3_endpoint(moto_server: str, tmp_path: Path) -> None:
+    # The path the container takes: a fresh process, boto3 configured by the environment only.
+    client = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_server)
+    client.create_bucket(Bucket=BUCKET)
+    for doc in (task_doc(0, 2.0, 10_000, 380), task_doc(1, 2.0, 30_000, 1_100)):
+        key = f"sim/task_results/run7/task-{doc['task_index']:05d}.json"
+        client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(doc))
+    done = bersim(
+        "aggregate",
+        "--input",
+        f"s3://{BUCKET}/sim/task_results/run7",
+        "--output",
+        f"s3://{BUCKET}/sim/aggregate_results/run7",
+        "--expected-tasks",
+        "3",
+        env={"AWS_ENDPOINT_URL": moto_server},
+    )
+    assert done.returncode == 3, done.stderr
+    assert_one_line_error(done.stderr, "1 of 3 expected task results are missing: 2")
+    body = client.get_object(Bucket=BUCKET, Key="sim/aggregate_results/run7/results.json")["Body"]
+    document = json.loads(body.read())
+    assert (document["bits"], document["errors"], document["missing_tasks"]) == (40_000, 1_480, [2])
+    assert list(tmp_path.iterdir()) == []
