@@ -172,7 +172,7 @@ def simulate(args: argparse.Namespace, storage: Storage) -> None:
         raise RuntimeFailure(str(exc)) from exc
     # Never publish counts that break the kernel's own contract.
     exact = args.target_errors == 0
-    if not (0 <= kernel.errors <= kernel.bits <= args.max_bits) or (
+    if not (0 <= kernel.errors <= kernel.bits <= args.max_bits and kernel.bits >= 1) or (
         exact and kernel.bits != args.max_bits
     ):
         raise RuntimeFailure(

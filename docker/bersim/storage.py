@@ -180,8 +180,16 @@ class Storage:
         list the bucket, which a write-only task role is allowed to be, so the write decides.
         """
         if loc.scheme == "file":
-            if Path(loc.key).is_dir():
+            path = Path(loc.key)
+            if path.is_dir():
                 raise UsageError(f"{loc.label}: is a directory, not a file")
+            ancestor = path.absolute().parent
+            while not ancestor.exists() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            if not ancestor.is_dir():
+                raise UsageError(f"{loc.label}: cannot create its folder: {ancestor} is a file")
+            if not os.access(ancestor, os.W_OK):
+                raise RuntimeFailure(f"{loc.label}: cannot write: {ancestor} is not writable")
             return
         from botocore.exceptions import ClientError  # noqa: PLC0415
 

@@ -264,6 +264,16 @@ def test_simulate_output_onto_a_directory_is_refused_before_running(
     assert list((tmp_path / "task.json").iterdir()) == []
 
 
+def test_simulate_below_a_file_is_refused_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "results").write_text("a file where a folder should be")
+    code, _, err = run(simulate_argv(str(tmp_path / "results" / "run" / "task.json")), capsys)
+    assert code == 2
+    assert_one_line_error(err, f"cannot create its folder: {tmp_path / 'results'} is a file")
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
 def test_simulate_into_a_missing_bucket_is_refused_before_running(
     s3: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
