@@ -1,0 +1,361 @@
+"""The CloudFormation templates: deployed into moto where moto models the resource, read otherwise.
+
+moto 5.2.5's CloudFormation creates S3 buckets (encryption only), IAM roles and their policies,
+the VPC pieces, ECR, the ECS cluster and task definition (family and container definitions only),
+the launch template, the Auto Scaling group and log groups. It skips AWS::S3::BucketPolicy,
+AWS::EC2::SecurityGroupEgress, AWS::CodeBuild::Project and AWS::MWAA::Environment, and ignores
+bucket public access blocks, versioning and lifecycle rules, cluster settings and task role ARNs:
+those are asserted on the template itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from cfnlint.decode import decode_str
+from moto import mock_aws
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "cloudformation"
+REGION = "us-east-1"
+LAYERS = ("storage", "network", "image", "ecs", "mwaa")
+
+_spec = importlib.util.spec_from_file_location(
+    "moto_server", Path(__file__).with_name("moto_server.py")
+)
+assert _spec is not None
+assert _spec.loader is not None
+moto_server = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(moto_server)
+
+
+def load(layer: str) -> dict[str, Any]:
+    template, matches = decode_str((TEMPLATES / f"{layer}.yaml").read_text())
+    assert not matches, matches
+    return template
+
+
+def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, Any]:
+    return {
+        name: resource
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == resource_type
+    }
+
+
+def outputs(cloudformation: Any, stack: str) -> dict[str, str]:
+    described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
+    return {item["OutputKey"]: item["OutputValue"] for item in described.get("Outputs", [])}
+
+
+def create_stack(cloudformation: Any, layer: str, stack: str, **parameters: str) -> dict[str, str]:
+    cloudformation.create_stack(
+        StackName=stack,
+        TemplateBody=(TEMPLATES / f"{layer}.yaml").read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    status = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
+    assert status == "CREATE_COMPLETE"
+    return outputs(cloudformation, stack)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        moto_server.seed_windows_ami(REGION)
+        yield boto3.client("cloudformation", region_name=REGION)
+
+
+# --- Every template -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_parameter_is_described_grouped_and_every_output_exported(layer: str) -> None:
+    template = load(layer)
+    assert template["Description"].startswith("windows-batch-compute ")
+    grouped = {
+        name
+        for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+        for name in group["Parameters"]
+    }
+    assert grouped == set(template["Parameters"])
+    for name, parameter in template["Parameters"].items():
+        assert parameter.get("Description"), name
+    for name, output in template["Outputs"].items():
+        assert output.get("Description"), name
+        assert output["Export"]["Name"] == {"Fn::Sub": f"${{AWS::StackName}}-{name}"}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_checkov_skips_carry_a_reason(layer: str) -> None:
+    for name, resource in load(layer)["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert skip["id"].startswith("CKV"), name
+            assert len(skip["comment"]) > 20, (name, skip)
+
+
+# --- Storage ------------------------------------------------------------------------------------
+
+
+def test_buckets_block_public_access_encrypt_and_deny_plain_http() -> None:
+    template = load("storage")
+    buckets = resources_of_type(template, "AWS::S3::Bucket")
+    assert set(buckets) == {"ResultsBucket", "MwaaBucket", "AccessLogsBucket"}
+    policies = {
+        policy["Properties"]["Bucket"]["Ref"]: policy["Properties"]["PolicyDocument"]
+        for policy in resources_of_type(template, "AWS::S3::BucketPolicy").values()
+    }
+    for name, bucket in buckets.items():
+        properties = bucket["Properties"]
+        assert properties["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }, name
+        rule = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+        deny = [s for s in policies[name]["Statement"] if s["Effect"] == "Deny"]
+        assert deny == [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [
+                    {"Fn::GetAtt": [name, "Arn"]},
+                    {"Fn::Sub": f"${{{name}.Arn}}/*"},
+                ],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ]
+        if name != "AccessLogsBucket":
+            assert properties["LoggingConfiguration"]["DestinationBucketName"] == {
+                "Ref": "AccessLogsBucket"
+            }
+
+
+def test_mwaa_bucket_is_versioned_and_task_results_expire() -> None:
+    buckets = resources_of_type(load("storage"), "AWS::S3::Bucket")
+    assert buckets["MwaaBucket"]["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = buckets["ResultsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    expiry = next(rule for rule in rules if rule["Id"] == "ExpireTaskResults")
+    assert expiry["Prefix"] == "sim/task_results/"
+    assert expiry["ExpirationInDays"] == {"Ref": "TaskResultsExpirationInDays"}
+    assert expiry["Status"] == "Enabled"
+
+
+def test_storage_stack_creates_encrypted_buckets_in_moto(aws: Any) -> None:
+    created = create_stack(aws, "storage", "t-storage", TaskResultsExpirationInDays="7")
+    s3 = boto3.client("s3", region_name=REGION)
+    names = {
+        created[key] for key in ("ResultsBucketName", "MwaaBucketName", "AccessLogsBucketName")
+    }
+    assert names <= {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
+    for name in names:
+        encryption = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
+        assert encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == (
+            "AES256"
+        )
+    assert created["MwaaBucketArn"] == f"arn:aws:s3:::{created['MwaaBucketName']}"
+
+
+# --- Network ------------------------------------------------------------------------------------
+
+
+def test_network_stack_has_two_private_subnets_in_two_azs(aws: Any) -> None:
+    created = create_stack(aws, "network", "t-network")
+    ec2 = boto3.client("ec2", region_name=REGION)
+    subnets = ec2.describe_subnets(SubnetIds=created["PrivateSubnetIds"].split(","))["Subnets"]
+    assert len({subnet["AvailabilityZone"] for subnet in subnets}) == 2
+    assert not any(subnet["MapPublicIpOnLaunch"] for subnet in subnets)
+    assert len(ec2.describe_nat_gateways()["NatGateways"]) == 1
+    groups = ec2.describe_security_groups(GroupIds=[created["EcsInstanceSecurityGroupId"]])
+    assert groups["SecurityGroups"][0]["IpPermissions"] == []
+
+
+def test_rdp_only_with_a_cidr_and_mwaa_group_references_itself() -> None:
+    template = load("network")
+    assert template["Conditions"]["HasRdpCidr"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "RdpCidr"}, ""]}]
+    }
+    assert template["Parameters"]["RdpCidr"]["Default"] == ""
+    ingress = resources_of_type(template, "AWS::EC2::SecurityGroupIngress")
+    assert ingress["EcsInstanceRdpIngress"]["Condition"] == "HasRdpCidr"
+    assert ingress["EcsInstanceRdpIngress"]["Properties"]["FromPort"] == 3389
+    self_rule = ingress["MwaaSecurityGroupSelfIngress"]["Properties"]
+    assert (
+        self_rule["GroupId"] == self_rule["SourceSecurityGroupId"] == {"Ref": "MwaaSecurityGroup"}
+    )
+    for group in resources_of_type(template, "AWS::EC2::SecurityGroup").values():
+        assert "SecurityGroupIngress" not in group["Properties"]
+
+
+# --- Image --------------------------------------------------------------------------------------
+
+
+def test_image_repository_and_windows_build_project() -> None:
+    resources = load("image")["Resources"]
+    repository = resources["Repository"]["Properties"]
+    assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    assert repository["ImageTagMutability"] == "IMMUTABLE"
+    lifecycle = repository["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"]
+    rule = json.loads(lifecycle.replace("${ImagesToKeep}", "5"))["rules"][0]
+    assert rule["selection"]["countType"] == "imageCountMoreThan"
+    assert rule["selection"]["countNumber"] == 5
+    project = resources["BuildProject"]["Properties"]
+    assert project["Environment"]["Type"] == "WINDOWS_SERVER_2022_CONTAINER"
+    assert project["Source"]["Type"] == "S3"
+    buildspec = yaml.safe_load(project["Source"]["BuildSpec"])
+    commands = [c for phase in buildspec["phases"].values() for c in phase["commands"]]
+    assert any(c.startswith("docker build --file Dockerfile") for c in commands)
+    assert any(c.startswith("docker push") for c in commands)
+
+
+def test_image_stack_creates_the_repository_in_moto(aws: Any) -> None:
+    created = create_stack(
+        aws, "image", "t-image", SourceBucketName="some-bucket", RepositoryName="t/bersim"
+    )
+    ecr = boto3.client("ecr", region_name=REGION)
+    repository = ecr.describe_repositories(repositoryNames=["t/bersim"])["repositories"][0]
+    assert created["RepositoryUri"] == repository["repositoryUri"]
+    assert created["BuildProjectName"] == "t-image-windows-image"
+
+
+# --- ECS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ecs_stack(aws: Any) -> dict[str, str]:
+    network = create_stack(aws, "network", "t-network")
+    return create_stack(
+        aws,
+        "ecs",
+        "t-ecs",
+        PrivateSubnetIds=network["PrivateSubnetIds"],
+        InstanceSecurityGroupId=network["EcsInstanceSecurityGroupId"],
+        ResultsBucketName="results-bucket",
+        RepositoryUri="123456789012.dkr.ecr.us-east-1.amazonaws.com/t/bersim",
+        ImageTag="src-0123456789abcdef",
+        MaxInstances="6",
+        LogRetentionInDays="14",
+    )
+
+
+def test_ecs_stack_outputs_what_the_dag_needs(ecs_stack: dict[str, str]) -> None:
+    assert ecs_stack["ClusterName"] == "t-ecs-cluster"
+    assert ecs_stack["AutoScalingGroupName"] == "t-ecs-instances"
+    assert ecs_stack["TaskDefinitionFamily"] == "t-ecs-bersim"
+    assert ecs_stack["ContainerName"] == "bersim"
+    assert ecs_stack["LogGroupName"] == "/ecs/t-ecs/bersim"
+    assert ecs_stack["LogStreamPrefix"] == "bersim"
+    assert ecs_stack["SlotsPerInstance"] == "4"
+    ecs = boto3.client("ecs", region_name=REGION)
+    assert ecs.describe_clusters(clusters=["t-ecs-cluster"])["clusters"][0]["status"] == "ACTIVE"
+
+
+def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
+    ecs_stack: dict[str, str],
+) -> None:
+    group = boto3.client("autoscaling", region_name=REGION).describe_auto_scaling_groups(
+        AutoScalingGroupNames=[ecs_stack["AutoScalingGroupName"]]
+    )["AutoScalingGroups"][0]
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (0, 0, 6)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    data = ec2.describe_launch_template_versions(
+        LaunchTemplateId=group["LaunchTemplate"]["LaunchTemplateId"]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert data["ImageId"] == moto_server.FAKE_WINDOWS_AMI_ID
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    user_data = base64.b64decode(data["UserData"]).decode()
+    pull = user_data.index('"ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached", "Machine"')
+    initialize = user_data.index('Initialize-ECSAgent -Cluster "t-ecs-cluster" -EnableTaskIAMRole')
+    assert pull < initialize
+
+
+def test_task_definition_container_and_logs(ecs_stack: dict[str, str]) -> None:
+    ecs = boto3.client("ecs", region_name=REGION)
+    definition = ecs.describe_task_definition(taskDefinition=ecs_stack["TaskDefinitionFamily"])
+    container = definition["taskDefinition"]["containerDefinitions"][0]
+    assert container["name"] == "bersim"
+    assert container["image"] == (
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/t/bersim:src-0123456789abcdef"
+    )
+    assert (container["cpu"], container["memory"]) == (1024, 1536)
+    assert container["logConfiguration"] == {
+        "logDriver": "awslogs",
+        "options": {
+            "awslogs-group": "/ecs/t-ecs/bersim",
+            "awslogs-region": REGION,
+            "awslogs-stream-prefix": "bersim",
+        },
+    }
+    groups = boto3.client("logs", region_name=REGION).describe_log_groups(
+        logGroupNamePrefix="/ecs/t-ecs/bersim"
+    )["logGroups"]
+    assert groups[0]["retentionInDays"] == 14
+
+
+def test_task_role_may_only_use_the_sim_prefix(ecs_stack: dict[str, str]) -> None:
+    iam = boto3.client("iam", region_name=REGION)
+    role_name = ecs_stack["TaskRoleArn"].rsplit("/", 1)[1]
+    policies = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
+    assert iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"] == []
+    statements = []
+    for name in policies:
+        document = iam.get_role_policy(RoleName=role_name, PolicyName=name)["PolicyDocument"]
+        if isinstance(document, str):
+            # moto keeps a policy created by CloudFormation as the repr of the parsed template.
+            document = ast.literal_eval(document)
+        statements += document["Statement"]
+    assert statements == [
+        {
+            "Sid": "ReadWriteSimObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": "arn:aws:s3:::results-bucket/sim/*",
+        },
+        {
+            "Sid": "ListSimPrefix",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": "arn:aws:s3:::results-bucket",
+            "Condition": {"StringLike": {"s3:prefix": ["sim/*"]}},
+        },
+    ]
+
+
+def test_task_definition_is_ec2_default_network_with_both_roles() -> None:
+    template = load("ecs")
+    properties = template["Resources"]["TaskDefinition"]["Properties"]
+    assert properties["RequiresCompatibilities"] == ["EC2"]
+    assert "NetworkMode" not in properties
+    assert properties["TaskRoleArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}
+    assert properties["ExecutionRoleArn"] == {"Fn::GetAtt": ["TaskExecutionRole", "Arn"]}
+    cluster = template["Resources"]["Cluster"]["Properties"]
+    assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
+    assert template["Parameters"]["AmiId"] == {
+        **template["Parameters"]["AmiId"],
+        "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+        "Default": moto_server.WINDOWS_AMI_PARAMETER,
+    }
+    managed = template["Resources"]["InstanceRole"]["Properties"]["ManagedPolicyArns"]
+    assert [arn["Fn::Sub"].rsplit("/", 1)[1] for arn in managed] == [
+        "AmazonEC2ContainerServiceforEC2Role",
+        "AmazonSSMManagedInstanceCore",
+    ]
