@@ -1,0 +1,205 @@
+"""The MWAA template: least-privilege execution role and the settings the DAG reads.
+
+moto cannot create AWS::MWAA::Environment, so the template is read (cfn-lint's decoder) and the
+execution role's statements are checked one by one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode_str
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "cloudformation" / "mwaa.yaml"
+
+# Actions AWS offers no resource-level permission for, so they need Resource "*"; a required
+# condition key narrows the ones that support one.
+RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
+    "s3:GetAccountPublicAccessBlock": None,  # an account-level setting, no resource type
+    "logs:DescribeLogGroups": None,  # no resource type in the service authorization reference
+    "cloudwatch:PutMetricData": None,  # no resource type
+    "autoscaling:DescribeAutoScalingGroups": None,  # Describe* take no resource
+    "autoscaling:DescribeScalingActivities": None,  # Describe* take no resource
+    "ecs:ListTasks": "ecs:cluster",  # takes no cluster ARN as resource: pinned by condition
+}
+# Partial wildcards: only the read-only set the MWAA user guide documents for the environment's
+# own bucket (and the KMS data-key family for the Celery queues).
+PARTIAL_WILDCARDS_ALLOWED = {"s3:GetObject*", "s3:GetBucket*", "s3:List*", "kms:GenerateDataKey*"}
+
+# Contract 3 (COMMON.md): what the DAG reads as AIRFLOW__WINDOWS_BATCH__<KEY>.
+DAG_SETTINGS = {
+    "backend": "ecs",
+    "aws_conn_id": "aws_default",
+    "region": {"Ref": "AWS::Region"},
+    "cluster_name": {"Ref": "ClusterName"},
+    "asg_name": {"Ref": "AutoScalingGroupName"},
+    "task_definition": {"Ref": "TaskDefinitionFamily"},
+    "container_name": {"Ref": "ContainerName"},
+    "log_group": {"Ref": "LogGroupName"},
+    "log_stream_prefix": {"Ref": "LogStreamPrefix"},
+    "s3_bucket": {"Ref": "ResultsBucketName"},
+    "slots_per_instance": {"Ref": "SlotsPerInstance"},
+}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    decoded, matches = decode_str(TEMPLATE.read_text())
+    assert not matches, matches
+    return decoded
+
+
+@pytest.fixture(scope="module")
+def statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+    role = template["Resources"]["ExecutionRole"]["Properties"]
+    assert "ManagedPolicyArns" not in role
+    return [
+        statement
+        for policy in role["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+
+
+def statement_for(statements: list[dict[str, Any]], action: str) -> dict[str, Any]:
+    found = [s for s in statements if s["Effect"] == "Allow" and action in as_list(s["Action"])]
+    assert len(found) == 1, action
+    return found[0]
+
+
+def test_no_action_is_a_wildcard(statements: list[dict[str, Any]]) -> None:
+    for statement in statements:
+        assert "NotAction" not in statement
+        for action in as_list(statement["Action"]):
+            assert action != "*"
+            assert not action.endswith(":*"), action
+            if "*" in action:
+                assert action in PARTIAL_WILDCARDS_ALLOWED, action
+
+
+def test_resource_star_only_where_aws_has_no_resource_level_permission(
+    statements: list[dict[str, Any]],
+) -> None:
+    for statement in statements:
+        if statement.get("Resource") != "*" and "*" not in as_list(statement.get("Resource")):
+            continue
+        for action in as_list(statement["Action"]):
+            assert action in RESOURCE_STAR_ALLOWED, f"{action} on Resource '*'"
+            condition_key = RESOURCE_STAR_ALLOWED[action]
+            if condition_key:
+                conditions = {k for block in statement["Condition"].values() for k in block}
+                assert condition_key in conditions, action
+
+
+def test_kms_only_outside_this_account_and_through_sqs(statements: list[dict[str, Any]]) -> None:
+    kms = statement_for(statements, "kms:Decrypt")
+    assert "Resource" not in kms
+    assert kms["NotResource"] == {"Fn::Sub": "arn:${AWS::Partition}:kms:*:${AWS::AccountId}:key/*"}
+    assert kms["Condition"]["StringLike"]["kms:ViaService"] == [
+        {"Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"}
+    ]
+
+
+def test_ecs_permissions_are_pinned_to_our_family_and_cluster(
+    statements: list[dict[str, Any]],
+) -> None:
+    cluster_arn = {
+        "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}"
+        ":cluster/${ClusterName}"
+    }
+    run = statement_for(statements, "ecs:RunTask")
+    assert run["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}"
+        ":task-definition/${TaskDefinitionFamily}:*"
+    }
+    assert run["Condition"] == {"ArnEquals": {"ecs:cluster": cluster_arn}}
+    tasks = {
+        "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}"
+        ":task/${ClusterName}/*"
+    }
+    assert statement_for(statements, "ecs:StopTask")["Resource"] == tasks
+    assert statement_for(statements, "ecs:DescribeTasks")["Resource"] == tasks
+    assert statement_for(statements, "ecs:ListTasks")["Condition"] == {
+        "ArnEquals": {"ecs:cluster": cluster_arn}
+    }
+    assert statement_for(statements, "ecs:ListContainerInstances")["Resource"] == cluster_arn
+    assert statement_for(statements, "ecs:DescribeContainerInstances")["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}"
+        ":container-instance/${ClusterName}/*"
+    }
+
+
+def test_scaling_only_our_group_and_passing_only_our_roles(
+    statements: list[dict[str, Any]],
+) -> None:
+    group = {
+        "Fn::Sub": "arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}"
+        ":autoScalingGroup:*:autoScalingGroupName/${AutoScalingGroupName}"
+    }
+    assert statement_for(statements, "autoscaling:SetDesiredCapacity")["Resource"] == group
+    assert statement_for(statements, "autoscaling:UpdateAutoScalingGroup")["Resource"] == group
+    passing = statement_for(statements, "iam:PassRole")
+    assert passing["Resource"] == [{"Ref": "TaskRoleArn"}, {"Ref": "TaskExecutionRoleArn"}]
+    assert passing["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    }
+    by_sid = {statement.get("Sid"): statement for statement in statements}
+    assert (
+        ":log-group:airflow-${AWS::StackName}-*"
+        in by_sid["WriteAirflowLogs"]["Resource"]["Fn::Sub"]
+    )
+    task_logs = by_sid["ReadTaskLogs"]
+    assert "logs:GetLogEvents" in task_logs["Action"]
+    assert all(":log-group:${LogGroupName}" in r["Fn::Sub"] for r in task_logs["Resource"])
+
+
+def test_execution_role_trusts_mwaa_only(template: dict[str, Any]) -> None:
+    trust = template["Resources"]["ExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": ["airflow.amazonaws.com", "airflow-env.amazonaws.com"]},
+            "Action": "sts:AssumeRole",
+        }
+    ]
+
+
+def test_environment_pins_airflow_and_sets_the_dag_settings(template: dict[str, Any]) -> None:
+    environment = template["Resources"]["Environment"]["Properties"]
+    assert environment["AirflowVersion"] == "3.3.1"
+    assert environment["DagS3Path"] == "dags"
+    assert environment["RequirementsS3Path"] == {"Ref": "RequirementsS3Path"}
+    assert environment["RequirementsS3ObjectVersion"] == {"Ref": "RequirementsS3ObjectVersion"}
+    assert environment["WebserverAccessMode"] == {"Ref": "WebserverAccessMode"}
+    assert template["Parameters"]["WebserverAccessMode"]["AllowedValues"] == [
+        "PUBLIC_ONLY",
+        "PRIVATE_ONLY",
+    ]
+    options = environment["AirflowConfigurationOptions"]
+    settings = {
+        key.removeprefix("windows_batch."): value
+        for key, value in options.items()
+        if key.startswith("windows_batch.")
+    }
+    assert settings == DAG_SETTINGS
+    for key in options:
+        section, option = key.split(".")
+        assert section
+        assert option == option.lower()
+
+
+def test_requirements_pin_the_airflow_constraints() -> None:
+    lines = [
+        line.strip()
+        for line in (TEMPLATE.parents[1] / "requirements-mwaa.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines == [
+        '--constraint "https://raw.githubusercontent.com/apache/airflow/'
+        'constraints-3.3.1/constraints-3.12.txt"'
+    ]
