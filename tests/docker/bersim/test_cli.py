@@ -486,7 +486,17 @@ def read_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@pytest.fixture
+def octave_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run Octave in a scratch folder: on exit it may dump `octave-workspace` into its cwd."""
+    scratch = tmp_path / "cwd"
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    return scratch
+
+
 @pytest.mark.octave
+@pytest.mark.usefixtures("octave_cwd")
 def test_round_trip_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tasks = tmp_path / "sim" / "task_results" / "run1"
     plan = [(0, 2.0, 100_000, 0), (1, 2.0, 60_000, 0), (2, 6.0, 200_000, 50)]
@@ -533,6 +543,7 @@ def test_round_trip_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.octave
+@pytest.mark.usefixtures("octave_cwd")
 def test_round_trip_s3(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
     for index in range(2):
         argv = simulate_argv(
@@ -583,7 +594,9 @@ def test_round_trip_s3(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert png["Body"].read().startswith(b"\x89PNG")
 
 
-def bersim(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def bersim(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m bersim ...` in a subprocess, as the container and the local backend run it."""
     return subprocess.run(
         [sys.executable, "-m", "bersim", *args],
@@ -592,6 +605,7 @@ def bersim(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         timeout=300,
         check=False,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -605,7 +619,8 @@ def test_round_trip_subprocess(tmp_path: Path) -> None:
                 __max_bits="2e5",
                 __seed=str(index + 1),
                 __task_index=str(index),
-            )
+            ),
+            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
