@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Monte Carlo BER of BPSK over AWGN with a GNU Octave kernel.",
+        epilog="exit codes: 0 ok, 1 runtime failure (S3, Octave), 2 bad input, "
+        "3 aggregate wrote its outputs but expected tasks were missing",
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -125,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="this task's index in the study (aggregate checks it against --expected-tasks)",
     )
     sim.add_argument(
-        "--output", required=True, help="where to write the JSON: s3://bucket/key or a path"
+        "--output",
+        required=True,
+        metavar="URI",
+        help="where to write the JSON: s3://bucket/key or a local path",
     )
 
     agg = commands.add_parser(
@@ -136,13 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument(
         "--input",
         required=True,
+        metavar="URI_PREFIX",
         help="prefix holding the task results (s3://bucket/prefix or a folder), read recursively",
     )
-    agg.add_argument("--output", required=True, help="prefix to write results.csv/.json/.png under")
+    agg.add_argument(
+        "--output",
+        required=True,
+        metavar="URI_PREFIX",
+        help="prefix to write results.csv/.json/.png under",
+    )
     agg.add_argument(
         "--expected-tasks",
         type=integer(low=1, high=MAX_BITS),
         default=None,
+        metavar="N",
         help="task indexes 0..N-1 expected; missing ones are listed and the exit code is 3",
     )
     return parser
