@@ -6,7 +6,9 @@ AWS there in three ways this module corrects, in the server process only:
 - CreateChangeSet for an unchanged stack raises "No updates are to be performed." (UpdateStack's
   error); AWS creates a FAILED change set ("The submitted information didn't contain changes"),
   which is what `--no-fail-on-empty-changeset` handles. Unchanged parameters passed back as
-  UsePreviousValue are compared after normalisation (moto keeps numbers and lists parsed).
+  UsePreviousValue are compared after normalisation (moto keeps numbers and lists parsed), and
+  an SSM-typed parameter passed back that way keeps its resolved value (moto would look the
+  resolved AMI ID up as a parameter name and fail).
 - A stack created or updated by executing a change set keeps its old (empty) outputs and never
   registers its exports (deleting it then fails with a KeyError).
 - `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned).
@@ -78,7 +80,9 @@ def apply_patches() -> None:
 
 def _patch_change_sets() -> None:
     from moto.cloudformation.models import CloudFormationBackend, Stack
+    from moto.cloudformation.parsing import ResourceMap
     from moto.cloudformation.responses import CloudFormationResponse
+    from moto.ssm.models import ssm_backends
 
     create_change_set = CloudFormationResponse.create_change_set
 
@@ -113,6 +117,14 @@ def _patch_change_sets() -> None:
         for export in stack.exports:
             self.exports[export.name] = export
 
+    parse_ssm_parameter = ResourceMap.parse_ssm_parameter
+
+    def parse_or_keep_resolved(self: Any, value: str, value_type: str) -> Any:
+        if ssm_backends[self._account_id][self._region_name].get_parameter(value) is None:
+            return value
+        return parse_ssm_parameter(self, value, value_type)
+
+    ResourceMap.parse_ssm_parameter = parse_or_keep_resolved  # type: ignore[method-assign]
     CloudFormationResponse.create_change_set = create_change_set_like_aws  # type: ignore[method-assign]
     Stack.has_parameters = has_parameters  # type: ignore[method-assign]
     CloudFormationBackend.execute_change_set = execute_and_refresh_outputs  # type: ignore[method-assign]

@@ -1,0 +1,225 @@
+"""deploy.sh against a moto server on 127.0.0.1, run twice to show the re-run is a no-op.
+
+moto has no CloudFormation support for AWS::MWAA::Environment or AWS::CodeBuild::Project, so the
+test deploys with `--skip mwaa` (storage, network, image and ECS stacks, then the uploads) and
+does not build an image. The server is tests/cloudformation/moto_server.py: moto with the change
+set, bucket versioning and VPC deletion behaviour of AWS (see its docstring).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+REGION = "us-east-1"
+PREFIX = "wbc"
+LAYERS = ("storage", "network", "image", "ecs")
+
+_spec = importlib.util.spec_from_file_location(
+    "moto_server", REPO / "tests" / "cloudformation" / "moto_server.py"
+)
+assert _spec is not None
+assert _spec.loader is not None
+moto_server = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(moto_server)
+
+
+def copy_project(destination: Path) -> Path:
+    """The files deploy.sh reads, so the test never touches the working tree's dags/."""
+    for name in ("deploy.sh", "destroy.sh", "requirements-mwaa.txt"):
+        shutil.copy2(REPO / name, destination / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "cloudformation", destination / "cloudformation", ignore=ignore)
+    shutil.copytree(REPO / "dags", destination / "dags", ignore=ignore)
+    return destination
+
+
+def aws_env(endpoint: str | None, home: Path) -> dict[str, str]:
+    """Fake credentials, no user AWS config, the venv's AWS CLI v1 first on PATH."""
+    (home / "aws-config").write_text("")
+    env = {
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": str(home / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-config"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
+
+
+def run(
+    script: Path, env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/bash", str(script), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with moto_server.running_server(log, REGION) as url:
+        yield url
+
+
+def client(name: str, url: str) -> Any:
+    return boto3.client(
+        name,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    """What a re-run must not change: stack events and outputs, every object version."""
+    cloudformation = client("cloudformation", url)
+    state: dict[str, Any] = {}
+    for layer in LAYERS:
+        stack = f"{PREFIX}-{layer}"
+        state[f"{stack} events"] = len(
+            cloudformation.describe_stack_events(StackName=stack)["StackEvents"]
+        )
+        described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
+        state[f"{stack} outputs"] = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
+    bucket = state[f"{PREFIX}-storage outputs"]["MwaaBucketName"]
+    versions = client("s3", url).list_object_versions(Bucket=bucket).get("Versions", [])
+    state["object versions"] = sorted((v["Key"], v["VersionId"]) for v in versions)
+    return state
+
+
+def test_deploy_twice_then_change_one_setting(tmp_path: Path, moto_url: str) -> None:
+    project = copy_project(tmp_path)
+    env = aws_env(moto_url, tmp_path)
+
+    first = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    assert first.returncode == 0, first.stderr + first.stdout
+    before = snapshot(moto_url)
+
+    storage = before[f"{PREFIX}-storage outputs"]
+    ecs = before[f"{PREFIX}-ecs outputs"]
+    s3 = client("s3", moto_url)
+    bucket = storage["MwaaBucketName"]
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    requirements = s3.get_object(Bucket=bucket, Key="requirements/requirements-mwaa.txt")
+    assert requirements["Body"].read() == (project / "requirements-mwaa.txt").read_bytes()
+    local_dags = {
+        path.relative_to(project).as_posix()
+        for path in (project / "dags").rglob("*")
+        if path.is_file()
+    }
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="dags/").get("Contents", [])
+    assert {item["Key"] for item in listed} == local_dags
+    assert (
+        ecs["SlotsPerInstance"] == "4"
+    )  # c5.xlarge: 4 vCPUs, 8 GiB, 1024 units and 1.5 GiB a task
+    assert ecs["ImageUri"] == f"{before[f'{PREFIX}-image outputs']['RepositoryUri']}:latest"
+    assert f"requirements version: {requirements['VersionId']}" in first.stdout
+
+    second = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert second.stdout.count("No changes to deploy") == len(LAYERS)
+    assert "unchanged: s3://" in second.stdout
+    assert snapshot(moto_url) == before
+
+    third = run(
+        project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--max-instances", "7"
+    )
+    assert third.returncode == 0, third.stderr + third.stdout
+    after = snapshot(moto_url)
+    assert after[f"{PREFIX}-ecs events"] > before[f"{PREFIX}-ecs events"]
+    assert after[f"{PREFIX}-storage events"] == before[f"{PREFIX}-storage events"]
+    assert after["object versions"] == before["object versions"]
+    group = client("autoscaling", moto_url).describe_auto_scaling_groups(
+        AutoScalingGroupNames=[ecs["AutoScalingGroupName"]]
+    )["AutoScalingGroups"][0]
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 7, 0)
+
+
+def test_help(tmp_path: Path) -> None:
+    result = run(REPO / "deploy.sh", aws_env(None, tmp_path), "--help")
+    assert result.returncode == 0
+    for option in ("--region", "--prefix", "--instance-type", "--image-uri", "--build-image"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--prefix", "Bad_Prefix"], "--prefix must be lowercase", id="prefix"),
+        pytest.param(["--bogus"], "unknown option: --bogus", id="unknown-option"),
+        pytest.param(["--skip", "everything"], "unknown step for --skip", id="skip"),
+        pytest.param(
+            ["--build-image", "--image-uri", "x/y:z"], "exclude each other", id="image-choice"
+        ),
+    ],
+)
+def test_bad_options_are_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run(REPO / "deploy.sh", aws_env(None, tmp_path), *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_missing_aws_cli_is_reported_first(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname") or "/usr/bin/dirname")
+    env = {**aws_env(None, tmp_path), "PATH": str(bin_dir)}
+    result = run(REPO / "deploy.sh", env)
+    assert result.returncode != 0
+    assert "the AWS CLI ('aws') is not on PATH" in result.stderr
+
+
+def test_missing_region_is_reported(tmp_path: Path) -> None:
+    env = aws_env(None, tmp_path)
+    del env["AWS_DEFAULT_REGION"]
+    result = run(REPO / "deploy.sh", env)
+    assert result.returncode != 0
+    assert "no AWS region set; pass --region" in result.stderr
+
+
+def test_missing_credentials_are_reported(tmp_path: Path) -> None:
+    env = aws_env(None, tmp_path)
+    del env["AWS_ACCESS_KEY_ID"]
+    del env["AWS_SECRET_ACCESS_KEY"]
+    result = run(REPO / "deploy.sh", env)
+    assert result.returncode != 0
+    assert "AWS credentials are missing or invalid" in result.stderr
+    assert "Unable to locate credentials" in result.stderr
+    assert "==> Stack" not in result.stdout
+
+
+def test_runs_without_a_terminal(tmp_path: Path) -> None:
+    """The scripts are ShellCheck clean and executable, as `make lint` and users expect."""
+    for name in ("deploy.sh", "destroy.sh"):
+        assert os.access(REPO / name, os.X_OK), name
+    result = subprocess.run(
+        [str(VENV_BIN / "shellcheck"), str(REPO / "deploy.sh"), str(REPO / "destroy.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
