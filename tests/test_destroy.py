@@ -1,0 +1,88 @@
+"""destroy.sh against a moto server: asks first, empties every object version, deletes in order.
+
+The stacks come from deploy.sh `--skip mwaa` (moto cannot create the MWAA environment).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "wbd"
+
+_spec = importlib.util.spec_from_file_location(
+    "test_deploy_helpers", REPO / "tests" / "test_deploy.py"
+)
+assert _spec is not None
+assert _spec.loader is not None
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with helpers.moto_server.running_server(log, helpers.REGION) as url:
+        yield url
+
+
+def stack_names(cloudformation: Any) -> set[str]:
+    return {stack["StackName"] for stack in cloudformation.describe_stacks()["Stacks"]}
+
+
+def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order(
+    tmp_path: Path, moto_url: str
+) -> None:
+    project = helpers.copy_project(tmp_path)
+    env = helpers.aws_env(moto_url, tmp_path)
+    deployed = helpers.run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+
+    cloudformation = helpers.client("cloudformation", moto_url)
+    s3 = helpers.client("s3", moto_url)
+    storage = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in cloudformation.describe_stacks(StackName=f"{PREFIX}-storage")["Stacks"][0][
+            "Outputs"
+        ]
+    }
+    mwaa_bucket, results_bucket = storage["MwaaBucketName"], storage["ResultsBucketName"]
+    # Two versions and a delete marker in the versioned bucket, results in the other.
+    s3.put_object(Bucket=mwaa_bucket, Key="dags/old.py", Body=b"v1")
+    s3.put_object(Bucket=mwaa_bucket, Key="dags/old.py", Body=b"v2")
+    s3.delete_object(Bucket=mwaa_bucket, Key="dags/old.py")
+    for index in range(3):
+        s3.put_object(
+            Bucket=results_bucket, Key=f"sim/task_results/r/task-{index:05d}.json", Body=b"{}"
+        )
+    listed = s3.list_object_versions(Bucket=mwaa_bucket)
+    assert len(listed["DeleteMarkers"]) == 1
+    expected = {f"{PREFIX}-{layer}" for layer in helpers.LAYERS}
+    assert expected <= stack_names(cloudformation)
+
+    refused = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, stdin="no\n")
+    assert refused.returncode != 0
+    assert "not confirmed; nothing deleted" in refused.stderr
+    assert f"bucket {mwaa_bucket}" in refused.stdout
+    assert expected <= stack_names(cloudformation)
+
+    destroyed = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
+    assert destroyed.returncode == 0, destroyed.stderr + destroyed.stdout
+    order = [line for line in destroyed.stdout.splitlines() if line.startswith("==> Deleting")]
+    assert order == [
+        f"==> Deleting stack {PREFIX}-{layer}" for layer in ("ecs", "image", "network", "storage")
+    ]
+    assert not expected & stack_names(cloudformation)
+    for bucket in (mwaa_bucket, results_bucket, storage["AccessLogsBucketName"]):
+        with pytest.raises(ClientError, match=r"NoSuchBucket|Not Found|404"):
+            s3.head_bucket(Bucket=bucket)
+
+    again = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
+    assert again.returncode == 0
+    assert "nothing to delete" in again.stdout
