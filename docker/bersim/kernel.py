@@ -77,30 +77,31 @@ def _configure_environment() -> None:
 
 
 def _session() -> Oct2Py:
-    """Return a running Octave session.
+    """Return an Octave session to use as a context manager (started on entry, closed on exit).
 
     Importing oct2py already starts a default session (`oct2py.octave`); reusing it instead
-    of starting a second one saves an Octave start-up per call. It is restarted when a
-    previous call closed it. Raises KernelError when Octave cannot be started.
+    of starting a second one saves an Octave start-up per call. Entering it restarts it when
+    a previous call closed it. Raises KernelError when Octave cannot be started.
     """
     _configure_environment()
     # oct2py reports a failed default session by printing, not raising: keep that text
     # for the error message instead of letting it reach the caller's stdout/stderr.
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-        import oct2py  # noqa: PLC0415  (the import starts Octave; only this call needs it)
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            import oct2py  # noqa: PLC0415  (the import starts Octave; only this call needs it)
+    except Exception as exc:
+        raise KernelError(f"cannot start Octave: {exc}") from exc
 
     octave = getattr(oct2py, "octave", None)
-    if octave is None:
-        try:
-            return oct2py.Oct2Py()
-        except Exception as exc:
-            detail = captured.getvalue().strip().splitlines()
-            hint = f" ({detail[-1]})" if detail else ""
-            raise KernelError(f"cannot start Octave: {exc}{hint}") from exc
-    if octave._engine is None:
-        octave.restart()
-    return octave
+    if octave is not None:
+        return octave
+    try:
+        return oct2py.Oct2Py()
+    except Exception as exc:
+        detail = captured.getvalue().strip().splitlines()
+        hint = f" ({detail[-1]})" if detail else ""
+        raise KernelError(f"cannot start Octave: {exc}{hint}") from exc
 
 
 def run_kernel(
@@ -130,19 +131,15 @@ def run_kernel(
         float(chunk_bits) if chunk_bits is not None else [],
         mode,
     )
-    octave = None
+    session = _session()
     try:
-        octave = _session()
-        octave.addpath(str(OCTAVE_DIR))
-        version = str(octave.feval("version"))
-        bits, errors, elapsed_s = octave.feval(KERNEL_FUNCTION, *args, nout=3)
-    except KernelError:
-        raise
+        # Leaving the block closes Octave, also when the kernel failed.
+        with session as octave:
+            octave.addpath(str(OCTAVE_DIR))
+            version = str(octave.feval("version"))
+            bits, errors, elapsed_s = octave.feval(KERNEL_FUNCTION, *args, nout=3)
     except Exception as exc:
         raise KernelError(f"Octave kernel failed: {exc}") from exc
-    finally:
-        if octave is not None:
-            octave.exit()
     return KernelResult(
         bits=_exact_int(bits, "bit count"),
         errors=_exact_int(errors, "error count"),
