@@ -1,0 +1,183 @@
+"""Scaling the ECS cluster's Auto Scaling group out and back in, and waiting for it.
+
+Both waits are sensors in `reschedule` mode: between two checks the task gives its worker slot
+back (state "up_for_reschedule"), so waiting ten minutes for Windows instances to boot costs
+seconds of worker time. Each check (re)sets the desired capacity, which is idempotent and also
+undoes a change someone made by hand meanwhile. A timeout fails the task with what was seen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from windows_batch.settings import Settings
+
+ADAPTIVE_RETRIES: dict[str, Any] = {"retries": {"mode": "adaptive", "max_attempts": 10}}
+"""botocore retry config: client-side rate limiting plus backoff against API throttling."""
+_DESCRIBE_BATCH = 100
+_PLACEHOLDER_TIMEOUT_S = 3600
+
+
+def aws_client(settings: Settings, service: str) -> Any:
+    """A boto3 client for `service` through the Airflow AWS connection, adaptive retries."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook  # noqa: PLC0415
+
+    hook = AwsBaseHook(
+        aws_conn_id=settings.aws_conn_id,
+        client_type=service,
+        region_name=settings.region,
+        config=_botocore_config(),
+    )
+    return hook.conn
+
+
+def _botocore_config() -> Any:
+    from botocore.config import Config  # noqa: PLC0415
+
+    return Config(retries={"mode": "adaptive", "max_attempts": 10})
+
+
+def set_desired_capacity(autoscaling: Any, group: str, desired: int) -> None:
+    """Set the group's desired capacity (no cooldown wait); explain a Min/MaxSize refusal."""
+    try:
+        autoscaling.set_desired_capacity(
+            AutoScalingGroupName=group, DesiredCapacity=desired, HonorCooldown=False
+        )
+    except Exception as exc:
+        text = str(exc)
+        if "ValidationError" in text:
+            what = "cluster_size" if desired > 0 else "the group's MinSize (must be 0)"
+            raise AirflowFailException(
+                f"{what}: Auto Scaling group {group!r} refused a desired capacity of "
+                f"{desired}: {text}"
+            ) from exc
+        raise
+
+
+def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
+    """Desired, minimum, maximum capacity and the instances' lifecycle states of the group."""
+    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    found = groups.get("AutoScalingGroups", [])
+    if not found:
+        raise AirflowFailException(
+            f"Auto Scaling group {group!r} does not exist "
+            "(deployment setting AIRFLOW__WINDOWS_BATCH__ASG_NAME)"
+        )
+    info = found[0]
+    return {
+        "desired": info.get("DesiredCapacity"),
+        "min": info.get("MinSize"),
+        "max": info.get("MaxSize"),
+        "instances": [i.get("LifecycleState", "?") for i in info.get("Instances", [])],
+    }
+
+
+def container_instances(ecs: Any, cluster: str) -> dict[str, int]:
+    """Container instances of the cluster: ACTIVE with the agent connected, and all ACTIVE."""
+    arns: list[str] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"cluster": cluster, "status": "ACTIVE"}
+        if token:
+            kwargs["nextToken"] = token
+        page = ecs.list_container_instances(**kwargs)
+        arns += page.get("containerInstanceArns", [])
+        token = page.get("nextToken")
+        if not token:
+            break
+    connected = 0
+    for start in range(0, len(arns), _DESCRIBE_BATCH):
+        described = ecs.describe_container_instances(
+            cluster=cluster, containerInstances=arns[start : start + _DESCRIBE_BATCH]
+        )
+        connected += sum(
+            1 for ci in described.get("containerInstances", []) if ci.get("agentConnected", True)
+        )
+    return {"active": len(arns), "ready": connected}
+
+
+class _ClusterSensor(BaseSensorOperator):
+    """Base for the two waits: renders `desired` and `timeout_s` from the run's params."""
+
+    template_fields = ("desired", "timeout_s")
+    ui_color = "#dbe9f6"
+
+    def __init__(
+        self, *, desired: str | int, timeout_s: str | int, settings: Settings, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            mode="reschedule",
+            poke_interval=settings.scale_poke_interval_s,
+            timeout=_PLACEHOLDER_TIMEOUT_S,
+            **kwargs,
+        )
+        self.desired = desired
+        self.timeout_s = timeout_s
+        self.settings = settings
+        self.seen = "nothing checked yet"
+
+    def execute(self, context: Context) -> Any:
+        self.timeout = float(self.timeout_s)
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout as exc:
+            raise AirflowSensorTimeout(
+                f"{self.task_id}: gave up after {float(self.timeout_s):.0f} s "
+                f"(timeout field {self._timeout_field}); last seen: {self.seen}"
+            ) from exc
+
+    _timeout_field = ""
+
+
+class ScaleOutSensor(_ClusterSensor):
+    """Set the group's desired capacity to `desired`; done once that many instances are ACTIVE."""
+
+    _timeout_field = "scale_out_timeout_s"
+
+    def poke(self, context: Context) -> bool:
+        desired = int(self.desired)
+        autoscaling = aws_client(self.settings, "autoscaling")
+        ecs = aws_client(self.settings, "ecs")
+        set_desired_capacity(autoscaling, self.settings.asg_name, desired)
+        group = group_state(autoscaling, self.settings.asg_name)
+        counts = container_instances(ecs, self.settings.cluster_name)
+        self.seen = (
+            f"{counts['ready']} of {desired} container instances ACTIVE with the agent connected "
+            f"in cluster {self.settings.cluster_name!r} ({counts['active']} ACTIVE); group "
+            f"{self.settings.asg_name!r}: desired {group['desired']}, instances "
+            f"{_lifecycle_summary(group['instances'])}"
+        )
+        self.log.info("%s", self.seen)
+        return counts["ready"] >= desired
+
+
+class ScaleInSensor(_ClusterSensor):
+    """Set the group's desired capacity to 0; done once the group has no instances left."""
+
+    _timeout_field = "scale_in_timeout_s"
+
+    def poke(self, context: Context) -> bool:
+        autoscaling = aws_client(self.settings, "autoscaling")
+        set_desired_capacity(autoscaling, self.settings.asg_name, 0)
+        group = group_state(autoscaling, self.settings.asg_name)
+        self.seen = (
+            f"group {self.settings.asg_name!r}: desired {group['desired']}, instances "
+            f"{_lifecycle_summary(group['instances'])}"
+        )
+        self.log.info("%s", self.seen)
+        return not group["instances"]
+
+
+def _lifecycle_summary(states: list[str]) -> str:
+    if not states:
+        return "none"
+    counted: dict[str, int] = {}
+    for state in states:
+        counted[state] = counted.get(state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counted.items()))

@@ -1,0 +1,223 @@
+"""The run's results one click away: an extra link to results.png and a run note with a summary.
+
+- Extra link: the `aggregate` task carries the operator link "Results plot (results.png)". Airflow
+  computes it when the task finishes (success or failure) and stores it in XCom; the UI shows it
+  on the task instance. It needs no plugin: the API server reads the stored URL back. On AWS it
+  is the S3 console URL of the object; in the local backend the file's `file://` URL.
+- Run note: a task cannot set its run's note through the Task SDK, so `aggregate` sets it
+  through the REST API: the local Airflow's own API (`RUN_NOTE=api`, what `make ui`/`make run`
+  use: no login there) or, on MWAA, `mwaa:InvokeRestApi` (`RUN_NOTE=mwaa` with
+  `MWAA_ENVIRONMENT`; the execution role needs `airflow:InvokeRestApi`). Any failure to set the
+  note is logged and ignored: the results and the link do not depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+    from windows_batch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESULTS_PNG = "results.png"
+RESULTS_JSON = "results.json"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def local_path(uri: str, local_root: Path) -> Path:
+    """Where the local backend keeps `s3://bucket/key`: `<local_root>/bucket/key`."""
+    bucket, key = split_s3_uri(uri)
+    return local_root / bucket / key
+
+
+def s3_console_url(uri: str, region: str | None) -> str:
+    """The S3 console page of the object `s3://bucket/key` (key URL-encoded: run ids hold ':+')."""
+    bucket, key = split_s3_uri(uri)
+    query = {"region": region, "prefix": key} if region else {"prefix": key}
+    return (
+        f"https://s3.console.aws.amazon.com/s3/object/{bucket}?"
+        f"{urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe='/')}"
+    )
+
+
+def results_link(uri: str, *, backend: str, local_root: Path, region: str | None) -> str:
+    """How a person opens `uri`: the S3 console on AWS, a file:// URL locally."""
+    if backend == "local":
+        return local_path(uri, local_root).resolve().as_uri()
+    return s3_console_url(uri, region)
+
+
+def output_prefix_of(command: list[str] | tuple[str, ...]) -> str | None:
+    """The `--output` prefix of a `bersim aggregate` command."""
+    args = list(command)
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--output":
+            return args[i + 1]
+    return None
+
+
+def summary_line(document: Mapping[str, Any]) -> str:
+    """One line from results.json: points, bits, errors at the worst point, missing tasks."""
+    rows = list(document.get("rows") or [])
+    bits = int(document.get("bits") or 0)
+    if not rows:
+        return "no results"
+    worst = min(rows, key=lambda row: (row["errors"], -row["ebn0_db"]))
+    line = (
+        f"{len(rows)} Eb/N0 points, {bits:.3g} bits simulated, worst point "
+        f"{worst['ebn0_db']:g} dB: {worst['errors']} errors (BER {worst['ber']:.2e})"
+    )
+    missing = document.get("missing_tasks") or []
+    if missing:
+        expected = document.get("expected_tasks")
+        line += f"; {len(missing)} of {expected} task results MISSING"
+    return line
+
+
+def note_text(*, link: str, png_uri: str, summary: str | None, partial: bool) -> str:
+    """The run note (Markdown)."""
+    head = "Results (partial: some tasks failed)" if partial else "Results"
+    lines = [f"**{head}:** [results.png]({link})", "", f"`{png_uri}`"]
+    if summary:
+        lines += ["", summary]
+    return "\n".join(lines)
+
+
+def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> bool:
+    """Set the run's note through the REST API (see the module docstring); True if it was set."""
+    path = (
+        f"/dags/{urllib.parse.quote(dag_id, safe='')}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    )
+    try:
+        if settings.run_note == "api":
+            base_url = os.environ.get("AIRFLOW__API__BASE_URL", "").rstrip("/")
+            if not base_url:
+                log.info("No API server configured (AIRFLOW__API__BASE_URL): run note not set")
+                return False
+            request = urllib.request.Request(  # noqa: S310 (our own Airflow's URL)
+                f"{base_url}/api/v2{path}",
+                data=json.dumps({"note": note}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="PATCH",
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return 200 <= response.status < 300
+        if settings.run_note == "mwaa":
+            if not settings.mwaa_environment:
+                log.warning("RUN_NOTE=mwaa needs MWAA_ENVIRONMENT: run note not set")
+                return False
+            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook  # noqa: PLC0415
+
+            client: Any = AwsBaseHook(
+                aws_conn_id=settings.aws_conn_id, client_type="mwaa", region_name=settings.region
+            ).conn
+            answer = client.invoke_rest_api(
+                Name=settings.mwaa_environment, Path=path, Method="PATCH", Body={"note": note}
+            )
+            return 200 <= int(answer.get("RestApiStatusCode", 0)) < 300
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        log.warning("Could not set the run note: %s", exc)
+    except Exception as exc:  # botocore errors: the note is a convenience, never fatal
+        log.warning("Could not set the run note: %s", exc)
+    return False
+
+
+class ResultsPlotLink(BaseOperatorLink):
+    """Operator link from `aggregate` to the run's results.png."""
+
+    name = "Results plot (results.png)"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return str(getattr(operator, "results_url", "") or "")
+
+
+class PublishResultsMixin:
+    """For the aggregate operators: the results link, and the run note after the aggregate ran.
+
+    Subclasses set `command` (the aggregate argv), `settings`, and call `publish_results`.
+    """
+
+    operator_extra_links: Collection[BaseOperatorLink] = (ResultsPlotLink(),)
+    command: list[str]
+    settings: Settings
+
+    @property
+    def results_png_uri(self) -> str | None:
+        prefix = output_prefix_of(self.command) if isinstance(self.command, list) else None
+        return f"{prefix.rstrip('/')}/{RESULTS_PNG}" if prefix else None
+
+    @property
+    def results_url(self) -> str:
+        uri = self.results_png_uri
+        if not uri:
+            return ""
+        return results_link(
+            uri,
+            backend=self.settings.backend,
+            local_root=self.settings.local_root,
+            region=self.settings.region,
+        )
+
+    def read_results_json(self) -> dict[str, Any] | None:
+        """results.json of this run, or None if it cannot be read (logged)."""
+        png = self.results_png_uri
+        if not png:
+            return None
+        uri = png[: -len(RESULTS_PNG)] + RESULTS_JSON
+        try:
+            if self.settings.backend == "local":
+                data = local_path(uri, self.settings.local_root).read_bytes()
+            else:
+                from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: PLC0415
+
+                bucket, key = split_s3_uri(uri)
+                hook = S3Hook(
+                    aws_conn_id=self.settings.aws_conn_id, region_name=self.settings.region
+                )
+                data = hook.get_key(key, bucket_name=bucket).get()["Body"].read()
+            return dict(json.loads(data))
+        except Exception as exc:  # the summary is a convenience, never fatal
+            log.warning("Could not read %s for the run note: %s", uri, exc)
+            return None
+
+    def publish_results(self, context: Mapping[str, Any], *, partial: bool) -> str | None:
+        """Log the link and summary, return the summary, and set the run note."""
+        png = self.results_png_uri
+        if not png:
+            return None
+        document = self.read_results_json()
+        summary = summary_line(document) if document else None
+        partial = partial or bool(document and document.get("missing_tasks"))
+        link = self.results_url
+        log.info("Results plot: %s", link)
+        if summary:
+            log.info("Summary: %s", summary)
+        note = note_text(link=link, png_uri=png, summary=summary, partial=partial)
+        run_id = str(context["run_id"])
+        dag_id = str(context["dag"].dag_id)
+        if self.settings.run_note != "off" and set_run_note(
+            self.settings, dag_id=dag_id, run_id=run_id, note=note
+        ):
+            log.info("Run note set")
+        return summary

@@ -1,0 +1,93 @@
+"""
+### Windows batch compute: a bit-error-rate study of BPSK over AWGN
+
+Trigger it with **Trigger DAG w/ config** and fill in the form (the defaults run the full study).
+
+1. **plan_tasks** checks the form and splits the study into `num_tasks` simulations
+   (refusing bad input with a message that names the field, before anything starts on AWS).
+2. **scale_out** starts `cluster_size` Windows instances and waits until they are ready.
+3. **simulate** runs one GNU Octave Monte Carlo simulation per task, each writing
+   `<task results folder>/<run id>/task-<index>.json`.
+4. **aggregate** sums them into `results.csv`, `results.json` and the plot `results.png`
+   under `<aggregate folder>/<run id>/`, even if some simulations failed (those are listed, and
+   the run is marked failed). Its **Results plot** link and the run's note lead to the plot.
+5. **scale_in** stops the instances again, whatever happened before.
+
+Backend (set by the deployment, `AIRFLOW__WINDOWS_BATCH__BACKEND`): `ecs` runs the tasks as ECS
+tasks on Windows instances; `local` runs the same commands on this machine (`make run`/`make ui`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, chain, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from windows_batch import settings as settings_mod
+from windows_batch.params import StudyError, form, validate_study
+from windows_batch.plan import plan_study
+
+DAG_ID = "windows-batch-compute-dag"
+SETTINGS = settings_mod.load()
+
+if SETTINGS.backend == "local":
+    from windows_batch import local as backend
+else:
+    from windows_batch import ecs as backend  # type: ignore[no-redef]
+
+
+with DAG(
+    dag_id=DAG_ID,
+    dag_display_name="Windows batch compute: BER study",
+    description="BER of BPSK over AWGN, simulated in GNU Octave on Windows ECS tasks",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    # One study at a time: runs share the cluster and its Auto Scaling group.
+    max_active_runs=1,
+    tags=["windows-batch", "bersim", SETTINGS.backend],
+    default_args={
+        "owner": "windows-batch",
+        "retries": SETTINGS.retries,
+        "retry_delay": timedelta(seconds=SETTINGS.retry_delay_s),
+    },
+    params=form(SETTINGS),
+) as dag:
+
+    @task(retries=0)
+    def plan_tasks(
+        params: Any = None, dag_run: Any = None, run_id: Any = None, ti: Any = None
+    ) -> list[list[str]]:
+        """Check the form and plan one bersim command line per task (nothing touches AWS)."""
+        try:
+            study, cluster_size = validate_study(
+                params,
+                conf=dag_run.conf if dag_run is not None else None,
+                max_cluster_size=SETTINGS.max_cluster_size,
+            )
+        except StudyError as exc:
+            raise AirflowFailException(f"Invalid input: {exc}") from None
+        plan = plan_study(study, str(run_id))
+        summary = (
+            f"{len(plan.tasks)} tasks over {len(study.ebn0_db)} Eb/N0 points "
+            f"({study.allocation} allocation), about {plan.expected_bits:.3g} bits, "
+            f"cluster of {cluster_size}; results under {plan.output_prefix_uri}"
+        )
+        print(summary)
+        ti.xcom_push(key="aggregate_command", value=plan.aggregate_command)
+        return plan.simulate_commands
+
+    planned: Any = plan_tasks()
+    scale_out = backend.scale_out(SETTINGS)
+    simulate = backend.simulate(SETTINGS).expand(command=planned)
+    aggregate = backend.aggregate(SETTINGS, command=planned["aggregate_command"])
+    scale_in = backend.scale_in(SETTINGS)
+
+    chain(planned, scale_out, simulate, aggregate, scale_in)
+    # A teardown does not decide the run's state, so a successful scale-in cannot turn a run
+    # whose simulations failed green; ALL_DONE runs it even when scale_out itself failed.
+    scale_in.as_teardown(setups=scale_out)
+    scale_in.trigger_rule = TriggerRule.ALL_DONE
