@@ -135,6 +135,9 @@ def run_kernel(
     try:
         # Leaving the block closes Octave, also when the kernel failed.
         with session as octave:
+            # oct2py ends Octave with a signal, on which Octave would dump its workspace
+            # into the working directory as `octave-workspace`.
+            octave.feval("crash_dumps_octave_core", False, nout=0)
             octave.addpath(str(OCTAVE_DIR))
             version = str(octave.feval("version"))
             bits, errors, elapsed_s = octave.feval(KERNEL_FUNCTION, *args, nout=3)

@@ -171,11 +171,17 @@ def test_unreached_target_simulates_all_bits() -> None:
     assert result.errors < 1_000
 
 
-def test_octave_failure_raises_kernel_error_and_closes_octave() -> None:
+def test_octave_failure_raises_kernel_error_and_closes_octave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(KernelError, match="unknown mode"):
         run_kernel(ebn0_db=0.0, max_bits=10, seed=1, mode="no-such-mode")
 
     assert octave_children() == []
+    # Closing Octave must not leave its crash dump (`octave-workspace`) in the working directory.
+    run_kernel(ebn0_db=0.0, max_bits=10, seed=1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _peak_rss_kib(max_bits: int) -> int:
