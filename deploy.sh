@@ -379,6 +379,7 @@ main() {
     "LogGroupName=$(stack_output "${ecs}" LogGroupName)" \
     "LogStreamPrefix=$(stack_output "${ecs}" LogStreamPrefix)" \
     "SlotsPerInstance=$(stack_output "${ecs}" SlotsPerInstance)" \
+    "MaxClusterSize=${max_instances}" \
     "TaskRoleArn=$(stack_output "${ecs}" TaskRoleArn)" \
     "TaskExecutionRoleArn=$(stack_output "${ecs}" TaskExecutionRoleArn)"
   print_next_steps "$(stack_output "${mwaa}" EnvironmentName)"

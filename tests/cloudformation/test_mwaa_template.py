@@ -41,6 +41,9 @@ DAG_SETTINGS = {
     "log_stream_prefix": {"Ref": "LogStreamPrefix"},
     "s3_bucket": {"Ref": "ResultsBucketName"},
     "slots_per_instance": {"Ref": "SlotsPerInstance"},
+    "max_cluster_size": {"Ref": "MaxClusterSize"},
+    "run_note": "mwaa",
+    "mwaa_environment": {"Ref": "AWS::StackName"},
 }
 
 
