@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 DEFAULT_HOME = REPO / ".local" / "airflow"
 DEFAULT_LOCAL_ROOT = REPO / ".local" / "buckets"
-# Each LocalExecutor worker is a forked process of several hundred MB; the study is CPU-bound.
-DEFAULT_PARALLELISM = max(2, os.cpu_count() or 2)
+# Twice the cores: while one task process starts (Python, Octave), another computes; each
+# LocalExecutor worker is a forked process of a few hundred MB.
+DEFAULT_PARALLELISM = 2 * (os.cpu_count() or 2)
 _SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
@@ -124,6 +125,8 @@ def _airflow_version() -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the API server does: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

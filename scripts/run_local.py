@@ -1,0 +1,277 @@
+"""Run windows-batch-compute-dag on this machine with real Airflow and the local backend.
+
+    make run                              # the whole study (200 tasks), laptop-sized bit budget
+    make run CONF='{"num_tasks": 20}'     # any trigger-form fields, as JSON
+    make ui                               # Airflow's UI on http://127.0.0.1:8080 until Ctrl-C
+
+`make run` starts `airflow standalone` (SQLite metadata database and logs under .local/airflow,
+the LocalExecutor running tasks in parallel on every core), triggers one run through the REST
+API, shows progress as tasks finish, stops Airflow again and prints the path of results.png as
+its last line. Results go to .local/buckets/<bucket>/<prefix>/<run id>/ (the local stand-in
+for S3, same keys as on AWS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import local_airflow
+
+DAG_ID = "windows-batch-compute-dag"
+# The form's defaults are sized for a cluster (4e9 bits per task); on a laptop the same study
+# with 40x fewer bits and errors keeps the same adaptive split and finishes in minutes.
+LAPTOP_DEFAULTS: dict[str, Any] = {"max_bits_per_task": 100_000_000, "target_errors": 25}
+FINISHED = {"success", "failed"}
+_TI_PAGE = 100
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+def api(base_url: str, method: str, path: str, body: Any = None) -> Any:
+    """Call this Airflow's REST API (no login: the local set-up makes every caller admin)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 (127.0.0.1, our own server)
+        f"{base_url}/api/v2{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            text = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        raw = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(raw).get("detail", raw)
+        except ValueError:
+            detail = raw
+        raise ApiError(
+            exc.code, detail if isinstance(detail, str) else json.dumps(detail)
+        ) from None
+    return json.loads(text) if text else None
+
+
+def wait_for_dag(base_url: str, timeout_s: float = 120) -> None:
+    """Wait until the DAG processor has parsed the DAG, then make sure it is unpaused."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            api(base_url, "GET", f"/dags/{DAG_ID}")
+            break
+        except ApiError as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                errors = api(base_url, "GET", "/importErrors").get("import_errors", [])
+                raise RuntimeError(f"the DAG did not load: {exc}; import errors: {errors}") from exc
+            time.sleep(1)
+    api(base_url, "PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+
+
+def task_states(base_url: str, run_id: str) -> list[dict[str, Any]]:
+    run = urllib.parse.quote(run_id, safe="")
+    found: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = api(
+            base_url,
+            "GET",
+            f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances?limit={_TI_PAGE}&offset={offset}",
+        )
+        found += page.get("task_instances", [])
+        offset += _TI_PAGE
+        if offset >= int(page.get("total_entries", 0)):
+            return found
+
+
+def progress_line(tis: list[dict[str, Any]], elapsed_s: float) -> str:
+    sims = [ti for ti in tis if ti["task_id"] == "simulate" and ti.get("map_index", -1) >= 0]
+    count: dict[str, int] = {}
+    for ti in sims:
+        count[str(ti.get("state"))] = count.get(str(ti.get("state")), 0) + 1
+    others = {
+        ti["task_id"]: ti.get("state") or "waiting" for ti in tis if ti["task_id"] != "simulate"
+    }
+    stage = next(
+        (
+            t
+            for t in ("scale_in", "aggregate", "scale_out", "plan_tasks")
+            if others.get(t) not in (None, "waiting", "none")
+        ),
+        "plan_tasks",
+    )
+    sims_text = (
+        f"simulate {count.get('success', 0)}/{len(sims)} done, {count.get('failed', 0)} failed, "
+        f"{count.get('running', 0)} running"
+        if sims
+        else "simulate not planned yet"
+    )
+    return f"[{elapsed_s:6.0f} s] {sims_text} | {stage}: {others.get(stage, 'waiting')}"
+
+
+def ti_label(ti: dict[str, Any]) -> str:
+    index = ti.get("map_index", -1)
+    return str(ti["task_id"]) + ("" if index is None or index < 0 else f"[{index}]")
+
+
+def xcom(base_url: str, run_id: str, task_id: str, key: str) -> Any:
+    run = urllib.parse.quote(run_id, safe="")
+    try:
+        entry = api(
+            base_url,
+            "GET",
+            f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task_id}/xcomEntries/{key}",
+        )
+    except ApiError:
+        return None
+    value = entry.get("value")
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def results_png(command: list[str] | None, local_root: Path) -> Path | None:
+    """Local path of results.png from the aggregate command (`--output s3://b/prefix/`)."""
+    if not command or "--output" not in command:
+        return None
+    uri = command[command.index("--output") + 1]
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return local_root / bucket / key / "results.png"
+
+
+def run_study(
+    conf: dict[str, Any], *, port: int, parallelism: int | None = None, poll_s: float = 2.0
+) -> int:
+    env = local_airflow.airflow_env(port=port, parallelism=parallelism)
+    local_root = Path(env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"])
+    print(f"Airflow home: {env['AIRFLOW_HOME']} (SQLite); results under {local_root}", flush=True)
+    local_airflow.migrate(env)
+    started = time.monotonic()
+    with local_airflow.standalone(env) as base_url:
+        print(f"Airflow is up at {base_url} ({time.monotonic() - started:.0f} s)", flush=True)
+        wait_for_dag(base_url)
+        try:
+            run = api(
+                base_url, "POST", f"/dags/{DAG_ID}/dagRuns", {"conf": conf, "logical_date": None}
+            )
+        except ApiError as exc:
+            print(f"The study was refused: {exc.detail}", file=sys.stderr, flush=True)
+            return 2
+        run_id = run["dag_run_id"]
+        print(f"Triggered run {run_id}", flush=True)
+        triggered = time.monotonic()
+        last = ""
+        while True:
+            state = api(
+                base_url, "GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+            )["state"]
+            line = progress_line(task_states(base_url, run_id), time.monotonic() - triggered)
+            if line.split("]", 1)[1] != last:
+                print(line, flush=True)
+                last = line.split("]", 1)[1]
+            if state in FINISHED:
+                break
+            time.sleep(poll_s)
+        wall_s = time.monotonic() - triggered
+        summary = xcom(base_url, run_id, "aggregate", "return_value")
+        png = results_png(xcom(base_url, run_id, "plan_tasks", "aggregate_command"), local_root)
+        errors = [
+            ti_label(ti)
+            for ti in task_states(base_url, run_id)
+            if ti.get("state") in ("failed", "upstream_failed")
+        ]
+    print(f"Run {run_id}: {state} in {wall_s:.0f} s", flush=True)
+    if summary:
+        print(f"Summary: {summary}", flush=True)
+    if errors:
+        shown = ", ".join(errors[:10]) + (" ..." if len(errors) > 10 else "")
+        print(f"Failed tasks: {shown} (logs under {env['AIRFLOW_HOME']}/logs)", flush=True)
+    if png is None or not png.exists():
+        print("No results.png was produced (see the failed tasks above).", flush=True)
+        return 1
+    print(png, flush=True)
+    return 0 if state == "success" else 1
+
+
+def run_ui(*, port: int) -> int:
+    env = local_airflow.airflow_env(port=port)
+    local_airflow.migrate(env)
+    print("Starting Airflow (about 15 s)...", flush=True)
+    with local_airflow.standalone(env) as base_url:
+        wait_for_dag(base_url)
+        print(f"Airflow is up: {base_url}/dags/{DAG_ID}", flush=True)
+        print(
+            "Open it, then 'Trigger' (the form). No login needed. Ctrl-C stops Airflow.", flush=True
+        )
+        print(f"Results: {env['AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT']}", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("\nStopping Airflow...", flush=True)
+    return 0
+
+
+def parse_conf(text: str) -> dict[str, Any]:
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"run_local.py: --conf is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise SystemExit("run_local.py: --conf must be a JSON object such as '{\"num_tasks\": 20}'")
+    return conf
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--conf", default="", help="trigger-form fields as JSON (make run CONF=...)"
+    )
+    parser.add_argument("--ui", action="store_true", help="start Airflow's UI until Ctrl-C")
+    parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=None,
+        help="tasks run at once (default: see local_airflow)",
+    )
+    args = parser.parse_args(argv)
+    if args.ui:
+        return run_ui(port=args.port)
+    conf = parse_conf(args.conf)
+    laptop = {k: v for k, v in LAPTOP_DEFAULTS.items() if k not in conf}
+    if laptop:
+        print(
+            "Laptop-sized bit budget (the form's defaults are sized for a cluster): "
+            + ", ".join(f"{k}={v:,}" for k, v in laptop.items())
+            + "; set them in CONF to override.",
+            flush=True,
+        )
+    if not conf:
+        print("No CONF: running the full default study (200 tasks, 8 Eb/N0 points).", flush=True)
+    return run_study({**laptop, **conf}, port=args.port, parallelism=args.parallelism)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Run windows-batch-compute-dag once with `dag.test()` and print the outcome as JSON.
+
+Run in a child process whose environment (AIRFLOW_HOME, backend settings, AWS connection) the
+test prepares, so each test gets a fresh Airflow configuration:
+
+    python tests/dags/dagtest_runner.py '{"num_tasks": 6}'
+
+The last stdout line is JSON: {"state": ..., "run_id": ..., "tasks": {"task_id[map_index]": state},
+"xcom": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "dags"))
+
+
+def main() -> int:
+    conf = json.loads(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else {}
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "windows_batch_compute_dag.py"))
+    if bag.import_errors:
+        print(json.dumps({"import_errors": bag.import_errors}))
+        return 1
+    dag = bag.dags["windows-batch-compute-dag"]
+    try:
+        dr = dag.test(run_conf=conf)
+    except Exception as exc:  # params refused before the run exists
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 0
+    with create_session() as session:
+        tis = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dr.run_id
+            )
+        ).all()
+        tasks = {
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state)
+            for ti in tis
+        }
+        tries = {
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): ti.try_number
+            for ti in tis
+        }
+        xcoms = session.execute(
+            select(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.value).where(
+                XComModel.dag_id == dag.dag_id, XComModel.run_id == dr.run_id
+            )
+        ).all()
+        xcom = {
+            f"{task_id}[{map_index}].{key}" if map_index >= 0 else f"{task_id}.{key}": value
+            for task_id, map_index, key, value in xcoms
+            if task_id != "simulate"
+        }
+    print(
+        json.dumps(
+            {
+                "state": str(dr.state),
+                "run_id": dr.run_id,
+                "tasks": tasks,
+                "tries": tries,
+                "xcom": xcom,
+            },
+            default=str,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
