@@ -3,7 +3,9 @@
 Run in a child process whose environment (AIRFLOW_HOME, backend settings, AWS connection) the
 test prepares, so each test gets a fresh Airflow configuration:
 
-    python tests/dags/dagtest_runner.py '{"num_tasks": 6}'
+    python tests/dags/dagtest_runner.py '{"num_tasks": 6}' [LOGICAL_DATE]
+
+LOGICAL_DATE (ISO 8601, optional) fixes the run id: manual__<LOGICAL_DATE>.
 
 The last stdout line is JSON: {"state": ..., "run_id": ..., "tasks": {"task_id[map_index]": state},
 "xcom": {...}}.
@@ -21,6 +23,7 @@ sys.path.insert(0, str(REPO / "dags"))
 
 def main() -> int:
     conf = json.loads(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else {}
+    logical_date = sys.argv[2] if len(sys.argv) > 2 else None
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models import TaskInstance
     from airflow.models.xcom import XComModel
@@ -33,7 +36,13 @@ def main() -> int:
         return 1
     dag = bag.dags["windows-batch-compute-dag"]
     try:
-        dr = dag.test(run_conf=conf)
+        if logical_date:
+            from datetime import datetime
+
+            when = datetime.fromisoformat(logical_date)
+            dr = dag.test(run_conf=conf, logical_date=when, run_after=when)
+        else:
+            dr = dag.test(run_conf=conf)
     except Exception as exc:  # params refused before the run exists
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 0

@@ -1,0 +1,133 @@
+"""Shared set-up for the DAG's tests.
+
+Anything that runs Airflow proper (parsing with settings, dag.test) runs in a child process with
+its own AIRFLOW_HOME and environment: each test picks its backend and settings, and nothing
+leaks between tests. The pure modules (plan, params, results) are imported in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+for path in (DAGS, REPO / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+# In-process imports of airflow.sdk must not create ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="wb-airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+import local_airflow  # noqa: E402
+
+
+def last_json_line(stdout: str) -> dict[str, Any]:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    raise AssertionError(f"no JSON outcome in the output:\n{stdout[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment for a real Airflow (SQLite, migrated once) with the local backend."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = local_airflow.airflow_env(
+        home=home, port=local_airflow.free_port(), local_root=home / "buckets"
+    )
+    # dag.test() has no API server: the run note is skipped (logged), not sent anywhere.
+    env.pop("AIRFLOW__API__BASE_URL", None)
+    env["AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S"] = "0"
+    local_airflow.migrate(env)
+    return env
+
+
+RunDag = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def run_dag() -> RunDag:
+    """Run the DAG once with dag.test() in a child process; return its JSON outcome."""
+
+    def run(
+        env: dict[str, str],
+        conf: dict[str, Any],
+        *,
+        logical_date: str | None = None,
+        timeout_s: float = 300,
+    ) -> dict[str, Any]:
+        proc = subprocess.run(
+            [PYTHON, str(HERE / "dagtest_runner.py"), json.dumps(conf)]
+            + ([logical_date] if logical_date else []),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        try:
+            outcome = last_json_line(proc.stdout)
+        except AssertionError:
+            raise AssertionError(
+                f"dag.test runner failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
+            ) from None
+        outcome["log"] = proc.stdout + proc.stderr
+        return outcome
+
+    return run
+
+
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Factory: start tests/dags/moto_ecs_server.py with extra env; stopped after the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(**extra: str) -> dict[str, Any]:
+        port = local_airflow.free_port()
+        events = tmp_path / f"events-{port}.jsonl"
+        env = {**os.environ, "MOTO_EVENT_LOG": str(events), **extra}
+        output = tmp_path / f"moto-{port}.log"
+        with output.open("w") as out:
+            proc = subprocess.Popen(
+                [PYTHON, str(HERE / "moto_ecs_server.py"), str(port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        started.append(proc)
+        deadline = time.monotonic() + 60
+        while "READY" not in output.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"moto server did not start:\n{output.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return {"url": f"http://127.0.0.1:{port}", "events": events, "log": output}
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

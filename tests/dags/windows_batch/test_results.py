@@ -1,0 +1,126 @@
+"""results.py: where the results link points, the one-line summary and the run note."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from windows_batch import results
+from windows_batch import settings as settings_mod
+
+RUN_ID = "manual__2026-01-02T03:04:05.678901+00:00"
+PNG = f"s3://my-results/sim/aggregate_results/{RUN_ID}/results.png"
+RESULTS_JSON = {
+    "bits": 123_456_789,
+    "expected_tasks": 6,
+    "missing_tasks": [],
+    "rows": [
+        {"ebn0_db": 0.0, "errors": 9000, "ber": 0.078},
+        {"ebn0_db": 10.0, "errors": 120, "ber": 3.9e-6},
+        {"ebn0_db": 12.0, "errors": 80, "ber": 9.1e-9},
+    ],
+}
+
+
+def test_s3_console_url_encodes_the_run_id() -> None:
+    url = results.s3_console_url(PNG, "eu-west-1")
+    assert url.startswith("https://s3.console.aws.amazon.com/s3/object/my-results?")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert query["region"] == ["eu-west-1"]
+    assert query["prefix"] == [f"sim/aggregate_results/{RUN_ID}/results.png"]
+    assert "+" not in urllib.parse.urlsplit(url).query  # '+' would read back as a space
+
+
+def test_local_link_is_the_file(tmp_path: Path) -> None:
+    link = results.results_link(PNG, backend="local", local_root=tmp_path, region=None)
+    expected = tmp_path / "my-results" / "sim" / "aggregate_results" / RUN_ID / "results.png"
+    assert link == expected.resolve().as_uri()
+
+
+def test_summary_names_points_bits_and_the_worst_point() -> None:
+    line = results.summary_line(RESULTS_JSON)
+    assert line == (
+        "3 Eb/N0 points, 1.23e+08 bits simulated, worst point 12 dB: 80 errors (BER 9.10e-09)"
+    )
+    partial = results.summary_line({**RESULTS_JSON, "missing_tasks": [1, 4]})
+    assert partial.endswith("; 2 of 6 task results MISSING")
+
+
+def test_output_prefix_of_the_aggregate_command() -> None:
+    command = [
+        "aggregate",
+        "--input",
+        "s3://b/i/",
+        "--output",
+        "s3://b/o/",
+        "--expected-tasks",
+        "3",
+    ]
+    assert results.output_prefix_of(command) == "s3://b/o/"
+    assert results.output_prefix_of(["aggregate"]) is None
+
+
+class _NoteHandler(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, str, dict[str, Any]]]] = []
+
+    def do_PATCH(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append((self.command, self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def note_server() -> Any:
+    server = HTTPServer(("127.0.0.1", 0), _NoteHandler)
+    _NoteHandler.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _NoteHandler.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_run_note_goes_to_the_rest_api(note_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    base_url, received = note_server
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", base_url)
+    settings = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "local"})
+    assert settings.run_note == "api"
+    ok = results.set_run_note(
+        settings, dag_id="windows-batch-compute-dag", run_id=RUN_ID, note="hi"
+    )
+    assert ok
+    method, path, body = received[0]
+    assert method == "PATCH"
+    assert urllib.parse.unquote(path) == f"/api/v2/dags/windows-batch-compute-dag/dagRuns/{RUN_ID}"
+    assert "%2B" in path  # the '+' of the run id survives
+    assert body == {"note": "hi"}
+
+
+def test_run_note_failure_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:9")  # discard port: refused
+    settings = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "local"})
+    assert not results.set_run_note(settings, dag_id="d", run_id=RUN_ID, note="x")
+
+
+def test_note_text_links_the_plot_and_carries_the_summary() -> None:
+    note = results.note_text(link="https://x/y", png_uri=PNG, summary="3 points", partial=True)
+    assert (
+        note.splitlines()[0]
+        == "**Results (partial: some tasks failed):** [results.png](https://x/y)"
+    )
+    assert PNG in note
+    assert note.endswith("3 points")
