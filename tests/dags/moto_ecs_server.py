@@ -32,7 +32,7 @@ from typing import Any
 
 from moto.autoscaling.models import AutoScalingBackend
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
+from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.logs.models import logs_backends
 from moto.moto_api import state_manager
@@ -219,7 +219,6 @@ EC2ContainerServiceBackend.list_tasks = list_tasks  # type: ignore[method-assign
 EC2ContainerServiceBackend.list_container_instances = list_container_instances  # type: ignore[method-assign]
 EC2ContainerServiceResponse.run_task = response_run_task  # type: ignore[method-assign]
 AutoScalingBackend.set_desired_capacity = set_desired_capacity  # type: ignore[method-assign,assignment]
-assert ecs_backends  # imported for its registry
 
 
 def main() -> int:
