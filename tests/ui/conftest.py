@@ -1,0 +1,194 @@
+"""Fixtures for the browser tests: a real local Airflow and headless Debian Chromium.
+
+`airflow_ui` starts `airflow standalone` (scripts/local_airflow.py) with the DAG's local backend,
+in a temporary AIRFLOW_HOME and a temporary directory standing in for S3, on a free port of
+127.0.0.1 with no login. It is stopped (the whole process group) whatever happens in the tests.
+`browser` is Debian's /usr/bin/chromium driven by Playwright (its own browser download cannot
+work on this machine). `--screenshots-dir DIR` (make screenshots) saves the README's pictures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "windows-batch-compute-dag"
+CHROMIUM = Path("/usr/bin/chromium")
+# Root needs --no-sandbox; the rest keeps Chromium from reaching for a network it cannot have.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# Two task processes at once: each LocalExecutor worker is a forked process of several 100 MB.
+PARALLELISM = 2
+DAG_PARSE_TIMEOUT_S = 90.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--screenshots-dir",
+        default=None,
+        help="save the README screenshots (trigger-form.png, results.png) into this directory",
+    )
+
+
+def _load_local_airflow() -> ModuleType:
+    """scripts/ is not a package: import scripts/local_airflow.py by its path."""
+    name = "local_airflow"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_airflow.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class AirflowUI:
+    """A running local Airflow: its base URL and the directories it works in."""
+
+    url: str
+    home: Path
+    local_root: Path
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call the REST API (/api/v2/...); return (HTTP status, decoded JSON body)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 (http://127.0.0.1 only)
+            f"{self.url}/api/v2/{path.lstrip('/')}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                return err.code, json.loads(raw)
+            except ValueError:
+                return err.code, raw.decode(errors="replace")
+
+    def get(self, path: str) -> Any:
+        status, body = self.api("GET", path)
+        assert status == 200, f"GET {path}: HTTP {status}: {body}"
+        return body
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run of the DAG, as the REST API lists them."""
+        return list(self.get(f"dags/{DAG_ID}/dagRuns?limit=100")["dag_runs"])
+
+    def run_path(self, run_id: str) -> str:
+        return f"dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        log = self.home / "standalone.log"
+        if not log.exists():
+            return ""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_for_dag(ui: AirflowUI) -> None:
+    """Wait until the DAG processor has parsed the DAG; fail with its import error if any."""
+    deadline = time.monotonic() + DAG_PARSE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status, _ = ui.api("GET", f"dags/{DAG_ID}")
+        if status == 200:
+            return
+        errors = ui.get("importErrors").get("import_errors", [])
+        if errors:
+            details = "\n\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors)
+            pytest.fail(f"the DAG folder has import errors:\n{details}")
+        time.sleep(1)
+    pytest.fail(
+        f"{DAG_ID} did not appear in the local Airflow within {DAG_PARSE_TIMEOUT_S:.0f} s; "
+        f"last lines of standalone.log:\n{ui.log_tail()}"
+    )
+
+
+@pytest.fixture(scope="session")
+def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
+    """`airflow standalone` with the local backend, stopped again whatever happens."""
+    local_airflow = _load_local_airflow()
+    base = tmp_path_factory.mktemp("airflow-ui")
+    home = base / "airflow"
+    local_root = base / "buckets"
+    env = local_airflow.airflow_env(
+        home=home,
+        port=local_airflow.free_port(),
+        local_root=local_root,
+        parallelism=PARALLELISM,
+    )
+    local_airflow.migrate(env)
+    with local_airflow.standalone(env) as url:
+        ui = AirflowUI(url=url, home=home, local_root=local_root)
+        _wait_for_dag(ui)
+        # New DAGs may start paused (the default outside airflow_env): a paused DAG never runs.
+        status, body = ui.api("PATCH", f"dags/{DAG_ID}", {"is_paused": False})
+        assert status == 200, f"unpausing {DAG_ID}: HTTP {status}: {body}"
+        yield ui
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium through Playwright; closed at the end of the session."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium package (make setup does it)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context and page per test (no state carried between tests)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(20_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots_dir(pytestconfig: pytest.Config) -> Path | None:
+    """Where `make screenshots` saves the README pictures; None in ordinary test runs."""
+    value = pytestconfig.getoption("screenshots_dir", default=None)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = pytestconfig.invocation_params.dir / path
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,588 @@
+"""The trigger form of windows-batch-compute-dag, used the way a person uses it.
+
+Real Airflow (`airflow standalone`, local backend) and headless Chromium: open the DAG, open
+"Trigger", check that every field explains itself, that bad input is refused before a run exists,
+then trigger a small real study and follow it to its results.png through the run's note.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import pytest
+
+if TYPE_CHECKING:
+    from .conftest import AirflowUI
+
+DAG_ID = "windows-batch-compute-dag"
+pytestmark = [pytest.mark.browser, pytest.mark.airflow]
+
+# The fields a person sets for every study: first, and visible as soon as the form opens.
+COMMON_FIELDS = ("s3_bucket", "num_tasks", "ebn0_db")
+# Fields the issue names that must be typed as numbers in the form.
+NUMBER_FIELDS = ("num_tasks", "max_bits_per_task", "target_errors", "seed", "cluster_size")
+ALLOCATIONS = {"equal", "adaptive"}
+# The defaults issue 3 gives for the form.
+ISSUE_DEFAULTS = {
+    "num_tasks": 200,
+    "ebn0_db": [0, 2, 4, 6, 8, 10, 11, 12],
+    "cluster_size": 6,
+    "s3_prefix_task_results": "sim/task_results",
+    "s3_prefix_aggregate_results": "sim/aggregate_results",
+}
+# A small study Octave finishes in seconds: 4 tasks over 4 points, at most 200 000 bits each.
+SMALL_STUDY = {
+    "s3_bucket": "ui-test-results",
+    "num_tasks": 4,
+    "ebn0_db": [0, 2, 4, 6],
+    "max_bits_per_task": 200_000,
+}
+RUN_TIMEOUT_S = 300.0
+TERMINAL_STATES = {"success", "failed"}
+
+# One pass over the form's DOM: for every param field, its section, label, help text, widget.
+# Airflow 3.3's form: an accordion item per section; a Chakra field per param whose widget
+# carries id or name `element_<param>`.
+_COLLECT_FIELDS_JS = """
+form => Array.from(form.querySelectorAll('[data-scope=accordion][data-part=item]')).map(item => ({
+  section: item.querySelector('[data-part=item-trigger]').innerText.trim(),
+  open: item.getAttribute('data-state') === 'open',
+  fields: Array.from(item.querySelectorAll('[data-scope=field][data-part=root]'))
+    .map(field => {
+      const widget = field.querySelector('[id^="element_"], [name^="element_"]');
+      if (!widget) return null;
+      const key = widget.id.startsWith('element_') ? widget.id : widget.getAttribute('name');
+      const label = field.querySelector('[data-part=label]');
+      const help = field.querySelector('[data-part=helper-text]');
+      let kind = 'text';
+      if (field.querySelector('[data-scope=number-input] input[role=spinbutton]')) kind = 'number';
+      else if (field.querySelector('.monaco-editor, [data-mode-id=json]')) kind = 'json-list';
+      else if (field.querySelector('textarea')) kind = 'lines';
+      else if (field.querySelector('[role=combobox]')) kind = 'select';
+      else if (field.querySelector('[data-scope=switch], input[type=checkbox]')) kind = 'switch';
+      const input = field.querySelector('input[name^="element_"]');
+      return {
+        name: key.slice('element_'.length),
+        label: label ? label.innerText.replace(/\\*\\s*$/, '').trim() : '',
+        help: help ? help.innerText.trim() : '',
+        kind: kind,
+        shown: input ? input.value : null,
+      };
+    })
+    .filter(f => f !== null),
+}))
+"""
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _open_trigger_form(page: Any, ui: AirflowUI) -> Any:
+    """Open the DAG page, press Trigger, wait for the params form; return the dialog."""
+    page.goto(f"{ui.url}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger Dag").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_test_id("config-form").wait_for()
+    # The params render once the DAG's details have loaded.
+    dialog.locator('[id="element_num_tasks"], [name="element_num_tasks"]').first.wait_for(
+        state="attached"
+    )
+    return dialog
+
+
+def _field(dialog: Any, name: str) -> Any:
+    """The form row (label, widget, help text, error text) of one param."""
+    widget = dialog.page.locator(f'[id="element_{name}"], [name="element_{name}"]')
+    return dialog.locator("[data-scope=field][data-part=root]").filter(has=widget)
+
+
+def _number_input(dialog: Any, name: str) -> Any:
+    """The number input of a param, its section opened."""
+    _show(dialog, name)
+    return dialog.locator(f'[id="number-input:element_{name}"] input')
+
+
+def _text_input(dialog: Any, name: str) -> Any:
+    """The text input of a param, its section opened."""
+    _show(dialog, name)
+    return dialog.locator(f'input[id="element_{name}"]')
+
+
+def _set_list(page: Any, dialog: Any, name: str, text: str) -> None:
+    """Replace the content of a JSON list editor the way a person pastes it in.
+
+    Typing key by key does not work: the editor auto-closes brackets and re-formats its content
+    as soon as it parses, so the text is pasted (one change, as a person would).
+    """
+    _show(dialog, name)
+    editor = dialog.locator(f'[id="element_{name}"] .view-lines')
+    editor.click()
+    page.evaluate("text => navigator.clipboard.writeText(text)", text)
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Control+V")
+    page.wait_for_timeout(300)
+
+
+def _error_texts(dialog: Any) -> list[str]:
+    """Every error the form shows: per-field messages and the alert of a refused trigger."""
+    texts = dialog.locator("[data-scope=field][data-part=error-text]").all_inner_texts()
+    texts += dialog.get_by_test_id("error-alert").all_inner_texts()
+    return [t.strip() for t in texts if t.strip()]
+
+
+def _run_ids(ui: AirflowUI) -> set[str]:
+    return {run["dag_run_id"] for run in ui.runs()}
+
+
+def _delete_runs(ui: AirflowUI, run_ids: set[str]) -> None:
+    """Remove runs a failed check created, so they do not compete with the other tests."""
+    for run_id in run_ids:
+        ui.api("DELETE", ui.run_path(run_id))
+
+
+def _press_trigger_and_expect_refusal(
+    page: Any, dialog: Any, ui: AirflowUI, *, name: str, title: str, bad: str
+) -> None:
+    """Press Trigger (if the form lets us) and check the input is refused before any run exists.
+
+    Refused means: no run was created, and the form shows a message that names the field,
+    either in that field's own row (its label is the field's title) or in the alert of the
+    refused request (which names the param).
+    """
+    before = _run_ids(ui)
+    submit = dialog.get_by_test_id("trigger-dag-submit")
+    server_answer = None
+    if submit.is_enabled():
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{DAG_ID}/dagRuns")
+        ) as response:
+            submit.click()
+        server_answer = f"HTTP {response.value.status}: {response.value.text()[:300]}"
+        if response.value.status >= 400:
+            dialog.get_by_test_id("error-alert").wait_for(timeout=10_000)
+    created = _run_ids(ui) - before
+    if created:
+        _delete_runs(ui, created)
+    assert not created, (
+        f"{name}={bad}: the form started a run instead of refusing the input "
+        f"(server answered {server_answer}; created {sorted(created)})"
+    )
+    row_errors = _field(dialog, name).locator("[data-part=error-text]").all_inner_texts()
+    alert = " ".join(dialog.get_by_test_id("error-alert").all_inner_texts())
+    named_in_alert = re.search(rf"\b{re.escape(name)}\b", alert) or title in alert
+    assert row_errors or named_in_alert, (
+        f"{name}={bad} was refused but no message names the field: errors shown "
+        f"{_error_texts(dialog)!r}"
+    )
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dag_params(airflow_ui: AirflowUI) -> dict[str, Any]:
+    """The DAG's params as the API serves them to the form: value, schema, description."""
+    return dict(airflow_ui.get(f"dags/{DAG_ID}/details")["params"])
+
+
+@pytest.fixture
+def clipboard_page(page: Any) -> Any:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    return page
+
+
+# --- the form ----------------------------------------------------------------------------------
+
+
+@pytest.mark.screenshots
+def test_trigger_form_explains_every_field(
+    page: Any,
+    airflow_ui: AirflowUI,
+    dag_params: dict[str, Any],
+    screenshots_dir: Path | None,
+) -> None:
+    """Titles, descriptions, widgets, grouping and defaults; every defect is listed at once."""
+    dialog = _open_trigger_form(page, airflow_ui)
+    sections = dialog.get_by_test_id("config-form").evaluate(_COLLECT_FIELDS_JS)
+    fields = {
+        f["name"]: {**f, "section": s["section"], "open": s["open"]}
+        for s in sections
+        for f in s["fields"]
+    }
+    assert set(fields) == set(dag_params), (
+        f"the form shows {sorted(fields)} but the DAG declares {sorted(dag_params)}"
+    )
+    if screenshots_dir is not None:
+        _screenshot_form(dialog, screenshots_dir / "trigger-form.png")
+    problems = _explanation_problems(fields)
+    problems += _widget_problems(fields, dag_params)
+    problems += _grouping_problems(fields, [f["name"] for s in sections for f in s["fields"]])
+    problems += _allocation_problems(dialog, dag_params)
+    problems += _shown_default_problems(fields, dag_params)
+    problems += _sent_default_problems(_conf_the_form_would_send(dialog), dag_params)
+    assert not problems, "the trigger form is not self-explanatory:\n- " + "\n- ".join(problems)
+
+
+def _explanation_problems(fields: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, field in fields.items():
+        if field["label"] in {"", name}:
+            problems.append(f"{name!r} has no title (Param(..., title=...))")
+        if len(field["help"]) < 15:
+            problems.append(f"{name!r} has no useful description: {field['help']!r}")
+    return problems
+
+
+def _advanced(fields: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The advanced fields: (timeouts, prefixes)."""
+    return [n for n in fields if "timeout" in n], [n for n in fields if "prefix" in n]
+
+
+def _widget_problems(fields: dict[str, Any], dag_params: dict[str, Any]) -> list[str]:
+    """Numbers as numbers, the Eb/N0 list as a list of numbers, allocation a choice."""
+    problems = []
+    timeouts, prefixes = _advanced(fields)
+    for name in (*NUMBER_FIELDS, *timeouts):
+        kind = fields[name]["kind"] if name in fields else "missing"
+        if kind != "number":
+            problems.append(f"{name!r} renders as {kind}, not a number input")
+    ebn0_schema = dag_params["ebn0_db"]["schema"]
+    items_type = ebn0_schema.get("items", {}).get("type")
+    if fields["ebn0_db"]["kind"] != "json-list" or items_type != "number":
+        problems.append(
+            f"ebn0_db must render as a list of numbers (type array, items type number); "
+            f"it renders as {fields['ebn0_db']['kind']} with schema {ebn0_schema}"
+        )
+    if fields["allocation"]["kind"] != "select":
+        problems.append(f"allocation renders as {fields['allocation']['kind']}, not a choice")
+    for name in ("s3_bucket", *prefixes):
+        if fields[name]["kind"] != "text":
+            problems.append(f"{name!r} renders as {fields[name]['kind']}, not a text field")
+    return problems
+
+
+def _grouping_problems(fields: dict[str, Any], order: list[str]) -> list[str]:
+    """Common fields first and visible when the form opens; timeouts and prefixes after."""
+    problems = []
+    timeouts, prefixes = _advanced(fields)
+    if len(timeouts) < 2 or len(prefixes) < 2:
+        problems.append(f"expected two timeouts and two prefixes: {timeouts}, {prefixes}")
+    if order[: len(COMMON_FIELDS)] != list(COMMON_FIELDS):
+        problems.append(f"the form starts with {order[:3]}, not {list(COMMON_FIELDS)}")
+    hidden = [n for n in COMMON_FIELDS if not fields[n]["open"]]
+    if hidden:
+        problems.append(
+            f"{hidden} are hidden when the form opens: their section "
+            f"{fields[hidden[0]]['section']!r} starts collapsed (Airflow 3.3 opens only the "
+            "default section 'Run Parameters'; declare these params without section=...)"
+        )
+    first_section = fields[order[0]]["section"]
+    last_common = max(order.index(n) for n in COMMON_FIELDS)
+    for name in (*timeouts, *prefixes):
+        if order.index(name) < last_common or fields[name]["section"] == first_section:
+            problems.append(f"advanced field {name!r} is not in a section after the common ones")
+    return problems
+
+
+def _allocation_problems(dialog: Any, dag_params: dict[str, Any]) -> list[str]:
+    """The choice offers exactly the two allocations (by their display names, if any)."""
+    problems = []
+    schema = dag_params["allocation"]["schema"]
+    if set(schema.get("enum", [])) != ALLOCATIONS:
+        problems.append(f"allocation's choices are not {ALLOCATIONS}: {schema}")
+    display = schema.get("values_display") or {}
+    expected = {display.get(value, value) for value in ALLOCATIONS}
+    _show(dialog, "allocation")
+    _field(dialog, "allocation").get_by_role("combobox").click()
+    offered = set(dialog.page.get_by_role("option").all_inner_texts())
+    # Close the menu with Tab: Escape would close the whole dialog.
+    dialog.page.keyboard.press("Tab")
+    if offered != expected:
+        problems.append(f"allocation offers {offered}, expected {expected}")
+    return problems
+
+
+def _shown_default_problems(fields: dict[str, Any], dag_params: dict[str, Any]) -> list[str]:
+    """The inputs show the declared defaults, and each default is valid for its own schema."""
+    problems = []
+    timeouts, prefixes = _advanced(fields)
+    for name in ("s3_bucket", "num_tasks", *timeouts, *prefixes):
+        shown, declared = fields[name]["shown"], dag_params[name]["value"]
+        if shown != str(declared):
+            problems.append(f"{name!r} shows {shown!r}, its default is {declared!r}")
+    for name, param in dag_params.items():
+        try:
+            jsonschema.validate(param["value"], param["schema"])
+        except jsonschema.ValidationError as exc:
+            problems.append(f"the default of {name!r} breaks its own schema: {exc.message}")
+    return problems
+
+
+def _sent_default_problems(sent: dict[str, Any], dag_params: dict[str, Any]) -> list[str]:
+    """The untouched form sends the declared defaults, which are the issue's defaults."""
+    problems = []
+    if sent != {name: p["value"] for name, p in dag_params.items()}:
+        problems.append(f"the untouched form sends {sent}, not the declared defaults")
+    for name, value in ISSUE_DEFAULTS.items():
+        if sent.get(name) != value:
+            problems.append(f"default {name}={sent.get(name)!r}, the issue says {value!r}")
+    if not sent.get("s3_bucket"):
+        problems.append("the bucket has no default (the deployment's bucket)")
+    return problems
+
+
+def _show(dialog: Any, name: str) -> None:
+    """Open the (collapsed) section that holds a param's field, as a person would."""
+    item = dialog.locator("[data-scope=accordion][data-part=item]").filter(
+        has=dialog.page.locator(f'[id="element_{name}"], [name="element_{name}"]')
+    )
+    trigger = item.locator("[data-part=item-trigger]").first
+    if trigger.get_attribute("aria-expanded") == "false":
+        trigger.click()
+    _field(dialog, name).first.wait_for(state="visible")
+
+
+def _conf_the_form_would_send(dialog: Any) -> dict[str, Any]:
+    """Press Trigger with the request held back at the browser: the conf the form sends."""
+    page = dialog.page
+    sent: list[dict[str, Any]] = []
+
+    def hold_back(route: Any) -> None:
+        if route.request.method == "POST":
+            sent.append(route.request.post_data_json)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route(f"**/api/v2/dags/{DAG_ID}/dagRuns", hold_back)
+    try:
+        dialog.get_by_test_id("trigger-dag-submit").click()
+        deadline = time.monotonic() + 10
+        while not sent and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+    finally:
+        page.unroute(f"**/api/v2/dags/{DAG_ID}/dagRuns")
+    assert sent, "pressing Trigger with the defaults sent no request"
+    return dict(sent[0]["conf"])
+
+
+def _screenshot_form(dialog: Any, path: Path) -> None:
+    """The whole form as it opens (first section open), as one picture for the README."""
+    page = dialog.page
+    first = dialog.locator("[data-testid=config-form] [data-part=item-trigger]").first
+    if first.get_attribute("aria-expanded") == "false":
+        first.click()
+    page.wait_for_timeout(800)  # the section's opening animation
+    # A window tall enough for the whole dialog, then a clip of the page around the dialog
+    # (an element screenshot drops the dialog's footer with the Trigger button).
+    box = dialog.bounding_box()
+    page.set_viewport_size({"width": 1400, "height": int(box["y"] + box["height"] + 80)})
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(path), clip=dialog.bounding_box(), animations="disabled")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_negative_task_count_is_refused(clipboard_page: Any, airflow_ui: AirflowUI) -> None:
+    page = clipboard_page
+    dialog = _open_trigger_form(page, airflow_ui)
+    _number_input(dialog, "num_tasks").fill("-5")
+    title = _field(dialog, "num_tasks").locator("[data-part=label]").inner_text()
+    _press_trigger_and_expect_refusal(
+        page, dialog, airflow_ui, name="num_tasks", title=title.rstrip(" *"), bad="-5"
+    )
+
+
+def test_letters_in_task_count_are_refused(page: Any, airflow_ui: AirflowUI) -> None:
+    dialog = _open_trigger_form(page, airflow_ui)
+    number = _number_input(dialog, "num_tasks")
+    number.fill("")
+    number.press_sequentially("abc")
+    assert number.input_value() == "", "the number input accepted letters"
+    assert _field(dialog, "num_tasks").locator("[data-part=error-text]").all_inner_texts(), (
+        "an empty task count shows no message in its row"
+    )
+    assert not dialog.get_by_test_id("trigger-dag-submit").is_enabled()
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        pytest.param("[]", "an empty list", id="empty"),
+        pytest.param('[0, 2, "six"]', "a word in the list", id="non-numeric"),
+        pytest.param("[0, 2, six]", "an unquoted word", id="non-numeric-unquoted"),
+    ],
+)
+def test_bad_ebn0_list_is_refused(
+    clipboard_page: Any, airflow_ui: AirflowUI, text: str, why: str
+) -> None:
+    page = clipboard_page
+    dialog = _open_trigger_form(page, airflow_ui)
+    before = _run_ids(airflow_ui)
+    _set_list(page, dialog, "ebn0_db", text)
+    row_errors = _field(dialog, "ebn0_db").locator("[data-part=error-text]").all_inner_texts()
+    assert row_errors, f"Eb/N0 points {text} ({why}) shows no message in its row"
+    submit = dialog.get_by_test_id("trigger-dag-submit")
+    if submit.is_enabled():
+        _press_trigger_and_expect_refusal(
+            page, dialog, airflow_ui, name="ebn0_db", title="Eb/N0", bad=text
+        )
+    assert _run_ids(airflow_ui) == before
+
+
+def test_unknown_allocation_cannot_be_chosen(page: Any, airflow_ui: AirflowUI) -> None:
+    dialog = _open_trigger_form(page, airflow_ui)
+    _show(dialog, "allocation")
+    combobox = _field(dialog, "allocation").get_by_role("combobox")
+    combobox.click()
+    combobox.press_sequentially("round-robin")
+    assert page.get_by_role("option").count() == 0, "the choice offers a value it should not"
+    combobox.press("Enter")
+    page.keyboard.press("Tab")
+    chosen = dialog.locator('input[type=hidden][name="element_allocation"]').input_value()
+    assert chosen in ALLOCATIONS, chosen
+
+
+def test_bad_bucket_name_is_refused(page: Any, airflow_ui: AirflowUI) -> None:
+    dialog = _open_trigger_form(page, airflow_ui)
+    _text_input(dialog, "s3_bucket").fill("My_Results_Bucket")
+    title = _field(dialog, "s3_bucket").locator("[data-part=label]").inner_text()
+    _press_trigger_and_expect_refusal(
+        page,
+        dialog,
+        airflow_ui,
+        name="s3_bucket",
+        title=title.rstrip(" *"),
+        bad="My_Results_Bucket",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("num_tasks", -5, id="negative-tasks"),
+        pytest.param("ebn0_db", [], id="empty-ebn0"),
+        pytest.param("ebn0_db", [0, "six"], id="non-numeric-ebn0"),
+        pytest.param("allocation", "round-robin", id="unknown-allocation"),
+        pytest.param("s3_bucket", "My_Results_Bucket", id="bad-bucket"),
+    ],
+)
+def test_rest_api_refuses_bad_input(airflow_ui: AirflowUI, name: str, value: Any) -> None:
+    """What the widgets cannot hold, the server refuses too, naming the field, with no run."""
+    before = _run_ids(airflow_ui)
+    status, body = airflow_ui.api(
+        "POST",
+        f"dags/{DAG_ID}/dagRuns",
+        {
+            "logical_date": None,
+            "conf": {name: value},
+        },
+    )
+    created = _run_ids(airflow_ui) - before
+    _delete_runs(airflow_ui, created)
+    assert status == 400, f"{name}={value!r} accepted: HTTP {status}: {body}"
+    assert not created
+    assert name in json.dumps(body), f"the refusal does not name {name!r}: {body}"
+
+
+# --- a real study --------------------------------------------------------------------------------
+
+
+@pytest.mark.screenshots
+def test_small_study_runs_and_links_its_results(
+    clipboard_page: Any,
+    airflow_ui: AirflowUI,
+    dag_params: dict[str, Any],
+    screenshots_dir: Path | None,
+) -> None:
+    page = clipboard_page
+    dialog = _open_trigger_form(page, airflow_ui)
+    _text_input(dialog, "s3_bucket").fill(SMALL_STUDY["s3_bucket"])
+    _number_input(dialog, "num_tasks").fill(str(SMALL_STUDY["num_tasks"]))
+    _number_input(dialog, "max_bits_per_task").fill(str(SMALL_STUDY["max_bits_per_task"]))
+    _set_list(page, dialog, "ebn0_db", json.dumps(SMALL_STUDY["ebn0_db"]))
+    assert not _error_texts(dialog), _error_texts(dialog)
+
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{DAG_ID}/dagRuns")
+    ) as response:
+        dialog.get_by_test_id("trigger-dag-submit").click()
+    assert response.value.status == 200, response.value.text()
+    run = response.value.json()
+    run_id = run["dag_run_id"]
+    for key, value in SMALL_STUDY.items():
+        assert run["conf"][key] == value, (key, run["conf"])
+
+    state = _wait_for_run(airflow_ui, run_id)
+    tis = airflow_ui.get(f"{airflow_ui.run_path(run_id)}/taskInstances?limit=100")
+    states = sorted((ti["task_id"], ti["map_index"], ti["state"]) for ti in tis["task_instances"])
+    assert state == "success", (
+        f"run {run_id} ended {state}; task instances: {states}\n{airflow_ui.log_tail()}"
+    )
+    simulate = [s for s in states if s[0] == "simulate"]
+    assert len(simulate) == SMALL_STUDY["num_tasks"], states
+
+    # The results are really there (and, for make screenshots, the README's plot).
+    aggregate_prefix = run["conf"]["s3_prefix_aggregate_results"].strip("/")
+    results_dir = airflow_ui.local_root / SMALL_STUDY["s3_bucket"] / aggregate_prefix / run_id
+    results_png = results_dir / "results.png"
+    assert results_png.is_file(), f"{results_png} does not exist"
+    assert results_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if screenshots_dir is not None:
+        shutil.copyfile(results_png, screenshots_dir / "results.png")
+    results = json.loads((results_dir / "results.json").read_text())
+    worst_errors = min(row["errors"] for row in results["rows"])
+
+    # The note carries the one-line summary: points, bits, errors at the worst point.
+    note = airflow_ui.get(airflow_ui.run_path(run_id)).get("note") or ""
+    assert re.search(rf"\b{len(results['rows'])}\b[^.;\n]*\bpoints?\b", note, re.I), note
+    assert re.search(r"\bbits?\b", note, re.I), f"the note has no bit count: {note!r}"
+    assert re.search(rf"\b{worst_errors}\b[^.;\n]*\berrors?\b", note, re.I), (
+        f"the note does not give the worst point's {worst_errors} errors: {note!r}"
+    )
+
+    # A person sees the way to the plot on the run's page: the note's first line names it,
+    # and the note (one click) shows where the file is. Airflow's UI drops file:// links
+    # (in notes and extra links alike), so locally the path itself must be shown as text.
+    page.goto(f"{airflow_ui.url}/dags/{DAG_ID}/runs/{run_id}")
+    edit_note = page.get_by_role("button", name="Edit note").first
+    edit_note.wait_for()
+    preview = edit_note.locator("..").inner_text()
+    assert "results.png" in preview, (
+        f"the run page's note preview (its first line) does not show the results: {preview!r}"
+    )
+    edit_note.click()
+    shown_note = page.get_by_role("dialog").inner_text()
+    links = _extra_links(airflow_ui, run_id)
+    assert str(results_png) in shown_note, (
+        f"the run's note does not show where results.png is ({results_png}); it shows "
+        f"{shown_note!r}. Its file:// link is emptied by the UI, and the extra link "
+        f"{links} is not shown either (the UI only shows http(s) links)"
+    )
+
+
+def _wait_for_run(ui: AirflowUI, run_id: str) -> str:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    state = ""
+    while time.monotonic() < deadline:
+        state = ui.get(ui.run_path(run_id))["state"]
+        if state in TERMINAL_STATES:
+            return str(state)
+        time.sleep(2)
+    pytest.fail(f"run {run_id} still {state} after {RUN_TIMEOUT_S:.0f} s\n{ui.log_tail()}")
+
+
+def _extra_links(ui: AirflowUI, run_id: str) -> dict[str, Any]:
+    """Extra links of the aggregate task (empty when it has none)."""
+    status, body = ui.api("GET", f"{ui.run_path(run_id)}/taskInstances/aggregate/links")
+    if status != 200 or not isinstance(body, dict):
+        return {}
+    return dict(body.get("extra_links") or {})
