@@ -143,7 +143,9 @@ class BersimEcsAggregateOperator(PublishResultsMixin, BersimEcsOperator):
             if self.last_exit_code == EXIT_MISSING_TASKS:
                 self.publish_results(context, partial=True)
             raise
-        return self.publish_results(context, partial=False) or result
+        summary = self.publish_results(context, partial=False)
+        self.check_simulations(context)
+        return summary or result
 
 
 def _ecs_kwargs(settings: Settings) -> dict[str, Any]:

@@ -123,6 +123,7 @@ class BersimLocalAggregateOperator(PublishResultsMixin, BersimLocalOperator):
             summary = self.publish_results(context, partial=code != 0)
         if code != 0:
             self.fail_for(code)
+        self.check_simulations(context)
         return summary
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink
+from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -200,6 +201,25 @@ class PublishResultsMixin:
         except Exception as exc:  # the summary is a convenience, never fatal
             log.warning("Could not read %s for the run note: %s", uri, exc)
             return None
+
+    def check_simulations(self, context: Mapping[str, Any]) -> None:
+        """Fail if a simulation task failed even though the aggregate found every result.
+
+        It happens when a container wrote its result but the Airflow task failed afterwards
+        (for example fetching its logs). The study is complete, but the run must not be green.
+        """
+        ti = context["ti"]
+        failed = ti.get_ti_count(
+            dag_id=ti.dag_id,
+            task_ids=["simulate"],
+            run_ids=[ti.run_id],
+            states=["failed", "upstream_failed"],
+        )
+        if failed:
+            raise AirflowFailException(
+                f"{failed} simulate task(s) failed although the aggregate found every task "
+                "result: the results are complete, but the run is marked failed"
+            )
 
     def publish_results(self, context: Mapping[str, Any], *, partial: bool) -> str | None:
         """Log the link and summary, return the summary, and set the run note."""

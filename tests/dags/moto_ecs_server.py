@@ -7,7 +7,8 @@ patches moto IN THE SERVER PROCESS and then serves:
 - Tasks run for MOTO_TASK_RUN_S seconds (RUNNING, desired RUNNING), then stop like a finished
   container: task and container STOPPED, desired STOPPED, resources released, and an exit code
   taken from the container command: `simulate ... --task-index I` exits 1 when I is in
-  MOTO_FAIL_TASK_INDEXES (comma-separated), `aggregate` exits 3 when that set is not empty.
+  MOTO_FAIL_TASK_INDEXES (comma-separated), `aggregate` exits 3 when that set is not empty
+  (or MOTO_AGGREGATE_EXIT if set).
 - Each RunTask writes one log line to `<MOTO_LOG_GROUP>/<prefix>/<container>/<task id>` (the
   awslogs stream name), with the prefix from MOTO_LOG_STREAM_PREFIX.
 - The container instances of MOTO_CLUSTER follow the desired capacity of MOTO_ASG_NAME like
@@ -66,7 +67,7 @@ def exit_code(command: list[str]) -> int:
     if command and command[0] == "simulate" and "--task-index" in command:
         return 1 if int(command[command.index("--task-index") + 1]) in FAIL else 0
     if command and command[0] == "aggregate":
-        return 3 if FAIL else 0
+        return int(os.environ.get("MOTO_AGGREGATE_EXIT", "3" if FAIL else "0"))
     return 0
 
 

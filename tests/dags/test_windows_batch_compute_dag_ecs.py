@@ -216,3 +216,28 @@ def test_failed_simulations_still_scale_in_and_fail_the_run(
     # 6 tasks, and the 2 failing ones once more (retry: a new task, not a reattach).
     assert len(sims) == 8
     assert any(c["command"][0] == "aggregate" for c in calls)
+
+
+def test_a_failed_simulation_fails_the_run_even_when_every_result_is_there(
+    airflow_env: dict[str, str],
+    run_dag: RunDag,
+    moto_server: Callable[..., dict[str, Any]],
+) -> None:
+    """E.g. a container wrote its result, then its Airflow task failed: the run is not green."""
+    server = moto_server(
+        MOTO_CLUSTER=CLUSTER,
+        MOTO_ASG_NAME=ASG,
+        MOTO_LOG_GROUP=LOG_GROUP,
+        MOTO_FAIL_TASK_INDEXES="2",
+        MOTO_AGGREGATE_EXIT="0",
+    )
+    provision(server["url"])
+    env = {**ecs_env(airflow_env, server["url"]), "AIRFLOW__WINDOWS_BATCH__RETRIES": "0"}
+    outcome = run_dag(env, {**STUDY, "num_tasks": 3})
+    assert outcome["state"] == "failed"
+    assert outcome["tasks"]["simulate[2]"] == "failed"
+    assert outcome["tasks"]["aggregate"] == "failed"
+    assert (
+        "1 simulate task(s) failed although the aggregate found every task result" in outcome["log"]
+    )
+    assert outcome["tasks"]["scale_in"] == "success"
