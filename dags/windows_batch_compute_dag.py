@@ -22,6 +22,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+# The Amazon provider and the task decorators are imported here, not only where they are used:
+# the DAG processor pre-imports a DAG file's `airflow.*` imports once, before it forks a parser
+# ([dag_processor] parsing_pre_import_modules), so each parse does not pay for them again.
+import airflow.providers.amazon.aws.operators.ecs
+import airflow.providers.standard.triggers.temporal
+import airflow.sdk.definitions.decorators  # noqa: F401
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
