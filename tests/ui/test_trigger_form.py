@@ -80,9 +80,6 @@ form => Array.from(form.querySelectorAll('[data-scope=accordion][data-part=item]
 """
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
 def _open_trigger_form(page: Any, ui: AirflowUI) -> Any:
     """Open the DAG page, press Trigger, wait for the params form; return the dialog."""
     page.goto(f"{ui.url}/dags/{DAG_ID}")
@@ -147,7 +144,7 @@ def _delete_runs(ui: AirflowUI, run_ids: set[str]) -> None:
 
 
 def _press_trigger_and_expect_refusal(
-    page: Any, dialog: Any, ui: AirflowUI, *, name: str, title: str, bad: str
+    page: Any, dialog: Any, ui: AirflowUI, *, name: str, title: str, bad: str, hint: str = ""
 ) -> None:
     """Press Trigger (if the form lets us) and check the input is refused before any run exists.
 
@@ -171,7 +168,7 @@ def _press_trigger_and_expect_refusal(
         _delete_runs(ui, created)
     assert not created, (
         f"{name}={bad}: the form started a run instead of refusing the input "
-        f"(server answered {server_answer}; created {sorted(created)})"
+        f"(server answered {server_answer}; created {sorted(created)}). {hint}"
     )
     row_errors = _field(dialog, name).locator("[data-part=error-text]").all_inner_texts()
     alert = " ".join(dialog.get_by_test_id("error-alert").all_inner_texts())
@@ -180,9 +177,6 @@ def _press_trigger_and_expect_refusal(
         f"{name}={bad} was refused but no message names the field: errors shown "
         f"{_error_texts(dialog)!r}"
     )
-
-
-# --- fixtures ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +189,6 @@ def dag_params(airflow_ui: AirflowUI) -> dict[str, Any]:
 def clipboard_page(page: Any) -> Any:
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     return page
-
-
-# --- the form ----------------------------------------------------------------------------------
 
 
 @pytest.mark.screenshots
@@ -388,16 +379,23 @@ def _screenshot_form(dialog: Any, path: Path) -> None:
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
-# --- bad input ---------------------------------------------------------------------------------
-
-
-def test_negative_task_count_is_refused(clipboard_page: Any, airflow_ui: AirflowUI) -> None:
-    page = clipboard_page
+def test_negative_task_count_is_refused(page: Any, airflow_ui: AirflowUI) -> None:
     dialog = _open_trigger_form(page, airflow_ui)
     _number_input(dialog, "num_tasks").fill("-5")
     title = _field(dialog, "num_tasks").locator("[data-part=label]").inner_text()
     _press_trigger_and_expect_refusal(
-        page, dialog, airflow_ui, name="num_tasks", title=title.rstrip(" *"), bad="-5"
+        page,
+        dialog,
+        airflow_ui,
+        name="num_tasks",
+        title=title.rstrip(" *"),
+        bad="-5",
+        hint=(
+            "Airflow's number input silently replaces a value below the schema's `minimum` by "
+            "the minimum when the field loses focus, so -5 is sent as 1: declare num_tasks "
+            "with exclusiveMinimum=0 instead of minimum=1 (same bound for an integer) and the "
+            "server refuses -5 naming num_tasks."
+        ),
     )
 
 
@@ -493,7 +491,42 @@ def test_rest_api_refuses_bad_input(airflow_ui: AirflowUI, name: str, value: Any
     assert name in json.dumps(body), f"the refusal does not name {name!r}: {body}"
 
 
-# --- a real study --------------------------------------------------------------------------------
+def test_more_points_than_tasks_fails_in_plan_tasks(page: Any, airflow_ui: AirflowUI) -> None:
+    """What the schema cannot express is refused by plan_tasks, before anything else runs.
+
+    2 tasks for the 8 default Eb/N0 points passes the form (each field is valid on its own),
+    so a run starts; plan_tasks must fail it with a message naming the field, and neither
+    scale_out, simulate nor aggregate may run.
+    """
+    dialog = _open_trigger_form(page, airflow_ui)
+    _number_input(dialog, "num_tasks").fill("2")
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{DAG_ID}/dagRuns")
+    ) as response:
+        dialog.get_by_test_id("trigger-dag-submit").click()
+    assert response.value.status == 200, response.value.text()
+    run_id = response.value.json()["dag_run_id"]
+
+    assert _wait_for_run(airflow_ui, run_id) == "failed"
+    tis = airflow_ui.get(f"{airflow_ui.run_path(run_id)}/taskInstances?limit=100")
+    states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in tis["task_instances"]}
+    assert states[("plan_tasks", -1)] == "failed", states
+    # scale_in is the teardown: it runs whatever happened (setting the cluster to 0 is safe).
+    started = {"success", "running", "failed", "queued", "deferred", "up_for_retry"}
+    ran = {
+        key: state
+        for key, state in states.items()
+        if key[0] not in {"plan_tasks", "scale_in"} and state in started
+    }
+    assert not ran, f"tasks ran although the input was invalid: {ran}"
+    log = airflow_ui.get(
+        f"{airflow_ui.run_path(run_id)}/taskInstances/plan_tasks/logs/1?full_content=true"
+    )
+    assert re.search(r"\bebn0_db\b", json.dumps(log)), "plan_tasks' log does not name ebn0_db"
+
+    # A person reads it in plan_tasks' log in the UI.
+    page.goto(f"{airflow_ui.url}/dags/{DAG_ID}/runs/{run_id}/tasks/plan_tasks")
+    page.get_by_text(re.compile(r"ebn0_db.*tasks")).first.wait_for()
 
 
 @pytest.mark.screenshots
@@ -564,8 +597,9 @@ def test_small_study_runs_and_links_its_results(
     links = _extra_links(airflow_ui, run_id)
     assert str(results_png) in shown_note, (
         f"the run's note does not show where results.png is ({results_png}); it shows "
-        f"{shown_note!r}. Its file:// link is emptied by the UI, and the extra link "
-        f"{links} is not shown either (the UI only shows http(s) links)"
+        f"{shown_note!r}. Airflow's UI empties file:// links in notes and does not show "
+        f"non-http(s) extra links ({links}): in the local backend, write the local path "
+        "itself into the note (dags/windows_batch/results.py, note_text)."
     )
 
 
