@@ -340,7 +340,11 @@ def _show(dialog: Any, name: str) -> None:
 
 
 def _conf_the_form_would_send(dialog: Any) -> dict[str, Any]:
-    """Press Trigger with the request held back at the browser: the conf the form sends."""
+    """Press Trigger with the request held back at the browser: the conf the form sends.
+
+    The route stays until the page closes: the UI may retry a failed request, and a retry that
+    got through would start a full default study.
+    """
     page = dialog.page
     sent: list[dict[str, Any]] = []
 
@@ -352,13 +356,10 @@ def _conf_the_form_would_send(dialog: Any) -> dict[str, Any]:
             route.continue_()
 
     page.route(f"**/api/v2/dags/{DAG_ID}/dagRuns", hold_back)
-    try:
-        dialog.get_by_test_id("trigger-dag-submit").click()
-        deadline = time.monotonic() + 10
-        while not sent and time.monotonic() < deadline:
-            page.wait_for_timeout(100)
-    finally:
-        page.unroute(f"**/api/v2/dags/{DAG_ID}/dagRuns")
+    dialog.get_by_test_id("trigger-dag-submit").click()
+    deadline = time.monotonic() + 10
+    while not sent and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
     assert sent, "pressing Trigger with the defaults sent no request"
     return dict(sent[0]["conf"])
 
