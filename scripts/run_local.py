@@ -98,29 +98,42 @@ def task_states(base_url: str, run_id: str) -> list[dict[str, Any]]:
             return found
 
 
-def progress_line(tis: list[dict[str, Any]], elapsed_s: float) -> str:
-    sims = [ti for ti in tis if ti["task_id"] == "simulate" and ti.get("map_index", -1) >= 0]
-    count: dict[str, int] = {}
-    for ti in sims:
-        count[str(ti.get("state"))] = count.get(str(ti.get("state")), 0) + 1
+def _count(base_url: str, run: str, **query: str) -> int:
+    page = api(
+        base_url,
+        "GET",
+        f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances?limit=1&{urllib.parse.urlencode(query)}",
+    )
+    return int(page.get("total_entries", 0))
+
+
+def progress_line(base_url: str, run_id: str, elapsed_s: float) -> str:
+    """One line of progress; a few small queries (counting, not listing, the 200 tasks)."""
+    run = urllib.parse.quote(run_id, safe="")
+    singles = api(base_url, "GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances?map_index=-1")
     others = {
-        ti["task_id"]: ti.get("state") or "waiting" for ti in tis if ti["task_id"] != "simulate"
+        ti["task_id"]: ti.get("state") or "waiting"
+        for ti in singles.get("task_instances", [])
+        if ti["task_id"] != "simulate"
     }
     stage = next(
         (
             t
-            for t in ("scale_in", "aggregate", "scale_out", "plan_tasks")
-            if others.get(t) not in (None, "waiting", "none")
+            for t in ("scale_in", "aggregate", "scale_out")
+            if others.get(t) not in (None, "waiting")
         ),
         "plan_tasks",
     )
-    sims_text = (
-        f"simulate {count.get('success', 0)}/{len(sims)} done, {count.get('failed', 0)} failed, "
-        f"{count.get('running', 0)} running"
-        if sims
-        else "simulate not planned yet"
-    )
-    return f"[{elapsed_s:6.0f} s] {sims_text} | {stage}: {others.get(stage, 'waiting')}"
+    total = _count(base_url, run, task_id="simulate")
+    if not total or others.get("scale_out") in (None, "waiting", "scheduled", "queued"):
+        sims = "simulate not started yet"
+    else:
+        done, failed, running = (
+            _count(base_url, run, task_id="simulate", state=state)
+            for state in ("success", "failed", "running")
+        )
+        sims = f"simulate {done}/{total} done, {failed} failed, {running} running"
+    return f"[{elapsed_s:6.0f} s] {sims} | {stage}: {others.get(stage, 'waiting')}"
 
 
 def ti_label(ti: dict[str, Any]) -> str:
@@ -157,7 +170,7 @@ def results_png(command: list[str] | None, local_root: Path) -> Path | None:
 
 
 def run_study(
-    conf: dict[str, Any], *, port: int, parallelism: int | None = None, poll_s: float = 2.0
+    conf: dict[str, Any], *, port: int, parallelism: int | None = None, poll_s: float = 3.0
 ) -> int:
     env = local_airflow.airflow_env(port=port, parallelism=parallelism)
     local_root = Path(env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"])
@@ -182,7 +195,7 @@ def run_study(
             state = api(
                 base_url, "GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
             )["state"]
-            line = progress_line(task_states(base_url, run_id), time.monotonic() - triggered)
+            line = progress_line(base_url, run_id, time.monotonic() - triggered)
             if line.split("]", 1)[1] != last:
                 print(line, flush=True)
                 last = line.split("]", 1)[1]

@@ -1,0 +1,120 @@
+"""`make run` with the default study (200 tasks): wall time and where the time goes.
+
+Runs scripts/run_local.py exactly as `make run` does (no CONF: 200 tasks, laptop bit budget)
+on a free port, then reads the run's task instances from the local SQLite metadata database and
+the kernel times from the task results, and splits the time:
+- kernel: the Octave simulation loop (`elapsed_s` in each task result);
+- bersim start-up: Python + numpy + oct2py + Octave start, measured here with a 1-bit task;
+- Airflow: everything else a task costs (scheduling, task process, DAG parse, XCom, logs),
+  in core-seconds per task: (simulate phase x cores - kernel - start-ups) / tasks.
+Takes a few minutes; not part of `make test`.
+
+    python -m benchmarks local_run            # or: python benchmarks/bench_local_run.py [--parallelism N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import local_airflow  # noqa: E402
+
+
+def bersim_startup_s(repeats: int = 5) -> float:
+    """Median wall time of `python -m bersim simulate` for 1 bit: the per-task start-up."""
+    env = {**os.environ, "OCTAVE_EXECUTABLE": "octave-cli", "OCTAVE_HISTFILE": "/dev/null"}
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "bersim", "simulate", "--ebn0-db", "4", "--max-bits", "1",
+                 "--seed", str(i), "--output", f"{tmp}/t{i}.json"],
+                env=env, check=True, capture_output=True,
+            )  # fmt: skip
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _ts(text: str | None) -> float:
+    assert text is not None
+    return datetime.fromisoformat(text.replace(" ", "T")).timestamp()
+
+
+def task_instances(db: Path, run_id: str) -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute(
+            "SELECT task_id, map_index, state, start_date, end_date, duration "
+            "FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            ("windows-batch-compute-dag", run_id),
+        ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--parallelism", type=int, default=None)
+    args = parser.parse_args(argv if argv is not None else [])
+    cores = os.cpu_count() or 1
+    startup = bersim_startup_s()
+    print(f"bersim start-up (python -m bersim, Octave, 1 bit): {startup:.2f} s median; {cores} cores")
+
+    port = local_airflow.free_port()
+    command = [sys.executable, str(REPO / "scripts" / "run_local.py"), "--port", str(port)]
+    if args.parallelism:
+        command += ["--parallelism", str(args.parallelism)]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        print(f"  | {line}", end="", flush=True)
+    code = proc.wait()
+    total_s = time.monotonic() - started
+    run_id = next(x.split()[-1] for x in lines if x.startswith("Triggered run "))
+    env = local_airflow.airflow_env(port=port)
+    tis = task_instances(Path(env["AIRFLOW_HOME"]) / "airflow.db", run_id)
+    sims = [t for t in tis if t["task_id"] == "simulate"]
+    first = min(_ts(t["start_date"]) for t in tis)
+    last = max(_ts(t["end_date"]) for t in tis)
+    phase = max(_ts(t["end_date"]) for t in sims) - min(_ts(t["start_date"]) for t in sims)
+    n = len(sims)
+    results_dir = Path(env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"]) / "bersim-local" / "sim" / "task_results" / run_id
+    docs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("task-*.json"))]
+    kernel = sum(float(d["elapsed_s"]) for d in docs)
+    bits = sum(int(d["bits"]) for d in docs)
+    ti_total = sum(float(t["duration"] or 0) for t in sims)
+    airflow_core_s = (phase * cores - kernel - n * startup) / n
+    print()
+    print(f"make run (default study): exit {code}, {total_s:.0f} s in all "
+          f"(Airflow start + run + stop); run {last - first:.0f} s from first to last task")  # fmt: skip
+    print(f"simulate: {n} tasks in {phase:.0f} s = {phase / n:.2f} s of wall per task, "
+          f"{bits:.3g} bits simulated")  # fmt: skip
+    print(f"  kernel (Octave loop)     {kernel:7.0f} core-s  {kernel / n:5.2f} s/task")
+    print(f"  bersim start-up          {n * startup:7.0f} core-s  {startup:5.2f} s/task")
+    print(f"  Airflow orchestration    {airflow_core_s * n:7.0f} core-s  {airflow_core_s:5.2f} s/task"
+          f"  (= simulate phase x {cores} cores - the above)")  # fmt: skip
+    print(f"  task instance durations  {ti_total:7.0f} s in all, {ti_total / n:.2f} s mean "
+          f"(wall, includes waiting for a core)")  # fmt: skip
+    sequential = n * (startup + 0.1) + kernel
+    print(f"for comparison, one task at a time (`airflow dags test`, ~0.1 s/task measured in "
+          f"REFERENCE.md) would need about {sequential:.0f} s for the simulate phase")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
