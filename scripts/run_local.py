@@ -203,6 +203,8 @@ def run_study(
                 break
             time.sleep(poll_s)
         wall_s = time.monotonic() - triggered
+        run_path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        note = api(base_url, "GET", run_path).get("note")
         summary = xcom(base_url, run_id, "aggregate", "return_value")
         png = results_png(xcom(base_url, run_id, "plan_tasks", "aggregate_command"), local_root)
         errors = [
@@ -211,7 +213,9 @@ def run_study(
             if ti.get("state") in ("failed", "upstream_failed")
         ]
     print(f"Run {run_id}: {state} in {wall_s:.0f} s", flush=True)
-    if summary:
+    if note:
+        print("Run note:\n  " + "\n  ".join(note.splitlines()), flush=True)
+    elif summary:
         print(f"Summary: {summary}", flush=True)
     if errors:
         shown = ", ".join(errors[:10]) + (" ..." if len(errors) > 10 else "")
@@ -254,7 +258,15 @@ def parse_conf(text: str) -> dict[str, Any]:
     return conf
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C or a plain `kill` both stop Airflow through standalone()'s clean-up (even when
+    # started from a script, where a background job inherits SIGINT as ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -283,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not conf:
         print("No CONF: running the full default study (200 tasks, 8 Eb/N0 points).", flush=True)
-    return run_study({**laptop, **conf}, port=args.port, parallelism=args.parallelism)
+    try:
+        return run_study({**laptop, **conf}, port=args.port, parallelism=args.parallelism)
+    except KeyboardInterrupt:
+        print("Interrupted: Airflow stopped; the run did not finish.", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@
   on the task instance. It needs no plugin: the API server reads the stored URL back. On AWS it
   is the S3 console URL of the object; in the local backend the file's `file://` URL.
 - Run note: a task cannot set its run's note through the Task SDK, so `aggregate` sets it
-  through the REST API: the local Airflow's own API (`RUN_NOTE=api`, what `make ui`/`make run`
-  use: no login there) or, on MWAA, `mwaa:InvokeRestApi` (`RUN_NOTE=mwaa` with
-  `MWAA_ENVIRONMENT`; the execution role needs `airflow:InvokeRestApi`). Any failure to set the
-  note is logged and ignored: the results and the link do not depend on it.
+  through the REST API's bulk endpoint `PATCH /api/v2/dags/{dag_id}/dagRuns`: the local
+  Airflow's own API (`RUN_NOTE=api`, what `make ui`/`make run` use: no login there) or, on MWAA,
+  `mwaa:InvokeRestApi` (`RUN_NOTE=mwaa` with `MWAA_ENVIRONMENT`; the execution role needs
+  `airflow:InvokeRestApi`). Any failure to set the note is logged and ignored: the results and
+  the link do not depend on it.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def summary_line(document: Mapping[str, Any]) -> str:
     worst = min(rows, key=lambda row: (row["errors"], -row["ebn0_db"]))
     line = (
         f"{len(rows)} Eb/N0 points, {bits:.3g} bits simulated, worst point "
-        f"{worst['ebn0_db']:g} dB: {worst['errors']} errors (BER {worst['ber']:.2e})"
+        f"{worst['ebn0_db']:g} dB: {worst['errors']} error{'' if worst['errors'] == 1 else 's'} "
+        f"(BER {worst['ber']:.2e})"
     )
     missing = document.get("missing_tasks") or []
     if missing:
@@ -96,20 +98,49 @@ def summary_line(document: Mapping[str, Any]) -> str:
     return line
 
 
-def note_text(*, link: str, png_uri: str, summary: str | None, partial: bool) -> str:
-    """The run note (Markdown)."""
+def note_text(*, link: str, location: str, summary: str | None, partial: bool) -> str:
+    """The run note (Markdown): the link, where the plot is (S3 URI or local path), the summary."""
     head = "Results (partial: some tasks failed)" if partial else "Results"
-    lines = [f"**{head}:** [results.png]({link})", "", f"`{png_uri}`"]
+    lines = [f"**{head}:** [results.png]({link})", "", f"`{location}`"]
     if summary:
         lines += ["", summary]
     return "\n".join(lines)
 
 
+MAX_NOTE_CHARS = 1000
+"""Airflow's limit for a run note set through the bulk endpoint."""
+
+
+def note_request(*, dag_id: str, run_id: str, note: str) -> tuple[str, dict[str, Any]]:
+    """Path (under /api/v2) and body that set a run's note.
+
+    The bulk endpoint `PATCH /dags/{dag_id}/dagRuns` carries the run id in the body, so the
+    path stays short: mwaa:InvokeRestApi accepts paths of at most 64 characters, and a run id
+    alone can take 40 (`manual__2026-01-02T03:04:05.678901+00:00`).
+    """
+    path = f"/dags/{urllib.parse.quote(dag_id, safe='')}/dagRuns"
+    body = {
+        "actions": [
+            {
+                "action": "update",
+                "entities": [{"dag_run_id": run_id, "note": note[:MAX_NOTE_CHARS]}],
+                "update_mask": ["note"],
+            }
+        ]
+    }
+    return path, body
+
+
+def _bulk_succeeded(answer: Any, dag_id: str, run_id: str) -> bool:
+    update = (answer or {}).get("update") or {}
+    if update.get("errors"):
+        log.warning("Could not set the run note: %s", update["errors"])
+    return f"{dag_id}.{run_id}" in (update.get("success") or [])
+
+
 def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> bool:
     """Set the run's note through the REST API (see the module docstring); True if it was set."""
-    path = (
-        f"/dags/{urllib.parse.quote(dag_id, safe='')}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-    )
+    path, body = note_request(dag_id=dag_id, run_id=run_id, note=note)
     try:
         if settings.run_note == "api":
             base_url = os.environ.get("AIRFLOW__API__BASE_URL", "").rstrip("/")
@@ -118,12 +149,12 @@ def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> 
                 return False
             request = urllib.request.Request(  # noqa: S310 (our own Airflow's URL)
                 f"{base_url}/api/v2{path}",
-                data=json.dumps({"note": note}).encode(),
+                data=json.dumps(body).encode(),
                 headers={"Content-Type": "application/json"},
                 method="PATCH",
             )
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-                return 200 <= response.status < 300
+                return _bulk_succeeded(json.load(response), dag_id, run_id)
         if settings.run_note == "mwaa":
             if not settings.mwaa_environment:
                 log.warning("RUN_NOTE=mwaa needs MWAA_ENVIRONMENT: run note not set")
@@ -134,9 +165,12 @@ def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> 
                 aws_conn_id=settings.aws_conn_id, client_type="mwaa", region_name=settings.region
             ).conn
             answer = client.invoke_rest_api(
-                Name=settings.mwaa_environment, Path=path, Method="PATCH", Body={"note": note}
+                Name=settings.mwaa_environment, Path=path, Method="PATCH", Body=body
             )
-            return 200 <= int(answer.get("RestApiStatusCode", 0)) < 300
+            status = int(answer.get("RestApiStatusCode", 0))
+            return 200 <= status < 300 and _bulk_succeeded(
+                answer.get("RestApiResponse"), dag_id, run_id
+            )
     except (OSError, urllib.error.URLError, ValueError) as exc:
         log.warning("Could not set the run note: %s", exc)
     except Exception as exc:  # botocore errors: the note is a convenience, never fatal
@@ -233,7 +267,12 @@ class PublishResultsMixin:
         log.info("Results plot: %s", link)
         if summary:
             log.info("Summary: %s", summary)
-        note = note_text(link=link, png_uri=png, summary=summary, partial=partial)
+        location = (
+            str(local_path(png, self.settings.local_root))
+            if self.settings.backend == "local"
+            else png
+        )
+        note = note_text(link=link, location=location, summary=summary, partial=partial)
         run_id = str(context["run_id"])
         dag_id = str(context["dag"].dag_id)
         if self.settings.run_note != "off" and set_run_note(

@@ -72,10 +72,12 @@ class _NoteHandler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).received.append((self.command, self.path, body))
+        entities = body["actions"][0]["entities"]
+        done = [f"windows-batch-compute-dag.{e['dag_run_id']}" for e in entities]
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
-        self.wfile.write(b"{}")
+        self.wfile.write(json.dumps({"update": {"success": done, "errors": []}}).encode())
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -105,9 +107,23 @@ def test_run_note_goes_to_the_rest_api(note_server: Any, monkeypatch: pytest.Mon
     assert ok
     method, path, body = received[0]
     assert method == "PATCH"
-    assert urllib.parse.unquote(path) == f"/api/v2/dags/windows-batch-compute-dag/dagRuns/{RUN_ID}"
-    assert "%2B" in path  # the '+' of the run id survives
-    assert body == {"note": "hi"}
+    assert path == "/api/v2/dags/windows-batch-compute-dag/dagRuns"
+    assert body == {
+        "actions": [
+            {
+                "action": "update",
+                "entities": [{"dag_run_id": RUN_ID, "note": "hi"}],
+                "update_mask": ["note"],
+            }
+        ]
+    }
+
+
+def test_note_path_fits_invoke_rest_api() -> None:
+    """mwaa:InvokeRestApi takes paths of at most 64 characters: the run id goes in the body."""
+    path, body = results.note_request(dag_id="windows-batch-compute-dag", run_id=RUN_ID, note="x")
+    assert len(path) <= 64
+    assert body["actions"][0]["entities"][0]["dag_run_id"] == RUN_ID
 
 
 def test_run_note_failure_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,10 +133,49 @@ def test_run_note_failure_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_note_text_links_the_plot_and_carries_the_summary() -> None:
-    note = results.note_text(link="https://x/y", png_uri=PNG, summary="3 points", partial=True)
+    note = results.note_text(link="https://x/y", location=PNG, summary="3 points", partial=True)
     assert (
         note.splitlines()[0]
         == "**Results (partial: some tasks failed):** [results.png](https://x/y)"
     )
     assert PNG in note
     assert note.endswith("3 points")
+
+
+def test_mwaa_note_goes_through_invoke_rest_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MWAA transport, with botocore's Stubber checking the exact InvokeRestApi request."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "mwaa", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
+    path, body = results.note_request(dag_id="windows-batch-compute-dag", run_id=RUN_ID, note="n")
+    stub = Stubber(client)
+    stub.add_response(
+        "invoke_rest_api",
+        {
+            "RestApiStatusCode": 200,
+            "RestApiResponse": {
+                "update": {"success": [f"windows-batch-compute-dag.{RUN_ID}"], "errors": []}
+            },
+        },
+        {"Name": "wb-env", "Path": path, "Method": "PATCH", "Body": body},
+    )
+
+    class Hook:
+        def __init__(self, **kwargs: Any) -> None:
+            self.conn = client
+
+    monkeypatch.setattr("airflow.providers.amazon.aws.hooks.base_aws.AwsBaseHook", Hook)
+    settings = settings_mod.load(
+        {
+            "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "mwaa",
+            "AIRFLOW__WINDOWS_BATCH__MWAA_ENVIRONMENT": "wb-env",
+        }
+    )
+    with stub:
+        assert results.set_run_note(
+            settings, dag_id="windows-batch-compute-dag", run_id=RUN_ID, note="n"
+        )
+        stub.assert_no_pending_responses()
