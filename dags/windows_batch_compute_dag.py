@@ -94,6 +94,7 @@ with DAG(
 
     chain(planned, scale_out, simulate, aggregate, scale_in)
     # A teardown does not decide the run's state, so a successful scale-in cannot turn a run
-    # whose simulations failed green; ALL_DONE runs it even when scale_out itself failed.
+    # whose simulations failed green. (on_failure_fail_dagrun=True would make scale_in a leaf
+    # again, and then its success would.) ALL_DONE runs it even when scale_out failed half-way.
     scale_in.as_teardown(setups=scale_out)
     scale_in.trigger_rule = TriggerRule.ALL_DONE

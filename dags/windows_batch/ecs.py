@@ -165,8 +165,6 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
         "waiter_max_attempts": (timeout_s + _WAITER_SLACK_S) // settings.waiter_delay_s + 1,
         "execution_timeout": timedelta(seconds=timeout_s),
         "capacity_retry_s": settings.capacity_retry_s,
-        "tags": {"windows-batch:run-id": "{{ run_id }}"},
-        "propagate_tags": "TASK_DEFINITION",
     }
     if settings.log_group:
         kwargs["awslogs_group"] = settings.log_group

@@ -55,6 +55,7 @@ def task_info(task: Any) -> dict[str, Any]:
         "retries": task.retries,
         "is_setup": task.is_setup,
         "is_teardown": task.is_teardown,
+        "on_failure_fail_dagrun": getattr(task, "on_failure_fail_dagrun", None),
         "upstream": sorted(task.upstream_task_ids),
         "mode": getattr(task, "mode", None),
     }

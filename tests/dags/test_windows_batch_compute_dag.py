@@ -79,6 +79,8 @@ def test_graph_trigger_rules_and_teardown(
     assert tasks["aggregate"]["trigger_rule"] == "all_done"
     assert tasks["scale_in"]["trigger_rule"] == "all_done"
     assert tasks["scale_in"]["is_teardown"]
+    # Would make scale_in a leaf whose success turns a failed study green.
+    assert not tasks["scale_in"]["on_failure_fail_dagrun"]
     assert tasks["scale_out"]["is_setup"]
     assert not tasks["aggregate"]["is_teardown"]  # a failed aggregate fails the run
     assert tasks["plan_tasks"]["retries"] == 0
