@@ -6,10 +6,12 @@ the kernel times from the task results, and splits the time:
 - kernel: the Octave simulation loop (`elapsed_s` in each task result);
 - bersim start-up: Python + numpy + oct2py + Octave start, measured here with a 1-bit task;
 - Airflow: everything else a task costs (scheduling, task process, DAG parse, XCom, logs),
-  in core-seconds per task: (simulate phase x cores - kernel - start-ups) / tasks.
+  in core-seconds per task: (simulate phase x cores - kernel - start-ups) / tasks, idle
+  cores included (gaps between one task's end and the next one's start).
 Takes a few minutes; not part of `make test`.
 
-    python -m benchmarks local_run            # or: python benchmarks/bench_local_run.py [--parallelism N]
+    python -m benchmarks local_run
+    python benchmarks/bench_local_run.py --parallelism N    # another LocalExecutor parallelism
 """
 
 from __future__ import annotations
@@ -33,20 +35,59 @@ sys.path.insert(0, str(REPO / "scripts"))
 import local_airflow  # noqa: E402
 
 
-def bersim_startup_s(repeats: int = 5) -> float:
-    """Median wall time of `python -m bersim simulate` for 1 bit: the per-task start-up."""
+def bersim_costs(repeats: int = 5) -> tuple[float, float]:
+    """(start-up s, kernel bit/s) of `python -m bersim simulate`, measured alone on one core.
+
+    Start-up: median wall time of a 1-bit task. Kernel rate: a 50-million-bit task's bits over
+    its kernel time. Measured here, not taken from the run: under a busy scheduler the kernel's
+    own clock also counts the time it waits for a core.
+    """
     env = {**os.environ, "OCTAVE_EXECUTABLE": "octave-cli", "OCTAVE_HISTFILE": "/dev/null"}
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
             started = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "bersim", "simulate", "--ebn0-db", "4", "--max-bits", "1",
-                 "--seed", str(i), "--output", f"{tmp}/t{i}.json"],
-                env=env, check=True, capture_output=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "bersim",
+                    "simulate",
+                    "--ebn0-db",
+                    "4",
+                    "--max-bits",
+                    "1",
+                    "--seed",
+                    str(i),
+                    "--output",
+                    f"{tmp}/t{i}.json",
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bersim",
+                "simulate",
+                "--ebn0-db",
+                "4",
+                "--max-bits",
+                "5e7",
+                "--seed",
+                "1",
+                "--output",
+                f"{tmp}/rate.json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        doc = json.loads(Path(f"{tmp}/rate.json").read_text())
+    return statistics.median(times), int(doc["bits"]) / float(doc["elapsed_s"])
 
 
 def _ts(text: str | None) -> float:
@@ -70,8 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallelism", type=int, default=None)
     args = parser.parse_args(argv if argv is not None else [])
     cores = os.cpu_count() or 1
-    startup = bersim_startup_s()
-    print(f"bersim start-up (python -m bersim, Octave, 1 bit): {startup:.2f} s median; {cores} cores")
+    startup, rate = bersim_costs()
+    print(
+        f"bersim alone: start-up (python, numpy, oct2py, Octave; 1 bit) {startup:.2f} s median, "
+        f"kernel {rate:.3g} bit/s; {cores} cores"
+    )
 
     port = local_airflow.free_port()
     command = [sys.executable, str(REPO / "scripts" / "run_local.py"), "--port", str(port)]
@@ -94,26 +138,46 @@ def main(argv: list[str] | None = None) -> None:
     last = max(_ts(t["end_date"]) for t in tis)
     phase = max(_ts(t["end_date"]) for t in sims) - min(_ts(t["start_date"]) for t in sims)
     n = len(sims)
-    results_dir = Path(env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"]) / "bersim-local" / "sim" / "task_results" / run_id
+    results_dir = (
+        Path(env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"])
+        / "bersim-local"
+        / "sim"
+        / "task_results"
+        / run_id
+    )
     docs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("task-*.json"))]
-    kernel = sum(float(d["elapsed_s"]) for d in docs)
     bits = sum(int(d["bits"]) for d in docs)
+    kernel = bits / rate
+    kernel_clock = sum(float(d["elapsed_s"]) for d in docs)
     ti_total = sum(float(t["duration"] or 0) for t in sims)
     airflow_core_s = (phase * cores - kernel - n * startup) / n
     print()
-    print(f"make run (default study): exit {code}, {total_s:.0f} s in all "
-          f"(Airflow start + run + stop); run {last - first:.0f} s from first to last task")  # fmt: skip
-    print(f"simulate: {n} tasks in {phase:.0f} s = {phase / n:.2f} s of wall per task, "
-          f"{bits:.3g} bits simulated")  # fmt: skip
-    print(f"  kernel (Octave loop)     {kernel:7.0f} core-s  {kernel / n:5.2f} s/task")
+    print(
+        f"make run (default study): exit {code}, {total_s:.0f} s in all (Airflow start + run "
+        f"+ stop); run {last - first:.0f} s from first to last task"
+    )
+    print(
+        f"simulate: {n} tasks in {phase:.0f} s = {phase / n:.2f} s of wall per task, "
+        f"{bits:.3g} bits simulated"
+    )
+    print(
+        f"  kernel (Octave loop)     {kernel:7.0f} core-s  {kernel / n:5.2f} s/task"
+        f"  (bits / rate; the kernels' clocks: {kernel_clock:.0f} s)"
+    )
     print(f"  bersim start-up          {n * startup:7.0f} core-s  {startup:5.2f} s/task")
-    print(f"  Airflow orchestration    {airflow_core_s * n:7.0f} core-s  {airflow_core_s:5.2f} s/task"
-          f"  (= simulate phase x {cores} cores - the above)")  # fmt: skip
-    print(f"  task instance durations  {ti_total:7.0f} s in all, {ti_total / n:.2f} s mean "
-          f"(wall, includes waiting for a core)")  # fmt: skip
+    print(
+        f"  Airflow orchestration    {airflow_core_s * n:7.0f} core-s  {airflow_core_s:5.2f} "
+        f"s/task  (= simulate phase x {cores} cores - the above)"
+    )
+    print(
+        f"  task instance durations  {ti_total:7.0f} s in all, {ti_total / n:.2f} s mean "
+        f"(wall, includes waiting for a core)"
+    )
     sequential = n * (startup + 0.1) + kernel
-    print(f"for comparison, one task at a time (`airflow dags test`, ~0.1 s/task measured in "
-          f"REFERENCE.md) would need about {sequential:.0f} s for the simulate phase")  # fmt: skip
+    print(
+        f"for comparison, one task at a time (`airflow dags test`, ~0.1 s/task measured in "
+        f"REFERENCE.md) would need about {sequential:.0f} s for the simulate phase"
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ leaks between tests. The pure modules (plan, params, results) are imported in-pr
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +32,10 @@ for path in (DAGS, REPO / "scripts"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 # In-process imports of airflow.sdk must not create ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="wb-airflow-home-"))
+if "AIRFLOW_HOME" not in os.environ:
+    _home = tempfile.mkdtemp(prefix="wb-airflow-home-")
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)
+    os.environ["AIRFLOW_HOME"] = _home
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import local_airflow  # noqa: E402
