@@ -27,7 +27,9 @@ MAX_POINTS = 64
 MAX_BITS_PER_TASK = 10**12
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 10, 4 * 3600
 
-SECTION_STUDY = "The study"
+# The common fields have no section: Airflow 3.3's form shows them in its default section
+# ("Run Parameters"), the only one open when the form opens; the named sections below start
+# collapsed, which suits the details and the advanced settings.
 SECTION_PRECISION = "Precision and reproducibility"
 SECTION_ADVANCED = "Advanced: cluster, timeouts and where results go"
 
@@ -55,6 +57,17 @@ DEFAULTS: dict[str, Any] = {
     "scale_out_timeout_s": 1800,
     "scale_in_timeout_s": 1200,
 }
+
+
+def whole_range(low: int, high: int) -> dict[str, Any]:
+    """JSON schema of a whole number in [low, high], with exclusive bounds.
+
+    Airflow 3.3's form clamps a number input to the schema's `minimum`/`maximum` when the field
+    loses focus: -5 tasks would silently become 1 and start a run. The same bounds written as
+    `exclusiveMinimum`/`exclusiveMaximum` are not clamped, so the server refuses the value with
+    a message that names the field ("Invalid input for param num_tasks: ...").
+    """
+    return {"type": "integer", "exclusiveMinimum": low - 1, "exclusiveMaximum": high + 1}
 
 
 class StudyError(ValueError):
@@ -85,19 +98,15 @@ def form(settings: Settings) -> dict[str, Param]:
                     else ""
                 )
             ),
-            section=SECTION_STUDY,
         ),
         "num_tasks": Param(
             DEFAULTS["num_tasks"],
-            type="integer",
-            minimum=1,
-            maximum=MAX_TASKS,
+            **whole_range(1, MAX_TASKS),
             title="Number of tasks",
             description=(
                 "How many simulation tasks to run in parallel on the cluster (1 to "
                 f"{MAX_TASKS}). At least one per Eb/N0 point."
             ),
-            section=SECTION_STUDY,
         ),
         "ebn0_db": Param(
             DEFAULTS["ebn0_db"],
@@ -112,13 +121,10 @@ def form(settings: Settings) -> dict[str, Param]:
                 "[0, 2, 4, 6, 8, 10, 11, 12]. Each between -10 and 30, no repeats. Higher "
                 "values have fewer bit errors and need many more simulated bits."
             ),
-            section=SECTION_STUDY,
         ),
         "max_bits_per_task": Param(
             DEFAULTS["max_bits_per_task"],
-            type="integer",
-            minimum=1000,
-            maximum=MAX_BITS_PER_TASK,
+            **whole_range(1000, MAX_BITS_PER_TASK),
             title="Bits per task (at most)",
             description=(
                 "The most bits one task simulates; this bounds how long a task runs (about "
@@ -129,9 +135,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "target_errors": Param(
             DEFAULTS["target_errors"],
-            type="integer",
-            minimum=0,
-            maximum=10**9,
+            **whole_range(0, 10**9),
             title="Errors to count per point",
             description=(
                 "A point stops once its tasks have counted this many bit errors: about 100 "
@@ -158,9 +162,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "seed": Param(
             DEFAULTS["seed"],
-            type="integer",
-            minimum=0,
-            maximum=SEED_MAX,
+            **whole_range(0, SEED_MAX),
             title="Random seed",
             description=(
                 "The same seed with the same settings reproduces exactly the same counts; "
@@ -170,9 +172,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "cluster_size": Param(
             settings.default_cluster_size,
-            type="integer",
-            minimum=1,
-            maximum=settings.max_cluster_size,
+            **whole_range(1, settings.max_cluster_size),
             title="Cluster size (instances)",
             description=(
                 f"Windows instances started for this run (1 to {settings.max_cluster_size}); "
@@ -183,9 +183,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "scale_out_timeout_s": Param(
             DEFAULTS["scale_out_timeout_s"],
-            type="integer",
-            minimum=MIN_TIMEOUT_S,
-            maximum=MAX_TIMEOUT_S,
+            **whole_range(MIN_TIMEOUT_S, MAX_TIMEOUT_S),
             title="Start-up timeout (seconds)",
             description=(
                 "How long to wait for the instances to be ready before the run fails. Windows "
@@ -195,9 +193,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "scale_in_timeout_s": Param(
             DEFAULTS["scale_in_timeout_s"],
-            type="integer",
-            minimum=MIN_TIMEOUT_S,
-            maximum=MAX_TIMEOUT_S,
+            **whole_range(MIN_TIMEOUT_S, MAX_TIMEOUT_S),
             title="Shut-down timeout (seconds)",
             description="How long to wait for the instances to be gone at the end.",
             section=SECTION_ADVANCED,

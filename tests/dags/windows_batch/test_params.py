@@ -13,7 +13,6 @@ from windows_batch.params import (
     PARAM_NAMES,
     SECTION_ADVANCED,
     SECTION_PRECISION,
-    SECTION_STUDY,
     StudyError,
     check_bucket,
     form,
@@ -43,6 +42,8 @@ SCHEMA_REFUSALS = [
     pytest.param({"max_bits_per_task": 2.5}, "max_bits_per_task", id="fractional-bits"),
     pytest.param({"target_errors": -1}, "target_errors", id="negative-target"),
     pytest.param({"cluster_size": 9}, "cluster_size", id="cluster-above-max"),
+    pytest.param({"cluster_size": 0}, "cluster_size", id="cluster-zero"),
+    pytest.param({"num_tasks": 1025}, "num_tasks", id="too-many-tasks"),
     pytest.param({"seed": -1}, "seed", id="negative-seed"),
     pytest.param({"s3_prefix_task_results": "/sim//x/"}, "s3_prefix_task_results", id="bad-prefix"),
     pytest.param({"scale_out_timeout_s": 1}, "scale_out_timeout_s", id="timeout-too-short"),
@@ -71,12 +72,11 @@ def test_form_fields_have_titles_descriptions_and_sections_common_first() -> Non
     for name, param in fields.items():
         assert param.schema.get("title"), name
         assert len(param.description or "") > 30, name
-        assert param.schema.get("section") in {SECTION_STUDY, SECTION_PRECISION, SECTION_ADVANCED}
-    sections = [p.schema["section"] for p in fields.values()]
-    # Grouped (each section contiguous) and in this order.
-    order = list(dict.fromkeys(sections))
-    assert order == [SECTION_STUDY, SECTION_PRECISION, SECTION_ADVANCED]
-    assert [n for n, p in fields.items() if p.schema["section"] == SECTION_STUDY] == [
+    sections = [p.schema.get("section") for p in fields.values()]
+    # Grouped (each section contiguous), in this order; the common fields without a section,
+    # so that they land in the form's default section, the one open when the form opens.
+    assert list(dict.fromkeys(sections)) == [None, SECTION_PRECISION, SECTION_ADVANCED]
+    assert [n for n, p in fields.items() if "section" not in p.schema] == [
         "s3_bucket",
         "num_tasks",
         "ebn0_db",
@@ -92,7 +92,12 @@ def test_form_input_types() -> None:
     assert set(fields["allocation"].schema["values_display"]) == {"adaptive", "equal"}
     assert fields["s3_bucket"].value == "my-results"
     assert fields["cluster_size"].value == 6
-    assert fields["cluster_size"].schema["maximum"] == 8
+    assert fields["cluster_size"].schema["exclusiveMaximum"] == 9
+    # No plain minimum/maximum on whole numbers: the UI would clamp instead of refusing.
+    for name, param in fields.items():
+        if param.schema.get("type") == "integer":
+            assert "minimum" not in param.schema, name
+            assert "maximum" not in param.schema, name
 
 
 def test_defaults_are_valid() -> None:
