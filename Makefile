@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # The trigger form's JSON for make run, e.g. make run CONF='{"num_tasks": 20}'.
 CONF ?=
 
-SHELL_SCRIPTS := deploy.sh destroy.sh scripts/bootstrap.sh .ci/run $(wildcard scripts/*.sh docker/*.sh)
+SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*.sh))
 DOCKERFILES := $(wildcard docker/Dockerfile*)
 TEMPLATES := $(wildcard cloudformation/*.yaml)
 
@@ -44,7 +44,7 @@ lint: setup ## ruff, mypy, hadolint, ShellCheck, cfn-lint, checkov
 	@$(BIN)/hadolint $(DOCKERFILES)
 	@$(BIN)/shellcheck $(SHELL_SCRIPTS)
 	@if [[ -n "$(TEMPLATES)" ]]; then $(BIN)/cfn-lint $(TEMPLATES); fi
-	@if [[ -n "$(TEMPLATES)" ]]; then .venv-checkov/bin/checkov --quiet --compact --framework cloudformation -d cloudformation; fi
+	@if [[ -n "$(TEMPLATES)" ]]; then .venv-checkov/bin/checkov --quiet --compact --skip-download --framework cloudformation -d cloudformation; fi
 
 bench: setup ## Print the performance figures (kernel, planning, DAG parse, local run)
 	@$(PY) -m benchmarks

@@ -6,7 +6,8 @@
 # Each step is skipped when already done, so re-running it is quick.
 set -euo pipefail
 
-readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
 readonly VENV="${ROOT}/.venv"
 readonly CHECKOV_VENV="${ROOT}/.venv-checkov"
 readonly APT_PACKAGES=(octave chromium fonts-liberation)
