@@ -9,6 +9,9 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
+readonly PROGRAM="deploy.sh"
+# shellcheck source=scripts/aws_common.sh
+source "${SCRIPT_DIR}/scripts/aws_common.sh"
 readonly TEMPLATE_DIR="${SCRIPT_DIR}/cloudformation"
 readonly DAGS_DIR="${SCRIPT_DIR}/dags"
 readonly DOCKER_DIR="${SCRIPT_DIR}/docker"
@@ -67,24 +70,6 @@ Needs the AWS CLI (v2; v1 works too) with credentials; --build-image also needs 
 EOF
 }
 
-err() {
-  echo "deploy.sh: error: $*" >&2
-}
-
-die() {
-  err "$@"
-  exit 1
-}
-
-log() {
-  echo "==> $*"
-}
-
-# Runs the AWS CLI in the chosen region.
-awsr() {
-  aws --region "${region}" "$@"
-}
-
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -114,8 +99,7 @@ parse_args() {
 }
 
 validate_args() {
-  [[ "${prefix}" =~ ^[a-z][a-z0-9-]{0,22}$ ]] \
-    || die "--prefix must be lowercase letters, digits and '-', start with a letter, at most 23 characters"
+  validate_prefix
   local number
   for number in "${max_instances}" "${task_cpu}" "${task_memory_mib}" ${slots_per_instance:+"${slots_per_instance}"}; do
     [[ "${number}" =~ ^[1-9][0-9]*$ ]] || die "not a positive whole number: ${number}"
@@ -131,25 +115,13 @@ validate_args() {
   done
 }
 
-# Stops with a clear message when the AWS CLI, a region or valid credentials are missing.
+# The AWS prerequisites, and zip when the image is built.
 check_prerequisites() {
-  command -v aws >/dev/null 2>&1 \
-    || die "the AWS CLI ('aws') is not on PATH; install AWS CLI v2 and run 'aws configure'"
-  if [[ -z "${region}" ]]; then
-    region="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
-  fi
-  if [[ -z "${region}" ]]; then
-    region="$(aws configure get region 2>/dev/null || true)"
-  fi
-  [[ -n "${region}" ]] \
-    || die "no AWS region set; pass --region (for example --region us-east-1) or run 'aws configure set region us-east-1'"
-  local identity
-  identity="$(awsr sts get-caller-identity --query Arn --output text 2>&1)" \
-    || die "AWS credentials are missing or invalid ('aws sts get-caller-identity' failed: ${identity}); run 'aws configure' or 'aws sso login'"
+  check_aws_prerequisites
   if [[ "${build_image}" == "true" ]]; then
     command -v zip >/dev/null 2>&1 || die "--build-image needs 'zip' (apt-get install zip)"
   fi
-  log "Deploying as ${identity} to ${region}, stacks ${prefix}-*"
+  log "Deploying as ${caller_arn} to ${region}, stacks ${prefix}-*"
 }
 
 skipped() {

@@ -6,6 +6,12 @@
 
 set -euo pipefail
 
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+readonly PROGRAM="destroy.sh"
+# shellcheck source=scripts/aws_common.sh
+source "${SCRIPT_DIR}/scripts/aws_common.sh"
+
 readonly LAYERS_IN_DELETE_ORDER=(mwaa ecs image network storage)
 readonly BUCKET_OUTPUTS=(ResultsBucketName MwaaBucketName AccessLogsBucketName)
 # Log records can still arrive while the buckets are deleted; the storage stack is retried.
@@ -31,23 +37,6 @@ Options:
 EOF
 }
 
-err() {
-  echo "destroy.sh: error: $*" >&2
-}
-
-die() {
-  err "$@"
-  exit 1
-}
-
-log() {
-  echo "==> $*"
-}
-
-awsr() {
-  aws --region "${region}" "$@"
-}
-
 parse_args() {
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -58,24 +47,7 @@ parse_args() {
       *) usage >&2; die "unknown option: $1" ;;
     esac
   done
-  [[ "${prefix}" =~ ^[a-z][a-z0-9-]{0,22}$ ]] \
-    || die "--prefix must be lowercase letters, digits and '-', start with a letter, at most 23 characters"
-}
-
-check_prerequisites() {
-  command -v aws >/dev/null 2>&1 \
-    || die "the AWS CLI ('aws') is not on PATH; install AWS CLI v2 and run 'aws configure'"
-  if [[ -z "${region}" ]]; then
-    region="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
-  fi
-  if [[ -z "${region}" ]]; then
-    region="$(aws configure get region 2>/dev/null || true)"
-  fi
-  [[ -n "${region}" ]] \
-    || die "no AWS region set; pass --region (for example --region us-east-1) or run 'aws configure set region us-east-1'"
-  local identity
-  identity="$(awsr sts get-caller-identity --query Arn --output text 2>&1)" \
-    || die "AWS credentials are missing or invalid ('aws sts get-caller-identity' failed: ${identity}); run 'aws configure' or 'aws sso login'"
+  validate_prefix
 }
 
 stack_exists() {
@@ -145,7 +117,8 @@ confirm() {
 
 main() {
   parse_args "$@"
-  check_prerequisites
+  check_aws_prerequisites
+  log "Signed in as ${caller_arn}; looking for stacks ${prefix}-* in ${region}"
 
   local -a stacks=()
   local layer

@@ -36,7 +36,8 @@ _spec.loader.exec_module(moto_server)
 
 def copy_project(destination: Path) -> Path:
     """The files deploy.sh reads, so the test never touches the working tree's dags/."""
-    for name in ("deploy.sh", "destroy.sh", "requirements-mwaa.txt"):
+    for name in ("deploy.sh", "destroy.sh", "requirements-mwaa.txt", "scripts/aws_common.sh"):
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, destination / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "cloudformation", destination / "cloudformation", ignore=ignore)
