@@ -26,6 +26,7 @@ EBN0_MIN_DB, EBN0_MAX_DB = -10.0, 30.0
 MAX_POINTS = 64
 MAX_BITS_PER_TASK = 10**12
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 10, 4 * 3600
+MAX_TARGET_ERRORS = 10**9
 
 # The common fields have no section: Airflow 3.3's form shows them in its default section
 # ("Run Parameters"), the only one open when the form opens; the named sections below start
@@ -56,6 +57,18 @@ DEFAULTS: dict[str, Any] = {
     "s3_prefix_aggregate_results": "sim/aggregate_results",
     "scale_out_timeout_s": 1800,
     "scale_in_timeout_s": 1200,
+}
+
+
+# The whole-number fields whose bounds do not depend on the deployment: the form's schema and
+# validate_study both read them here. (cluster_size's maximum is a deployment setting.)
+WHOLE_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_tasks": (1, MAX_TASKS),
+    "max_bits_per_task": (1000, MAX_BITS_PER_TASK),
+    "target_errors": (0, MAX_TARGET_ERRORS),
+    "seed": (0, SEED_MAX),
+    "scale_out_timeout_s": (MIN_TIMEOUT_S, MAX_TIMEOUT_S),
+    "scale_in_timeout_s": (MIN_TIMEOUT_S, MAX_TIMEOUT_S),
 }
 
 
@@ -101,7 +114,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "num_tasks": Param(
             DEFAULTS["num_tasks"],
-            **whole_range(1, MAX_TASKS),
+            **whole_range(*WHOLE_BOUNDS["num_tasks"]),
             title="Number of tasks",
             description=(
                 "How many simulation tasks to run in parallel on the cluster (1 to "
@@ -124,7 +137,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "max_bits_per_task": Param(
             DEFAULTS["max_bits_per_task"],
-            **whole_range(1000, MAX_BITS_PER_TASK),
+            **whole_range(*WHOLE_BOUNDS["max_bits_per_task"]),
             title="Bits per task (at most)",
             description=(
                 "The most bits one task simulates; this bounds how long a task runs (about "
@@ -135,7 +148,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "target_errors": Param(
             DEFAULTS["target_errors"],
-            **whole_range(0, 10**9),
+            **whole_range(*WHOLE_BOUNDS["target_errors"]),
             title="Errors to count per point",
             description=(
                 "A point stops once its tasks have counted this many bit errors: about 100 "
@@ -162,7 +175,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "seed": Param(
             DEFAULTS["seed"],
-            **whole_range(0, SEED_MAX),
+            **whole_range(*WHOLE_BOUNDS["seed"]),
             title="Random seed",
             description=(
                 "The same seed with the same settings reproduces exactly the same counts; "
@@ -183,7 +196,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "scale_out_timeout_s": Param(
             DEFAULTS["scale_out_timeout_s"],
-            **whole_range(MIN_TIMEOUT_S, MAX_TIMEOUT_S),
+            **whole_range(*WHOLE_BOUNDS["scale_out_timeout_s"]),
             title="Start-up timeout (seconds)",
             description=(
                 "How long to wait for the instances to be ready before the run fails. Windows "
@@ -193,7 +206,7 @@ def form(settings: Settings) -> dict[str, Param]:
         ),
         "scale_in_timeout_s": Param(
             DEFAULTS["scale_in_timeout_s"],
-            **whole_range(MIN_TIMEOUT_S, MAX_TIMEOUT_S),
+            **whole_range(*WHOLE_BOUNDS["scale_in_timeout_s"]),
             title="Shut-down timeout (seconds)",
             description="How long to wait for the instances to be gone at the end.",
             section=SECTION_ADVANCED,
@@ -342,20 +355,20 @@ def validate_study(
             f"fields are {', '.join(PARAM_NAMES)}",
         )
     bucket = check_bucket(params.get("s3_bucket"))
-    num_tasks = _whole(params, "num_tasks", 1, MAX_TASKS)
+    num_tasks = _whole(params, "num_tasks", *WHOLE_BOUNDS["num_tasks"])
 
     ebn0 = _points(params.get("ebn0_db"), num_tasks)
-    max_bits = _whole(params, "max_bits_per_task", 1000, MAX_BITS_PER_TASK)
-    target = _whole(params, "target_errors", 0, 10**9)
+    max_bits = _whole(params, "max_bits_per_task", *WHOLE_BOUNDS["max_bits_per_task"])
+    target = _whole(params, "target_errors", *WHOLE_BOUNDS["target_errors"])
     allocation = params.get("allocation")
     if allocation not in ALLOCATIONS:
         raise StudyError(
             "allocation", f"{allocation!r} is not one of {', '.join(repr(a) for a in ALLOCATIONS)}"
         )
-    seed = _whole(params, "seed", 0, SEED_MAX)
+    seed = _whole(params, "seed", *WHOLE_BOUNDS["seed"])
     cluster_size = _whole(params, "cluster_size", 1, max_cluster_size)
     for field in ("scale_out_timeout_s", "scale_in_timeout_s"):
-        _whole(params, field, MIN_TIMEOUT_S, MAX_TIMEOUT_S)
+        _whole(params, field, *WHOLE_BOUNDS[field])
     task_prefix = _prefix(params, "s3_prefix_task_results")
     aggregate_prefix = _prefix(params, "s3_prefix_aggregate_results")
     a, b = task_prefix + "/", aggregate_prefix + "/"
