@@ -8,6 +8,7 @@ undoes a change someone made by hand meanwhile. A timeout fails the task with wh
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
@@ -40,28 +41,29 @@ def aws_client(settings: Settings, service: str) -> Any:
 def _botocore_config() -> Any:
     from botocore.config import Config  # noqa: PLC0415
 
-    return Config(retries={"mode": "adaptive", "max_attempts": 10})
+    return Config(**ADAPTIVE_RETRIES)
 
 
 def set_desired_capacity(autoscaling: Any, group: str, desired: int) -> None:
     """Set the group's desired capacity (no cooldown wait); explain a Min/MaxSize refusal."""
+    from botocore.exceptions import ClientError  # noqa: PLC0415
+
     try:
         autoscaling.set_desired_capacity(
             AutoScalingGroupName=group, DesiredCapacity=desired, HonorCooldown=False
         )
-    except Exception as exc:
-        text = str(exc)
-        if "ValidationError" in text:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ValidationError":
             what = "cluster_size" if desired > 0 else "the group's MinSize (must be 0)"
             raise AirflowFailException(
                 f"{what}: Auto Scaling group {group!r} refused a desired capacity of "
-                f"{desired}: {text}"
+                f"{desired}: {exc}"
             ) from exc
         raise
 
 
 def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
-    """Desired, minimum, maximum capacity and the instances' lifecycle states of the group."""
+    """The group's desired capacity and its instances' lifecycle states."""
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     found = groups.get("AutoScalingGroups", [])
     if not found:
@@ -72,25 +74,14 @@ def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
     info = found[0]
     return {
         "desired": info.get("DesiredCapacity"),
-        "min": info.get("MinSize"),
-        "max": info.get("MaxSize"),
         "instances": [i.get("LifecycleState", "?") for i in info.get("Instances", [])],
     }
 
 
 def container_instances(ecs: Any, cluster: str) -> dict[str, int]:
     """Container instances of the cluster: ACTIVE with the agent connected, and all ACTIVE."""
-    arns: list[str] = []
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"cluster": cluster, "status": "ACTIVE"}
-        if token:
-            kwargs["nextToken"] = token
-        page = ecs.list_container_instances(**kwargs)
-        arns += page.get("containerInstanceArns", [])
-        token = page.get("nextToken")
-        if not token:
-            break
+    pages = ecs.get_paginator("list_container_instances").paginate(cluster=cluster, status="ACTIVE")
+    arns = [arn for page in pages for arn in page.get("containerInstanceArns", [])]
     connected = 0
     for start in range(0, len(arns), _DESCRIBE_BATCH):
         described = ecs.describe_container_instances(
@@ -177,7 +168,4 @@ class ScaleInSensor(_ClusterSensor):
 def _lifecycle_summary(states: list[str]) -> str:
     if not states:
         return "none"
-    counted: dict[str, int] = {}
-    for state in states:
-        counted[state] = counted.get(state, 0) + 1
-    return ", ".join(f"{n} {state}" for state, n in sorted(counted.items()))
+    return ", ".join(f"{n} {state}" for state, n in sorted(Counter(states).items()))

@@ -1,0 +1,103 @@
+"""cluster.py: the AWS calls behind scale_out/scale_in, against botocore's Stubber."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from windows_batch.cluster import container_instances, set_desired_capacity
+
+GROUP = "windows-batch"
+CLUSTER = "windows-batch"
+
+
+def stubbed(service: str) -> Iterator[tuple[Any, Stubber]]:
+    session = boto3.session.Session(
+        region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    client: Any = session.client(service)  # type: ignore[call-overload]
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def autoscaling() -> Iterator[tuple[Any, Stubber]]:
+    yield from stubbed("autoscaling")
+
+
+@pytest.fixture
+def ecs() -> Iterator[tuple[Any, Stubber]]:
+    yield from stubbed("ecs")
+
+
+def test_a_desired_capacity_above_the_groups_maximum_names_cluster_size(
+    autoscaling: tuple[Any, Stubber],
+) -> None:
+    client, stubber = autoscaling
+    stubber.add_client_error(
+        "set_desired_capacity",
+        service_error_code="ValidationError",
+        service_message="New SetDesiredCapacity value 12 is above max value 10",
+        http_status_code=400,
+        expected_params={
+            "AutoScalingGroupName": GROUP,
+            "DesiredCapacity": 12,
+            "HonorCooldown": False,
+        },
+    )
+    with pytest.raises(AirflowFailException, match=r"^cluster_size: .*refused .* 12: .*max value"):
+        set_desired_capacity(client, GROUP, 12)
+
+
+def test_a_refused_scale_in_names_the_groups_min_size(autoscaling: tuple[Any, Stubber]) -> None:
+    client, stubber = autoscaling
+    stubber.add_client_error(
+        "set_desired_capacity", service_error_code="ValidationError", http_status_code=400
+    )
+    with pytest.raises(AirflowFailException, match=r"^the group's MinSize \(must be 0\)"):
+        set_desired_capacity(client, GROUP, 0)
+
+
+def test_other_errors_stay_retryable(autoscaling: tuple[Any, Stubber]) -> None:
+    client, stubber = autoscaling
+    stubber.add_client_error("set_desired_capacity", service_error_code="ScalingActivityInProgress")
+    with pytest.raises(ClientError, match="ScalingActivityInProgress"):
+        set_desired_capacity(client, GROUP, 3)
+
+
+def test_container_instances_follows_every_page_and_counts_connected_agents(
+    ecs: tuple[Any, Stubber],
+) -> None:
+    client, stubber = ecs
+    arns = [
+        f"arn:aws:ecs:us-east-1:123456789012:container-instance/{CLUSTER}/{i}" for i in range(3)
+    ]
+    stubber.add_response(
+        "list_container_instances",
+        {"containerInstanceArns": arns[:2], "nextToken": "page-2"},
+        {"cluster": CLUSTER, "status": "ACTIVE"},
+    )
+    stubber.add_response(
+        "list_container_instances",
+        {"containerInstanceArns": arns[2:]},
+        {"cluster": CLUSTER, "status": "ACTIVE", "nextToken": "page-2"},
+    )
+    stubber.add_response(
+        "describe_container_instances",
+        {
+            "containerInstances": [
+                {"containerInstanceArn": arns[0], "agentConnected": True},
+                {"containerInstanceArn": arns[1], "agentConnected": False},
+                {"containerInstanceArn": arns[2], "agentConnected": True},
+            ]
+        },
+        {"cluster": CLUSTER, "containerInstances": arns},
+    )
+    assert container_instances(client, CLUSTER) == {"active": 3, "ready": 2}
