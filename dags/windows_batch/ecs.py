@@ -25,6 +25,7 @@ from airflow.sdk import TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from windows_batch.cluster import ADAPTIVE_RETRIES, ScaleInSensor, ScaleOutSensor
+from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
 from windows_batch.results import PublishResultsMixin
 
 if TYPE_CHECKING:
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
 
     from windows_batch.settings import Settings
 
-EXIT_USAGE = 2
-EXIT_MISSING_TASKS = 3
-_MEANING = {EXIT_USAGE: "bad input", EXIT_MISSING_TASKS: "task results missing"}
 # Slack added to the ECS waiter so that execution_timeout, not the waiter, ends a long task.
 _WAITER_SLACK_S = 600
 
@@ -107,11 +105,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
             raise
         except AirflowException as exc:
             self.last_exit_code = self._exit_code()
-            if self.last_exit_code in _MEANING:
-                raise AirflowFailException(
-                    f"bersim exited with {self.last_exit_code} "
-                    f"({_MEANING[self.last_exit_code]}; a retry would not help): {exc}"
-                ) from exc
+            if self.last_exit_code in FINAL_EXITS:
+                raise AirflowFailException(exit_message(self.last_exit_code, str(exc))) from exc
             raise
 
     def _exit_code(self) -> int | None:

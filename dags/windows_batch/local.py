@@ -21,20 +21,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
 from windows_batch.results import PublishResultsMixin, local_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from windows_batch.settings import Settings
-
-EXIT_USAGE = 2
-EXIT_MISSING_TASKS = 3
-_EXIT_MEANING = {
-    1: "runtime failure",
-    EXIT_USAGE: "bad input; a retry would not help",
-    EXIT_MISSING_TASKS: "task results missing; outputs written without them",
-}
 
 
 def to_local_argv(argv: Sequence[str], local_root: Path) -> list[str]:
@@ -92,9 +85,8 @@ class BersimLocalOperator(BaseOperator):
         return code
 
     def fail_for(self, code: int) -> None:
-        meaning = _EXIT_MEANING.get(code, "failed")
-        message = f"bersim exited with {code} ({meaning}): {self._last_error or 'see the log'}"
-        if code in (EXIT_USAGE, EXIT_MISSING_TASKS):
+        message = exit_message(code, self._last_error or "see the log")
+        if code in FINAL_EXITS:
             raise AirflowFailException(message)
         raise AirflowException(message)
 

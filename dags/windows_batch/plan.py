@@ -39,6 +39,22 @@ MIN_TASK_BITS = 10_000
 """No task is planned shorter than this: below it the start-up dwarfs the work anyway."""
 _TARGET_REACHED = 1.0 - 2 * STRAGGLER_PROBABILITY
 
+# bersim's exit codes (docker/bersim/errors.py), the other half of the container contract.
+EXIT_USAGE = 2
+EXIT_MISSING_TASKS = 3
+EXIT_MEANING = {
+    1: "runtime failure",
+    EXIT_USAGE: "bad input; a retry would not help",
+    EXIT_MISSING_TASKS: "task results missing; outputs written without them",
+}
+FINAL_EXITS = (EXIT_USAGE, EXIT_MISSING_TASKS)
+"""Exit codes that fail a task without retries: running it again gives the same answer."""
+
+
+def exit_message(code: int, detail: str) -> str:
+    """The task's error message for a bersim exit code, with bersim's own error line."""
+    return f"bersim exited with {code} ({EXIT_MEANING.get(code, 'failed')}): {detail}"
+
 
 @dataclass(frozen=True)
 class Study:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Collection, Mapping
@@ -171,9 +170,7 @@ def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> 
             return 200 <= status < 300 and _bulk_succeeded(
                 answer.get("RestApiResponse"), dag_id, run_id
             )
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        log.warning("Could not set the run note: %s", exc)
-    except Exception as exc:  # botocore errors: the note is a convenience, never fatal
+    except Exception as exc:  # URLError, botocore errors...: the note is a convenience, never fatal
         log.warning("Could not set the run note: %s", exc)
     return False
 
