@@ -267,6 +267,19 @@ class PointTasks:
         return max(bits for bits, _ in self.tasks)
 
 
+@functools.lru_cache(maxsize=4096)
+def _one_task(share: int, ber: float, max_bits: int, cap_bits: bool) -> tuple[int, float, float]:
+    """A task with an early-stop target of `share` errors: (bit cap, errors, bits) expected."""
+    cap = max_bits
+    if cap_bits and ber > 0:
+        needed = math.ceil(poisson_mean_for(share) / ber)
+        cap = min(max_bits, max(needed, MIN_TASK_BITS))
+    counted = expected_counted(cap * ber, share)
+    # Bits until the target (counted / ber), or the whole cap if it is reached first.
+    spent = min(float(cap), counted / ber) if ber > 0 else float(cap)
+    return cap, counted, spent
+
+
 def point_tasks(
     *,
     ebn0_db: float,
@@ -274,7 +287,6 @@ def point_tasks(
     max_bits: int,
     target_errors: int,
     cap_bits: bool = True,
-    _cache: dict[tuple[int, float, int], tuple[int, float, float]] | None = None,
 ) -> PointTasks:
     """Plan `count` tasks for one point; `cap_bits` caps each task near its expected length."""
     ber = ber_theory(ebn0_db)
@@ -285,21 +297,7 @@ def point_tasks(
     planned: list[tuple[int, int]] = []
     errors = bits = 0.0
     for share in shares:
-        key = (share, ebn0_db, max_bits)
-        cached = _cache.get(key) if _cache is not None else None
-        if cached is None:
-            cap = max_bits
-            if cap_bits and ber > 0:
-                needed = math.ceil(poisson_mean_for(share) / ber)
-                cap = min(max_bits, max(needed, MIN_TASK_BITS))
-            mu = cap * ber
-            counted = expected_counted(mu, share)
-            # Bits until the target (counted / ber), or the whole cap if it is reached first.
-            spent = min(float(cap), counted / ber) if ber > 0 else float(cap)
-            cached = (cap, counted, spent)
-            if _cache is not None:
-                _cache[key] = cached
-        cap, counted, spent = cached
+        cap, counted, spent = _one_task(share, ber, max_bits, cap_bits)
         planned.append((cap, share))
         errors += counted
         bits += spent
@@ -329,12 +327,8 @@ def allocate(
     if allocation != "adaptive":
         raise ValueError(f"unknown allocation {allocation!r}")
 
-    cache: dict[tuple[int, float, int], tuple[int, float, float]] = {}
-
     def plan(x: float, count: int) -> PointTasks:
-        return point_tasks(
-            ebn0_db=x, count=count, max_bits=max_bits, target_errors=target_errors, _cache=cache
-        )
+        return point_tasks(ebn0_db=x, count=count, max_bits=max_bits, target_errors=target_errors)
 
     counts = [1] * points
     current = [plan(x, 1) for x in ebn0_db]
