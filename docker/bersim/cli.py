@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
 import sys
 import traceback
 from decimal import Decimal, InvalidOperation
@@ -164,12 +162,8 @@ def simulate(args: argparse.Namespace, storage: Storage) -> None:
     """Run the kernel once and write its result; check the output before spending the time."""
     output = parse_uri(args.output, option="--output", is_prefix=False)
     storage.check_writable(output)
-    # oct2py prints a traceback of its own when the executable is missing: say it in one line.
-    executable = os.environ.get("OCTAVE_EXECUTABLE") or "octave-cli"
-    if shutil.which(executable) is None:
-        raise RuntimeFailure(f"Octave not found: {executable!r} (set OCTAVE_EXECUTABLE)")
     try:
-        # Imported here: oct2py starts Octave on import, which aggregate never needs.
+        # Imported here: numpy and the Octave bridge, which aggregate never needs.
         from bersim.kernel import KernelError, run_kernel  # noqa: PLC0415
     except ImportError as exc:
         raise RuntimeFailure(f"cannot load the Octave bridge: {exc}") from exc

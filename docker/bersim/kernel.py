@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,8 +70,15 @@ def _exact_int(value: object, name: str) -> int:
 
 
 def _configure_environment() -> None:
-    """Point oct2py at the CLI build of Octave and keep Octave from writing a history."""
-    os.environ.setdefault("OCTAVE_EXECUTABLE", "octave-cli")
+    """Point oct2py at the CLI build of Octave and keep Octave from writing a history.
+
+    Raises KernelError in one line when the executable is missing (oct2py would print a
+    traceback of its own).
+    """
+    executable = os.environ.get("OCTAVE_EXECUTABLE") or "octave-cli"
+    if shutil.which(executable) is None:
+        raise KernelError(f"Octave not found: {executable!r} (set OCTAVE_EXECUTABLE)")
+    os.environ["OCTAVE_EXECUTABLE"] = executable
     # Without a writable history file Octave prints a spurious "error: ignoring const
     # execution_exception& while preparing to exit" on stderr at every exit.
     os.environ.setdefault("OCTAVE_HISTFILE", os.devnull)
@@ -83,7 +91,7 @@ def _session() -> Oct2Py:
     of starting a second one saves an Octave start-up per call. Entering it restarts it when
     a previous call closed it. Raises KernelError when Octave cannot be started.
     """
-    _configure_environment()
+    _configure_environment()  # before the import: it starts Octave
     # oct2py reports a failed default session by printing, not raising: keep that text
     # for the error message instead of letting it reach the caller's stdout/stderr.
     captured = io.StringIO()
