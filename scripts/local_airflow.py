@@ -7,7 +7,8 @@ database and logs, and the directory that stands in for S3 in the local backend.
     env = airflow_env(port=8080)
     migrate(env)
     with standalone(env) as url:
-        ...  # http://127.0.0.1:8080, stopped (whole process group) on exit
+        status, dag = request(url, "GET", "dags/windows-batch-compute-dag")
+    # http://127.0.0.1:8080, stopped (whole process group) when the block exits
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -209,12 +211,12 @@ def standalone(env: dict[str, str], *, timeout_s: float = 120) -> Iterator[str]:
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"airflow standalone exited with {proc.returncode} before it was ready; "
-                    f"last lines of {log_path}:\n{_tail(log_path)}"
+                    f"last lines of {log_path}:\n{tail(log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"airflow standalone not ready after {timeout_s:.0f} s "
-                    f"(health: {_health(base_url)}); last lines of {log_path}:\n{_tail(log_path)}"
+                    f"(health: {_health(base_url)}); last lines of {log_path}:\n{tail(log_path)}"
                 )
             time.sleep(0.5)
         yield base_url
@@ -222,7 +224,31 @@ def standalone(env: dict[str, str], *, timeout_s: float = 120) -> Iterator[str]:
         _stop_group(proc)
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def request(base_url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """Call the local Airflow's REST API (/api/v2/<path>; no login: every caller is admin).
+
+    Returns the HTTP status and the decoded JSON body (the raw text if it is not JSON).
+    """
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(  # noqa: S310 (http://127.0.0.1 only)
+        f"{base_url}/api/v2/{path.lstrip('/')}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, raw.decode(errors="replace")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a log file ("" if it cannot be read)."""
     with suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""

@@ -18,9 +18,7 @@ import json
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +42,12 @@ class ApiError(RuntimeError):
 
 
 def api(base_url: str, method: str, path: str, body: Any = None) -> Any:
-    """Call this Airflow's REST API (no login: the local set-up makes every caller admin)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 (127.0.0.1, our own server)
-        f"{base_url}/api/v2{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            text = response.read().decode()
-    except urllib.error.HTTPError as exc:
-        raw = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(raw).get("detail", raw)
-        except ValueError:
-            detail = raw
-        raise ApiError(
-            exc.code, detail if isinstance(detail, str) else json.dumps(detail)
-        ) from None
-    return json.loads(text) if text else None
+    """Call this Airflow's REST API; the decoded body, or ApiError with the server's detail."""
+    status, answer = local_airflow.request(base_url, method, path, body)
+    if status >= 400:
+        detail = answer.get("detail", answer) if isinstance(answer, dict) else answer
+        raise ApiError(status, detail if isinstance(detail, str) else json.dumps(detail))
+    return answer
 
 
 def wait_for_dag(base_url: str, timeout_s: float = 120) -> None:

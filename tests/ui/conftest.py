@@ -10,12 +10,9 @@ work on this machine). `--screenshots-dir DIR` (make screenshots) saves the READ
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,22 +71,7 @@ class AirflowUI:
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Call the REST API (/api/v2/...); return (HTTP status, decoded JSON body)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310 (http://127.0.0.1 only)
-            f"{self.url}/api/v2/{path.lstrip('/')}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw.decode(errors="replace")
+        return _load_local_airflow().request(self.url, method, path, body)
 
     def get(self, path: str) -> Any:
         status, body = self.api("GET", path)
@@ -104,10 +86,7 @@ class AirflowUI:
         return f"dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
     def log_tail(self, lines: int = 40) -> str:
-        log = self.home / "standalone.log"
-        if not log.exists():
-            return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return str(_load_local_airflow().tail(self.home / "standalone.log", lines))
 
 
 def _wait_for_dag(ui: AirflowUI) -> None:
