@@ -86,6 +86,15 @@ def provision(url: str) -> None:
     boto3.client("s3", **kwargs).create_bucket(Bucket=BUCKET)
 
 
+def start_ecs(moto_server: Callable[..., dict[str, Any]], **faults: str) -> dict[str, Any]:
+    """A moto server playing our cluster and group (MOTO_* `faults`), provisioned."""
+    server = moto_server(
+        MOTO_CLUSTER=CLUSTER, MOTO_ASG_NAME=ASG, MOTO_LOG_GROUP=LOG_GROUP, **faults
+    )
+    provision(server["url"])
+    return server
+
+
 def ecs_env(base: dict[str, str], url: str) -> dict[str, str]:
     env = dict(base)
     conn = {"conn_type": "aws", "extra": {"endpoint_url": url, "region_name": REGION}}
@@ -121,6 +130,11 @@ def events(server: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in server["events"].read_text().splitlines()]
 
 
+def desired_capacities(log: list[dict[str, Any]]) -> list[int]:
+    """Every desired capacity the DAG set on the group, in order."""
+    return [e["value"] for e in log if e["op"] == "set_desired_capacity"]
+
+
 def check_run_tasks(calls: list[dict[str, Any]], outcome: dict[str, Any]) -> None:
     """Every RunTask: the right cluster, task definition, launch type and container."""
     for call in calls:
@@ -142,13 +156,7 @@ def test_scales_out_runs_every_planned_task_aggregates_and_scales_in(
     moto_server: Callable[..., dict[str, Any]],
 ) -> None:
     # Two RunTask calls find the cluster full: they must wait, not fail or use a retry.
-    server = moto_server(
-        MOTO_CLUSTER=CLUSTER,
-        MOTO_ASG_NAME=ASG,
-        MOTO_LOG_GROUP=LOG_GROUP,
-        MOTO_RESOURCE_FAILURES="2",
-    )
-    provision(server["url"])
+    server = start_ecs(moto_server, MOTO_RESOURCE_FAILURES="2")
     outcome = run_dag(ecs_env(airflow_env, server["url"]), STUDY)
     assert outcome["state"] == "success", outcome["log"][-5000:]
     assert set(outcome["tasks"].values()) == {"success"}
@@ -161,7 +169,7 @@ def test_scales_out_runs_every_planned_task_aggregates_and_scales_in(
     assert outcome["log"].count("The cluster has no room for this task now (RESOURCE:CPU)") == 2
 
     log = events(server)
-    desired = [e["value"] for e in log if e["op"] == "set_desired_capacity"]
+    desired = desired_capacities(log)
     assert desired[0] == 2  # scaled out to cluster_size ...
     assert desired[-1] == 0  # ... and back to 0 at the end
     assert desired.index(0) > max(i for i, v in enumerate(desired) if v == 2)
@@ -188,13 +196,7 @@ def test_failed_simulations_still_scale_in_and_fail_the_run(
     run_dag: RunDag,
     moto_server: Callable[..., dict[str, Any]],
 ) -> None:
-    server = moto_server(
-        MOTO_CLUSTER=CLUSTER,
-        MOTO_ASG_NAME=ASG,
-        MOTO_LOG_GROUP=LOG_GROUP,
-        MOTO_FAIL_TASK_INDEXES="1,4",
-    )
-    provision(server["url"])
+    server = start_ecs(moto_server, MOTO_FAIL_TASK_INDEXES="1,4")
     outcome = run_dag(ecs_env(airflow_env, server["url"]), STUDY)
     tasks = outcome["tasks"]
     assert outcome["state"] == "failed"
@@ -207,7 +209,7 @@ def test_failed_simulations_still_scale_in_and_fail_the_run(
     assert tasks["scale_in"] == "success"
 
     log = events(server)
-    desired = [e["value"] for e in log if e["op"] == "set_desired_capacity"]
+    desired = desired_capacities(log)
     assert desired[0] == 2
     assert desired[-1] == 0
     calls = [e for e in log if e["op"] == "run_task"]
@@ -224,14 +226,7 @@ def test_a_failed_simulation_fails_the_run_even_when_every_result_is_there(
     moto_server: Callable[..., dict[str, Any]],
 ) -> None:
     """E.g. a container wrote its result, then its Airflow task failed: the run is not green."""
-    server = moto_server(
-        MOTO_CLUSTER=CLUSTER,
-        MOTO_ASG_NAME=ASG,
-        MOTO_LOG_GROUP=LOG_GROUP,
-        MOTO_FAIL_TASK_INDEXES="2",
-        MOTO_AGGREGATE_EXIT="0",
-    )
-    provision(server["url"])
+    server = start_ecs(moto_server, MOTO_FAIL_TASK_INDEXES="2", MOTO_AGGREGATE_EXIT="0")
     env = {**ecs_env(airflow_env, server["url"]), "AIRFLOW__WINDOWS_BATCH__RETRIES": "0"}
     outcome = run_dag(env, {**STUDY, "num_tasks": 3})
     assert outcome["state"] == "failed"
