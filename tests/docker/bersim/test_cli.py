@@ -20,12 +20,12 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from bersim.cli import build_parser, main
 from bersim.result import SEED_MAX, TASK_SCHEMA
 
-BUCKET = "bersim-cli-test"
+from .conftest import BUCKET
+
 TASK_KEYS = {
     "schema",
     "task_index",
@@ -45,36 +45,6 @@ def quiet_octave(monkeypatch: pytest.MonkeyPatch) -> None:
     """octave-cli without X11 warnings or a history file (it complains on exit otherwise)."""
     monkeypatch.setenv("OCTAVE_EXECUTABLE", "octave-cli")
     monkeypatch.setenv("OCTAVE_HISTFILE", os.devnull)
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials and no endpoint override, so nothing can reach a real account."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_RETRY_MODE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-
-
-@pytest.fixture
-def s3(aws_env: None):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-
-
-@pytest.fixture
-def unreachable_endpoint(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> str:
-    """AWS_ENDPOINT_URL on a 127.0.0.1 port where nothing listens; one attempt only."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    return endpoint
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

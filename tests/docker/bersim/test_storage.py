@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from bersim import storage as storage_mod
 from bersim.errors import RuntimeFailure, UsageError
 from bersim.storage import Location, Storage, parse_uri
 
-BUCKET = "bersim-test-results"
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials and no endpoint override, so nothing can reach a real account."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_RETRY_MODE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-
-
-@pytest.fixture
-def s3(aws_env: None):
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 where nothing listens (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .conftest import BUCKET
 
 
 @pytest.mark.parametrize(
@@ -195,13 +168,10 @@ def test_s3_access_denied_on_write_is_a_runtime_failure(aws_env: None) -> None:
 
 
 def test_s3_unreachable_endpoint_is_a_runtime_failure_naming_it(
-    aws_env: None,
-    monkeypatch: pytest.MonkeyPatch,
+    unreachable_endpoint: str,
 ) -> None:
     # Nothing listens there: boto3 honours AWS_ENDPOINT_URL itself, and one attempt is enough.
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    endpoint = unreachable_endpoint
     loc = parse_uri(f"s3://{BUCKET}/k.json", option="--output", is_prefix=False)
     with pytest.raises(RuntimeFailure, match="cannot reach the S3 endpoint") as info:
         Storage().write_bytes(loc, b"x")
