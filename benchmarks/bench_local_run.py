@@ -43,49 +43,23 @@ def bersim_costs(repeats: int = 5) -> tuple[float, float]:
     own clock also counts the time it waits for a core.
     """
     env = {**os.environ, "OCTAVE_EXECUTABLE": "octave-cli", "OCTAVE_HISTFILE": "/dev/null"}
-    times = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(repeats):
-            started = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bersim",
-                    "simulate",
-                    "--ebn0-db",
-                    "4",
-                    "--max-bits",
-                    "1",
-                    "--seed",
-                    str(i),
-                    "--output",
-                    f"{tmp}/t{i}.json",
-                ],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            times.append(time.perf_counter() - started)
+
+    def simulate(max_bits: str, seed: int, output: str) -> None:
+        argv = ["--ebn0-db", "4", "--max-bits", max_bits, "--seed", str(seed), "--output", output]
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bersim",
-                "simulate",
-                "--ebn0-db",
-                "4",
-                "--max-bits",
-                "5e7",
-                "--seed",
-                "1",
-                "--output",
-                f"{tmp}/rate.json",
-            ],
+            [sys.executable, "-m", "bersim", "simulate", *argv],
             env=env,
             check=True,
             capture_output=True,
         )
+
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            started = time.perf_counter()
+            simulate("1", i, f"{tmp}/t{i}.json")
+            times.append(time.perf_counter() - started)
+        simulate("5e7", 1, f"{tmp}/rate.json")
         doc = json.loads(Path(f"{tmp}/rate.json").read_text())
     return statistics.median(times), int(doc["bits"]) / float(doc["elapsed_s"])
 
