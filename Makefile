@@ -8,7 +8,6 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-STAMP := $(VENV)/.bootstrap-stamp
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-k aggregate'.
 PYTEST_ARGS ?=
 # The trigger form's JSON for make run, e.g. make run CONF='{"num_tasks": 20}'.
