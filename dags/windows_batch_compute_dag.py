@@ -12,6 +12,8 @@ Trigger it with **Trigger DAG w/ config** and fill in the form (the defaults run
    under `<aggregate folder>/<run id>/`, even if some simulations failed (those are listed, and
    the run is marked failed). Its **Results plot** link and the run's note lead to the plot.
 5. **scale_in** stops the instances again, whatever happened before.
+6. **finish** succeeds only if aggregate and scale_in did: the run is green only when its
+   results are complete and the cluster went back to zero.
 
 Backend (set by the deployment, `AIRFLOW__WINDOWS_BATCH__BACKEND`): `ecs` runs the tasks as ECS
 tasks on Windows instances; `local` runs the same commands on this machine (`make run`/`make ui`).
@@ -28,10 +30,12 @@ from typing import Any
 import airflow.providers.amazon.aws.operators.ecs
 import airflow.providers.standard.triggers.temporal
 import airflow.sdk.definitions.decorators  # noqa: F401
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from windows_batch import settings as settings_mod
+from windows_batch import task_result
 from windows_batch.params import StudyError, form, validate_study
 from windows_batch.plan import plan_study
 
@@ -88,13 +92,23 @@ with DAG(
 
     planned: Any = plan_tasks()
     scale_out = backend.scale_out(SETTINGS)
-    simulate = backend.simulate(SETTINGS).expand(command=planned)
+    # On ECS a retry whose result already exists reports it instead of simulating again.
+    simulate_task = (
+        backend.simulate(SETTINGS, result_check=task_result)  # type: ignore[call-arg]
+        if SETTINGS.backend == "ecs"
+        else backend.simulate(SETTINGS)
+    )
+    simulate = simulate_task.expand(command=planned)
     aggregate = backend.aggregate(SETTINGS, command=planned["aggregate_command"])
     scale_in = backend.scale_in(SETTINGS)
+    # The run's only leaf: ALL_SUCCESS of aggregate and scale_in, so a failed scale-in fails
+    # the run (teardowns do not count, and on_failure_fail_dagrun would make scale_in the only
+    # leaf, whose success would then turn a run with failed simulations green).
+    finish = EmptyOperator(task_id="finish", trigger_rule=TriggerRule.ALL_SUCCESS)
 
-    chain(planned, scale_out, simulate, aggregate, scale_in)
-    # A teardown does not decide the run's state, so a successful scale-in cannot turn a run
-    # whose simulations failed green. (on_failure_fail_dagrun=True would make scale_in a leaf
-    # again, and then its success would.) ALL_DONE runs it even when scale_out failed half-way.
+    chain(planned, scale_out, simulate, aggregate, scale_in, finish)
+    aggregate >> finish
+    # ALL_DONE runs scale_in even when scale_out failed half-way; as a teardown it also runs
+    # when a person marks the run failed (Airflow leaves pending teardowns to finish).
     scale_in.as_teardown(setups=scale_out)
     scale_in.trigger_rule = TriggerRule.ALL_DONE

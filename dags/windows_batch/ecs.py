@@ -5,42 +5,107 @@ Airflow task waits in the triggerer, not on a worker; `reattach=True`: a retry r
 its still-running container instead of starting a second one). The container command is the
 planned bersim argv (`command`), put into the task's container overrides.
 
+One deadline per try (deadline.py): TASK_TIMEOUT_S from the try's start, carried through every
+deferral. The capacity waits end at it, and so does the wait for the container, which is then
+stopped (StopTask, reason naming the deadline) before the try fails; a retry starts afresh.
+A person marking a deferred task failed or success stops its container (the trigger's on_kill);
+a running one is stopped by the provider's `on_kill`.
+
 Capacity. Airflow fixes `max_active_tis_per_dagrun` at parse time, so it cannot follow the
 run's `cluster_size`: it caps simulations at MAX_PARALLEL_TASKS (by default the largest cluster
-allowed x slots per instance). When RunTask still finds no room (a smaller cluster, an instance
-being replaced, the agent not yet reporting freed resources), ECS answers with `RESOURCE:*`
-failures: the task then waits in the triggerer for CAPACITY_RETRY_S and calls RunTask again,
-without using up an Airflow retry. The task's `execution_timeout` bounds the total wait.
+allowed x slots per instance). When RunTask still finds no room, ECS says why in `failures`
+(`RESOURCE:CPU`, `RESOURCE:MEMORY`, ... and `AGENT` for an instance whose agent is not
+connected) or refuses with "No Container Instances were found in your cluster" while instances
+are still registering: the task then waits in the triggerer for CAPACITY_RETRY_S and calls
+RunTask again, without using up an Airflow retry, until the deadline. Any other placement
+failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason.
+
+No simulation runs twice: before it starts a container, a simulate try looks for this run's
+result of its index (the study's `result_check`); a valid one is reported instead.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from airflow.providers.amazon.aws.exceptions import EcsOperatorError
+from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.ecs import EcsRunTaskOperator
+from airflow.providers.amazon.aws.triggers.ecs import TaskDoneTrigger
+from airflow.providers.amazon.aws.utils import validate_execute_complete_event
+from airflow.providers.amazon.aws.utils.identifiers import generate_uuid
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from botocore.exceptions import ClientError
 
 from windows_batch.cluster import ADAPTIVE_RETRIES, ScaleInSensor, ScaleOutSensor
+from windows_batch.deadline import (
+    DEADLINE_STATUS,
+    DeadlineTaskDoneTrigger,
+    deadline_reason,
+    deadline_text,
+    try_deadline_ts,
+)
 from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
-from windows_batch.results import PublishResultsMixin
+from windows_batch.results import PublishResultsMixin, split_s3_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
+    from airflow.triggers.base import BaseTrigger
 
     from windows_batch.settings import Settings
 
-# Slack added to the ECS waiter so that execution_timeout, not the waiter, ends a long task.
+TRIGGER_FAIL = "__fail__"
+"""next_method Airflow sets when a trigger failed or timed out (sdk/bases/operator.py)."""
+WAIT_REASON_PREFIXES = ("RESOURCE:", "AGENT")
+"""RunTask failure reasons that mean "no room now": wait and ask again."""
+NO_INSTANCES = "No Container Instances were found in your cluster"
+"""RunTask's InvalidParameterException while no container instance is registered (yet)."""
+TRIGGER_GRACE_S = 120
+"""A deferral's own timeout lies this far past the deadline: the trigger fires first, and
+Airflow's trigger timeout only ends a try whose triggerer is gone."""
+# Slack added to the ECS waiter so that the try's deadline, not the waiter, ends a long task.
 _WAITER_SLACK_S = 600
 
 
-def is_capacity_failure(failures: list[dict[str, Any]]) -> bool:
-    """True if RunTask placed nothing only because the cluster had no room (RESOURCE:*)."""
+class ResultCheck(Protocol):
+    """The study's answer to "has this command's result already been written?"."""
+
+    def result_uri(self, command: Sequence[str]) -> str | None:
+        """The s3:// URI the command writes its result to (None: it has no single result)."""
+
+    def describe_result(self, command: Sequence[str], data: bytes) -> str | None:
+        """A one-line summary if `data` is a valid result of `command`, else None."""
+
+
+def placement_failure_kind(failures: list[dict[str, Any]]) -> str:
+    """ "wait" if every RunTask failure means the cluster has no room now, else "fail"."""
     reasons = [str(f.get("reason", "")) for f in failures]
-    return bool(reasons) and all(r.startswith("RESOURCE:") for r in reasons)
+    if reasons and all(r.startswith(WAIT_REASON_PREFIXES) for r in reasons):
+        return "wait"
+    return "fail"
+
+
+def is_capacity_failure(failures: list[dict[str, Any]]) -> bool:
+    """True if RunTask placed nothing only because the cluster had no room now."""
+    return placement_failure_kind(failures) == "wait"
+
+
+def failure_text(failures: list[dict[str, Any]]) -> str:
+    """ECS's failures as one line: reason (detail) for arn, ..."""
+    parts = []
+    for failure in failures:
+        text = str(failure.get("reason", "?"))
+        if failure.get("detail"):
+            text += f" ({failure['detail']})"
+        if failure.get("arn"):
+            text += f" for {failure['arn']}"
+        parts.append(text)
+    return "; ".join(parts) or "no reason given"
 
 
 def container_overrides(container_name: str, command: list[str]) -> dict[str, Any]:
@@ -48,10 +113,12 @@ def container_overrides(container_name: str, command: list[str]) -> dict[str, An
 
 
 class BersimEcsOperator(EcsRunTaskOperator):
-    """Run `bersim <command>` as one ECS task; wait (not fail) while the cluster is full.
+    """Run `bersim <command>` as one ECS task, within one deadline per try.
 
     command: the bersim argv (container command override);
-    capacity_retry_s: seconds to wait before calling RunTask again after RESOURCE:* failures.
+    capacity_retry_s: seconds to wait before calling RunTask again when the cluster has no room;
+    task_timeout_s: the try's deadline, in seconds from its start, across every deferral;
+    result_check: the study's lookup of an already written result (None: always run).
     Exit 2 (bad input) and 3 (missing task results) fail without retries.
     """
 
@@ -63,44 +130,186 @@ class BersimEcsOperator(EcsRunTaskOperator):
         *,
         command: list[str],
         capacity_retry_s: int = 30,
+        task_timeout_s: int = 7200,
+        result_check: ResultCheck | None = None,
         overrides: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(overrides=overrides or {}, **kwargs)
         self.command = command
         self.capacity_retry_s = capacity_retry_s
+        self.task_timeout_s = task_timeout_s
+        self.result_check = result_check
         self.last_exit_code: int | None = None
+        self.deadline_ts: float | None = None
 
-    def execute(self, context: Context) -> Any:
+    def _set_deadline(self, context: Context, carried_ts: float | None) -> float:
+        self.deadline_ts = try_deadline_ts(
+            context, timeout_s=self.task_timeout_s, carried_ts=carried_ts
+        )
+        return self.deadline_ts
+
+    @property
+    def _deadline(self) -> float:
+        assert self.deadline_ts is not None, "the deadline is set when a try (re)starts"
+        return self.deadline_ts
+
+    @property
+    def _stop_reason(self) -> str:
+        return deadline_reason(timeout_s=self.task_timeout_s, deadline_ts=self._deadline)
+
+    def defer(
+        self,
+        *,
+        trigger: BaseTrigger,
+        method_name: str,
+        kwargs: dict[str, Any] | None = None,
+        timeout: timedelta | int | float | None = None,
+    ) -> NoReturn:
+        """Every deferral carries the deadline and ends by it (the container wait included)."""
+        if isinstance(trigger, TaskDoneTrigger) and not isinstance(
+            trigger, DeadlineTaskDoneTrigger
+        ):
+            _, trigger_kwargs = trigger.serialize()
+            trigger = DeadlineTaskDoneTrigger(
+                **trigger_kwargs, deadline_ts=self._deadline, stop_reason=self._stop_reason
+            )
+        remaining_s = max(self._deadline - time.time(), 0.0)
+        super().defer(
+            trigger=trigger,
+            method_name=method_name,
+            kwargs={**(kwargs or {}), "deadline_ts": self._deadline},
+            timeout=timedelta(seconds=remaining_s + TRIGGER_GRACE_S),
+        )
+
+    def resume_execution(
+        self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context
+    ) -> Any:
+        if next_method == TRIGGER_FAIL:
+            # The trigger failed, or Airflow timed it out (its triggerer gone): no container of
+            # this try may outlive it, or a retry would run a second one beside it.
+            self._set_deadline(context, None)
+            past = time.time() >= self._deadline
+            self._stop_own_tasks(
+                context,
+                self._stop_reason if past else "Stopped by Airflow: its try failed while waiting",
+            )
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def _stop_own_tasks(self, context: Context, reason: str) -> None:
+        """Stop this task instance's running ECS tasks (found by startedBy, as reattach does)."""
+        ti: Any = context["ti"]
+        started_by = generate_uuid(*map(str, [ti.dag_id, ti.task_id, ti.run_id, ti.map_index]))
+        try:
+            client: Any = self.client
+            arns = client.list_tasks(
+                cluster=self.cluster, desiredStatus="RUNNING", startedBy=started_by
+            )["taskArns"]
+            for arn in arns:
+                client.stop_task(cluster=self.cluster, task=arn, reason=reason)
+                self.log.warning("Stopped ECS task %s: %s", arn, reason)
+        except Exception as exc:  # the try fails anyway; say why the task may still run
+            self.log.error("Could not stop this try's ECS tasks: %s", exc)
+
+    def _fail_at_deadline(self, what: str) -> NoReturn:
+        raise AirflowException(
+            f"{what}: this try reached its deadline (TASK_TIMEOUT_S={self.task_timeout_s} s "
+            f"after it started, {deadline_text(self._deadline)})"
+        )
+
+    def execute(self, context: Context, deadline_ts: float | None = None) -> Any:
+        self._set_deadline(context, deadline_ts)
+        if time.time() >= self._deadline:
+            self._fail_at_deadline("No ECS task started")
         self.overrides = container_overrides(str(self.container_name), list(self.command))
+        existing = self._existing_result()
+        if existing is not None:
+            self.log.info("Not simulating again: %s", existing)
+            return existing
         try:
             return super().execute(context)
         except EcsOperatorError as exc:
-            if not is_capacity_failure(exc.failures):
+            if placement_failure_kind(exc.failures) == "fail":
+                raise AirflowFailException(
+                    f"ECS cannot place this task: {failure_text(exc.failures)}"
+                ) from exc
+            self._wait_for_room(
+                context, ", ".join(sorted({str(f.get("reason")) for f in exc.failures}))
+            )
+        except ClientError as exc:
+            if NO_INSTANCES not in str(exc):
                 raise
-            self._wait_for_room(context, exc.failures)
+            self._wait_for_room(context, NO_INSTANCES)
 
-    def _wait_for_room(self, context: Context, failures: list[dict[str, Any]]) -> None:
+    def _existing_result(self) -> str | None:
+        """The study's summary of this command's result if it is already there and valid."""
+        if self.result_check is None:
+            return None
+        uri = self.result_check.result_uri(list(self.command))
+        if not uri:
+            return None
+        try:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: PLC0415
+
+            hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            bucket, key = split_s3_uri(uri)
+            if not hook.check_for_key(key, bucket_name=bucket):
+                return None
+            data = hook.get_key(key, bucket_name=bucket).get()["Body"].read()
+        except Exception as exc:  # simulating again is only slower: same seed, same result
+            self.log.warning("Could not look for an existing result at %s: %s", uri, exc)
+            return None
+        summary = self.result_check.describe_result(list(self.command), data)
+        if summary is None:
+            self.log.warning("%s exists but is not a valid result of this task: simulating", uri)
+            return None
+        return f"existing result {uri}: {summary}"
+
+    def _wait_for_room(self, context: Context, why: str) -> None:
         map_index = getattr(context.get("ti"), "map_index", -1) or 0
         # Spread the retries of many waiting tasks over a few seconds.
         delay = self.capacity_retry_s + (max(map_index, 0) % 10) * self.capacity_retry_s / 20
+        remaining_s = self._deadline - time.time()
+        if remaining_s <= 0:
+            self._fail_at_deadline(f"The cluster had no room for this task ({why})")
+        delay = min(delay, remaining_s)
         self.log.warning(
-            "The cluster has no room for this task now (%s); calling RunTask again in %.0f s. "
-            "This wait does not use up a retry.",
-            ", ".join(sorted({str(f.get("reason")) for f in failures})),
+            "The cluster has no room for this task now (%s); calling RunTask again in %.0f s "
+            "(deadline %s). This wait does not use up a retry.",
+            why,
             delay,
+            deadline_text(self._deadline),
         )
         self.defer(
             trigger=TimeDeltaTrigger(timedelta(seconds=delay)),
             method_name="run_task_again",
         )
 
-    def run_task_again(self, context: Context, event: Any = None) -> Any:
-        return self.execute(context)
+    def run_task_again(
+        self, context: Context, event: Any = None, deadline_ts: float | None = None
+    ) -> Any:
+        return self.execute(context, deadline_ts=deadline_ts)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        deadline_ts: float | None = None,
+    ) -> Any:
+        self._set_deadline(context, deadline_ts)
+        validated = validate_execute_complete_event(event)
+        if validated.get("status") == DEADLINE_STATUS:
+            self.arn = validated.get("task_arn")
+            if not validated.get("stopped"):
+                self._stop_own_tasks(context, self._stop_reason)
+            self._fail_at_deadline(f"ECS task {self.arn} stopped")
+        if validated.get("status") != "success":
+            self._stop_own_tasks(context, "Stopped by Airflow: waiting for it failed")
+            raise AirflowException(f"Error in task execution: {validated}")
+        self.arn = validated["task_arn"]
+        self.cluster = validated["cluster"]
         try:
-            return super().execute_complete(context, event)
+            self._after_execution()
         except AirflowSkipException:
             raise
         except AirflowException as exc:
@@ -108,6 +317,29 @@ class BersimEcsOperator(EcsRunTaskOperator):
             if self.last_exit_code in FINAL_EXITS:
                 raise AirflowFailException(exit_message(self.last_exit_code, str(exc))) from exc
             raise
+        return self._last_log_line()
+
+    def _last_log_line(self) -> str | None:
+        """The container's last log line; a CloudWatch error is a warning (the exit code rules)."""
+        if not self._aws_logs_enabled():
+            return None
+        try:
+            logs: Any = AwsLogsHook(
+                aws_conn_id=self.aws_conn_id, region_name=self.resolve_awslogs_region()
+            ).conn
+            one = logs.get_log_events(
+                logGroupName=self.awslogs_group,
+                logStreamName=self._get_logs_stream_name(),
+                startFromHead=False,
+                limit=1,
+            )
+        except Exception as exc:
+            self.log.warning(
+                "The container exited 0, but its last log line could not be read: %s", exc
+            )
+            return None
+        events = one.get("events") or []
+        return str(events[0]["message"]) if events else None
 
     def _exit_code(self) -> int | None:
         if not self.arn:
@@ -131,9 +363,14 @@ class BersimEcsAggregateOperator(PublishResultsMixin, BersimEcsOperator):
         super().__init__(**kwargs)
         self.settings = settings
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        deadline_ts: float | None = None,
+    ) -> Any:
         try:
-            result = super().execute_complete(context, event)
+            result = super().execute_complete(context, event, deadline_ts)
         except AirflowFailException:
             if self.last_exit_code == EXIT_MISSING_TASKS:
                 self.publish_results(context, partial=True)
@@ -160,6 +397,7 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
         "waiter_max_attempts": (timeout_s + _WAITER_SLACK_S) // settings.waiter_delay_s + 1,
         "execution_timeout": timedelta(seconds=timeout_s),
         "capacity_retry_s": settings.capacity_retry_s,
+        "task_timeout_s": timeout_s,
     }
     if settings.log_group:
         kwargs["awslogs_group"] = settings.log_group
@@ -187,11 +425,15 @@ def scale_in(settings: Settings) -> BaseOperator:
     )
 
 
-def simulate(settings: Settings) -> Any:
-    """The mapped simulate task, still to be `.expand(command=...)`-ed."""
+def simulate(settings: Settings, *, result_check: ResultCheck | None = None) -> Any:
+    """The mapped simulate task, still to be `.expand(command=...)`-ed.
+
+    result_check: the study's lookup of a result already written (no simulation runs twice).
+    """
     return BersimEcsOperator.partial(
         task_id="simulate",
         max_active_tis_per_dagrun=settings.max_parallel_tasks,
+        result_check=result_check,
         **_ecs_kwargs(settings),
     )
 

@@ -70,7 +70,14 @@ def test_graph_trigger_rules_and_teardown(
     backend: str, ecs: dict[str, Any], local: dict[str, Any]
 ) -> None:
     tasks = (ecs if backend == "ecs" else local)["tasks"]
-    assert set(tasks) == {"plan_tasks", "scale_out", "simulate", "aggregate", "scale_in"}
+    assert set(tasks) == {
+        "plan_tasks",
+        "scale_out",
+        "simulate",
+        "aggregate",
+        "scale_in",
+        "finish",
+    }
     assert tasks["scale_out"]["upstream"] == ["plan_tasks"]
     assert tasks["simulate"]["upstream"] == ["plan_tasks", "scale_out"]
     assert tasks["aggregate"]["upstream"] == ["plan_tasks", "simulate"]
@@ -78,6 +85,9 @@ def test_graph_trigger_rules_and_teardown(
     assert tasks["simulate"]["type"] == "MappedOperator"
     assert tasks["aggregate"]["trigger_rule"] == "all_done"
     assert tasks["scale_in"]["trigger_rule"] == "all_done"
+    # The run's only leaf: green only if the results are complete and the group went to 0.
+    assert tasks["finish"]["upstream"] == ["aggregate", "scale_in"]
+    assert tasks["finish"]["trigger_rule"] == "all_success"
     assert tasks["scale_in"]["is_teardown"]
     # Would make scale_in a leaf whose success turns a failed study green.
     assert not tasks["scale_in"]["on_failure_fail_dagrun"]
