@@ -251,11 +251,14 @@ class BersimEcsOperator(EcsRunTaskOperator):
         try:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: PLC0415
 
-            hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            s3: Any = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
             bucket, key = split_s3_uri(uri)
-            if not hook.check_for_key(key, bucket_name=bucket):
+            # Listing, not HEAD: without s3:ListBucket on the whole bucket S3 answers a HEAD of
+            # a missing key with 403, while a listing under the key's prefix is allowed.
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            if not any(item.get("Key") == key for item in listed.get("Contents", [])):
                 return None
-            data = hook.get_key(key, bucket_name=bucket).get()["Body"].read()
+            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as exc:  # simulating again is only slower: same seed, same result
             self.log.warning("Could not look for an existing result at %s: %s", uri, exc)
             return None
