@@ -217,9 +217,13 @@ class BersimEcsOperator(EcsRunTaskOperator):
             f"after it started, {deadline_text(self._deadline)})"
         )
 
-    def execute(self, context: Context, deadline_ts: float | None = None) -> Any:
+    def execute(
+        self, context: Context, deadline_ts: float | None = None, waiting_for: str | None = None
+    ) -> Any:
         self._set_deadline(context, deadline_ts)
         if time.time() >= self._deadline:
+            if waiting_for:
+                self._fail_at_deadline(f"The cluster had no room for this task ({waiting_for})")
             self._fail_at_deadline("No ECS task started")
         self.overrides = container_overrides(str(self.container_name), list(self.command))
         existing = self._existing_result()
@@ -286,12 +290,17 @@ class BersimEcsOperator(EcsRunTaskOperator):
         self.defer(
             trigger=TimeDeltaTrigger(timedelta(seconds=delay)),
             method_name="run_task_again",
+            kwargs={"waiting_for": why},
         )
 
     def run_task_again(
-        self, context: Context, event: Any = None, deadline_ts: float | None = None
+        self,
+        context: Context,
+        event: Any = None,
+        deadline_ts: float | None = None,
+        waiting_for: str | None = None,
     ) -> Any:
-        return self.execute(context, deadline_ts=deadline_ts)
+        return self.execute(context, deadline_ts=deadline_ts, waiting_for=waiting_for)
 
     def execute_complete(
         self,

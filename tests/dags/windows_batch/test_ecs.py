@@ -187,7 +187,10 @@ def test_no_room_waits_within_the_deadline_and_carries_it(
         op.execute(context(started))
     deadline = started.timestamp() + TIMEOUT_S
     assert isinstance(deferred.value.trigger, TimeDeltaTrigger)
-    assert deferred.value.kwargs == {"deadline_ts": pytest.approx(deadline)}
+    assert deferred.value.kwargs == {
+        "deadline_ts": pytest.approx(deadline),
+        "waiting_for": "RESOURCE:MEMORY",
+    }
     # Not capacity_retry_s (30 s): the wait ends by the deadline.
     assert deferred.value.trigger.moment <= datetime.fromtimestamp(deadline + 1, UTC)
     assert deferred.value.timeout.total_seconds() <= 5 + TRIGGER_GRACE_S + 1
@@ -214,8 +217,12 @@ def test_the_capacity_wait_ends_at_the_deadline_carried_through_deferrals() -> N
     op = operator()
     carried = time.time() - 1
     # A fresh start date would give a full TASK_TIMEOUT_S again; the carried deadline wins.
-    with pytest.raises(AirflowException, match=r"deadline \(TASK_TIMEOUT_S=600 s"):
-        op.run_task_again(context(datetime.now(UTC)), event=None, deadline_ts=carried)
+    with pytest.raises(
+        AirflowException, match=r"no room .*\(RESOURCE:CPU\).*deadline \(TASK_TIMEOUT_S=600 s"
+    ):
+        op.run_task_again(
+            context(datetime.now(UTC)), event=None, deadline_ts=carried, waiting_for="RESOURCE:CPU"
+        )
 
 
 def test_the_container_wait_is_bounded_by_the_same_deadline(

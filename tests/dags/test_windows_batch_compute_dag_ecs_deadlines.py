@@ -1,0 +1,217 @@
+"""Deadlines, stops and results that exist, end to end: dag.test() against our stacks in moto.
+
+tests/dags/ecs_harness.py deploys the real templates into the moto ECS server, whose containers
+run the real bersim command (tests/dags/moto_ecs_server.py); tests/dags/moto_ecs_faults.py adds
+the faults: a container that never exits until StopTask, CloudWatch Logs refusing GetLogEvents.
+The DAG runs with the MWAA execution role's credentials and mwaa.yaml's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from windows_batch import settings as settings_mod
+from windows_batch.params import form, validate_study
+from windows_batch.plan import plan_study
+
+from . import ecs_harness
+from .conftest import RunDag
+
+pytestmark = pytest.mark.airflow
+
+FAULTS_SERVER = Path(__file__).resolve().with_name("moto_ecs_faults.py")
+STUDY: dict[str, Any] = {
+    "num_tasks": 3,
+    "ebn0_db": [2, 4],
+    "max_bits_per_task": 20_000,
+    "target_errors": 10,
+    "cluster_size": 1,
+    "scale_out_timeout_s": 120,
+    "scale_in_timeout_s": 120,
+}
+_DEADLINE_IN_REASON = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\)")
+
+
+@contextmanager
+def deployment(tmp_path: Path, **faults: str) -> Iterator[ecs_harness.EcsDeployment]:
+    """Our stacks in the moto ECS server with `faults` (moto_ecs_faults.py) switched on."""
+    original = ecs_harness.SERVER
+    ecs_harness.SERVER = FAULTS_SERVER
+    try:
+        with ecs_harness.moto_ecs(tmp_path, MOTO_CONTAINER_STOP_TIMEOUT_S="5", **faults) as d:
+            yield d
+    finally:
+        ecs_harness.SERVER = original
+
+
+def dag_env(d: ecs_harness.EcsDeployment, base: dict[str, str], **settings: str) -> dict[str, str]:
+    env = d.airflow_env(base)
+    env.update(
+        {
+            "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
+            "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
+            "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "2",
+            "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "0",
+            "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "off",
+        }
+    )
+    env.update({f"AIRFLOW__WINDOWS_BATCH__{k}": v for k, v in settings.items()})
+    return env
+
+
+def study(d: ecs_harness.EcsDeployment, **changes: Any) -> dict[str, Any]:
+    return {**STUDY, "s3_bucket": d.outputs["storage"]["ResultsBucketName"], **changes}
+
+
+def desired(d: ecs_harness.EcsDeployment) -> list[int]:
+    return [int(e["value"]) for e in d.events("set_desired_capacity")]
+
+
+def index_of(command: list[str]) -> int | None:
+    if command[:1] == ["simulate"]:
+        return int(command[command.index("--task-index") + 1])
+    return None
+
+
+def test_a_hung_container_is_stopped_at_its_deadline_and_the_run_fails_with_the_group_at_0(
+    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    timeout_s = 20
+    with deployment(tmp_path, MOTO_HANG_TASK_INDEXES="1") as d:
+        env = dag_env(d, airflow_env, TASK_TIMEOUT_S=str(timeout_s), RETRIES="1")
+        started = time.monotonic()
+        outcome = run_dag(env, study(d), timeout_s=480)
+        elapsed_s = time.monotonic() - started
+        runs = [e for e in d.events("run_task") if e["placed"]]
+        stops = d.events("stop_task")
+        exits = {e["task_arn"]: e["exit_code"] for e in d.events("container_exited")}
+        capacities = desired(d)
+    tasks = outcome["tasks"]
+    assert outcome["state"] == "failed"
+    assert tasks["simulate[1]"] == "failed"
+    assert outcome["tries"]["simulate[1]"] == 2
+    assert tasks["simulate[0]"] == tasks["simulate[2]"] == "success"
+    assert tasks["aggregate"] == "failed"  # task 1's result is missing
+    assert tasks["scale_in"] == "success"
+    assert tasks["finish"] == "upstream_failed"
+    assert capacities[0] == 1
+    assert capacities[-1] == 0
+    # Each try started its own container (the retry did not reattach to the stopped one) ...
+    hung = [arn for e in runs if index_of(e["command"]) == 1 for arn in e["task_arns"]]
+    assert len(hung) == len(set(hung)) == 2
+    # ... and each was stopped at its deadline, with a reason that says so, and exited.
+    assert sorted(s["task"] for s in stops) == sorted(hung)
+    late_s = []
+    for stop in stops:
+        assert f"reached the deadline TASK_TIMEOUT_S={timeout_s} s" in stop["reason"]
+        assert exits[stop["task"]] == 143  # SIGTERM, as Docker reports it
+        deadline = datetime.strptime(
+            _DEADLINE_IN_REASON.search(stop["reason"]).group(1),  # type: ignore[union-attr]
+            "%Y-%m-%d %H:%M:%S",
+        ).replace(tzinfo=UTC)
+        late_s.append(stop["t"] - deadline.timestamp())
+    # The deadline is printed to the second: StopTask came within a poll of it.
+    assert all(-1 <= late < 15 for late in late_s), late_s
+    print(f"deadline -> StopTask: {', '.join(f'{x:.1f} s' for x in late_s)}; run {elapsed_s:.0f} s")
+    assert elapsed_s < 400
+
+
+def test_a_task_definition_that_never_fits_ends_at_its_deadline(
+    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    timeout_s = 12
+    with deployment(tmp_path) as d:
+        ecs = d.client("ecs")
+        family = d.outputs["ecs"]["TaskDefinitionFamily"]
+        current = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+        # More CPU than any container instance has: ECS answers RESOURCE:CPU for ever.
+        huge = [{**current["containerDefinitions"][0], "cpu": 65536}]
+        revision = ecs.register_task_definition(
+            family=family,
+            containerDefinitions=huge,
+            taskRoleArn=current["taskRoleArn"],
+            executionRoleArn=current["executionRoleArn"],
+        )["taskDefinition"]["revision"]
+        env = dag_env(
+            d,
+            airflow_env,
+            TASK_TIMEOUT_S=str(timeout_s),
+            RETRIES="0",
+            TASK_DEFINITION=f"{family}:{revision}",
+        )
+        started = time.monotonic()
+        outcome = run_dag(env, study(d, num_tasks=2), timeout_s=400)
+        elapsed_s = time.monotonic() - started
+        calls = d.events("run_task")
+        capacities = desired(d)
+    tasks = outcome["tasks"]
+    assert outcome["state"] == "failed"
+    assert tasks["simulate[0]"] == tasks["simulate[1]"] == tasks["aggregate"] == "failed"
+    assert "The cluster has no room for this task now (RESOURCE:CPU)" in outcome["log"]
+    # dag.test drops next_kwargs when a trigger fires (sdk/definitions/dag.py), so a resumed
+    # try may not know what it waited for; the deadline itself comes from the try's start.
+    assert outcome["log"].count(f"reached its deadline (TASK_TIMEOUT_S={timeout_s} s") >= 3
+    assert calls
+    assert not any(c["placed"] for c in calls)
+    # Bounded: about one RunTask per CAPACITY_RETRY_S within each try's deadline, 3 tries.
+    assert len(calls) <= 3 * (timeout_s // 2 + 2), len(calls)
+    assert tasks["scale_in"] == "success"
+    assert capacities[-1] == 0
+    assert elapsed_s < 300
+
+
+def test_a_log_fetch_failure_after_exit_0_is_a_success(
+    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    with deployment(tmp_path, MOTO_LOGS_FAIL="missing") as d:
+        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
+        outcome = run_dag(env, study(d, num_tasks=2), timeout_s=400)
+        exits = [e["exit_code"] for e in d.events("container_exited")]
+    assert outcome["state"] == "success", outcome["log"][-4000:]
+    assert set(outcome["tasks"].values()) == {"success"}
+    assert exits == [0, 0, 0]  # two simulations and the aggregate
+    assert "its last log line could not be read" in outcome["log"]
+
+
+def planned(env: dict[str, str], conf: dict[str, Any], run_id: str) -> list[list[str]]:
+    """The simulate commands plan_tasks will give this run (the planner is deterministic)."""
+    params = {name: param.value for name, param in form(settings_mod.load(env)).items()}
+    study_, _ = validate_study({**params, **conf}, conf=conf, max_cluster_size=3)
+    return plan_study(study_, run_id).simulate_commands
+
+
+def test_an_existing_result_is_reported_not_simulated_again(
+    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    """A retry after the container finished but its Airflow task died: the result is there."""
+    logical_date = "2026-03-04T05:06:07+00:00"
+    with deployment(tmp_path) as d:
+        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
+        conf = study(d)
+        command = planned(env, conf, f"manual__{logical_date}")[1]
+        # The result bersim itself writes for that command (run here, to a local file).
+        local = tmp_path / "task-1.json"
+        argv = [*command[: command.index("--output")], "--output", str(local)]
+        subprocess.run([sys.executable, "-m", "bersim", *argv], check=True, timeout=120)
+        bucket, _, key = command[-1].removeprefix("s3://").partition("/")
+        d.client("s3").put_object(Bucket=bucket, Key=key, Body=local.read_bytes())
+        outcome = run_dag(env, conf, logical_date=logical_date, timeout_s=400)
+        simulated = [index_of(e["command"]) for e in d.events("run_task") if e["placed"]]
+        prefix = conf["s3_bucket"], f"sim/aggregate_results/manual__{logical_date}/results.json"
+        results = json.load(d.client("s3").get_object(Bucket=prefix[0], Key=prefix[1])["Body"])
+    assert outcome["state"] == "success", outcome["log"][-4000:]
+    assert sorted(i for i in simulated if i is not None) == [0, 2]
+    assert f"Not simulating again: existing result {command[-1]}: task 1" in outcome["log"]
+    assert results["missing_tasks"] == []
+    assert sum(row["tasks"] for row in results["rows"]) == 3
