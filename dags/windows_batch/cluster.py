@@ -4,10 +4,16 @@ Both waits are sensors in `reschedule` mode: between two checks the task gives i
 back (state "up_for_reschedule"), so waiting ten minutes for Windows instances to boot costs
 seconds of worker time. Each check (re)sets the desired capacity, which is idempotent and also
 undoes a change someone made by hand meanwhile. A timeout fails the task with what was seen.
+
+No ECS task outlives its run: every task a run starts carries the run's task group
+(`run_task_group`), and each check of scale_in first stops any task of that group still running
+(one whose Airflow task was marked failed before its trigger could stop it, or whose triggerer
+was gone).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 ADAPTIVE_RETRIES: dict[str, Any] = {"retries": {"mode": "adaptive", "max_attempts": 10}}
 """botocore retry config: client-side rate limiting plus backoff against API throttling."""
 _DESCRIBE_BATCH = 100
+LEFTOVER_REASON = "Stopped by Airflow: its run is scaling in (scale_in stops every task of the run)"
 _PLACEHOLDER_TIMEOUT_S = 3600
 
 
@@ -93,6 +100,26 @@ def container_instances(ecs: Any, cluster: str) -> dict[str, int]:
     return {"active": len(arns), "ready": connected}
 
 
+def run_task_group(dag_id: str, run_id: str) -> str:
+    """The ECS task group of one DAG run (RunTask's `group`: letters, digits, '-', '_', ':')."""
+    digest = hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:24]
+    return f"windows-batch:{digest}"
+
+
+def stop_group_tasks(ecs: Any, cluster: str, group: str, reason: str) -> list[str]:
+    """StopTask every task of `group` whose desired status is still RUNNING; their ARNs."""
+    pages = ecs.get_paginator("list_tasks").paginate(cluster=cluster, desiredStatus="RUNNING")
+    arns = [arn for page in pages for arn in page.get("taskArns", [])]
+    stopped = []
+    for start in range(0, len(arns), _DESCRIBE_BATCH):
+        described = ecs.describe_tasks(cluster=cluster, tasks=arns[start : start + _DESCRIBE_BATCH])
+        for task in described.get("tasks", []):
+            if task.get("group") == group and task.get("desiredStatus") == "RUNNING":
+                ecs.stop_task(cluster=cluster, task=task["taskArn"], reason=reason)
+                stopped.append(str(task["taskArn"]))
+    return stopped
+
+
 class _ClusterSensor(BaseSensorOperator):
     """Base for the two waits: renders `desired` and `timeout_s` from the run's params."""
 
@@ -154,6 +181,13 @@ class ScaleInSensor(_ClusterSensor):
     _timeout_field = "scale_in_timeout_s"
 
     def poke(self, context: Context) -> bool:
+        dag_run: Any = context.get("dag_run")
+        if dag_run is not None:
+            run_group = run_task_group(str(dag_run.dag_id), str(dag_run.run_id))
+            ecs = aws_client(self.settings, "ecs")
+            cluster = self.settings.cluster_name
+            for arn in stop_group_tasks(ecs, cluster, run_group, LEFTOVER_REASON):
+                self.log.warning("Stopped ECS task %s of this run, still running", arn)
         autoscaling = aws_client(self.settings, "autoscaling")
         set_desired_capacity(autoscaling, self.settings.asg_name, 0)
         group = group_state(autoscaling, self.settings.asg_name)

@@ -42,7 +42,12 @@ from airflow.sdk import TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
-from windows_batch.cluster import ADAPTIVE_RETRIES, ScaleInSensor, ScaleOutSensor
+from windows_batch.cluster import (
+    ADAPTIVE_RETRIES,
+    ScaleInSensor,
+    ScaleOutSensor,
+    run_task_group,
+)
 from windows_batch.deadline import (
     DEADLINE_STATUS,
     DeadlineTaskDoneTrigger,
@@ -226,6 +231,9 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 self._fail_at_deadline(f"The cluster had no room for this task ({waiting_for})")
             self._fail_at_deadline("No ECS task started")
         self.overrides = container_overrides(str(self.container_name), list(self.command))
+        ti: Any = context["ti"]
+        # scale_in stops whatever of this run's group is still running.
+        self.group = run_task_group(str(ti.dag_id), str(ti.run_id))
         existing = self._existing_result()
         if existing is not None:
             self.log.info("Not simulating again: %s", existing)

@@ -26,7 +26,7 @@ from windows_batch.params import form, validate_study
 from windows_batch.plan import plan_study
 
 from . import ecs_harness
-from .conftest import RunDag
+from .conftest import RunDag, local_airflow
 
 pytestmark = pytest.mark.airflow
 
@@ -215,3 +215,100 @@ def test_an_existing_result_is_reported_not_simulated_again(
     assert f"Not simulating again: existing result {command[-1]}: task 1" in outcome["log"]
     assert results["missing_tasks"] == []
     assert sum(row["tasks"] for row in results["rows"]) == 3
+
+
+def _ti_state(url: str, run_path: str, map_index: int) -> str | None:
+    path = f"{run_path}/taskInstances/simulate/{map_index}"
+    status, body = local_airflow.request(url, "GET", path)
+    return body.get("state") if status == 200 else None
+
+
+def _triggers_polling(home: Path) -> set[int]:
+    """Map indexes of simulate whose trigger has polled ECS at least once (its trigger log).
+
+    Not merely started: a cancel that lands while the trigger still creates its aiobotocore
+    clients arrives without its message (asyncio drops it crossing a thread's future), and
+    the triggerer then cannot tell it was a person's action: scale_in stops such a task.
+    """
+    started = set()
+    for log in home.glob("logs/dag_id=*/run_id=*/task_id=simulate/map_index=*/*.trigger.*.log"):
+        if "Status of the task is" in log.read_text():
+            started.add(int(log.parent.name.split("=")[1]))
+    return started
+
+
+def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containers(
+    tmp_path: Path,
+) -> None:
+    """`airflow standalone` (scheduler, triggerer, API server), two containers that hang.
+
+    Marking simulate[0] failed stops its container (the triggerer cancels the deferred task's
+    trigger and calls its on_kill); marking the whole run failed stops the other one, and the
+    teardown scale_in still brings the group to 0.
+    """
+    with deployment(tmp_path, MOTO_HANG_TASK_INDEXES="0,1") as d:
+        base = local_airflow.airflow_env(
+            home=tmp_path / "airflow",
+            port=local_airflow.free_port(),
+            local_root=tmp_path / "buckets",
+            parallelism=2,
+        )
+        env = dag_env(d, base, TASK_TIMEOUT_S="900", RETRIES="0")
+        # The triggerer imports DeadlineTaskDoneTrigger by its module path (dags/ on MWAA).
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "dags")
+        local_airflow.migrate(env)
+        with local_airflow.standalone(env) as url:
+            dag = "dags/windows-batch-compute-dag"
+            d.wait_for("the DAG", lambda: local_airflow.request(url, "GET", dag)[0] == 200)
+            status, run = local_airflow.request(
+                url,
+                "POST",
+                f"{dag}/dagRuns",
+                {"logical_date": None, "conf": study(d, num_tasks=2, target_errors=0)},
+            )
+            assert status == 200, run
+            run_path = f"{dag}/dagRuns/{run['dag_run_id']}"
+
+            def containers() -> dict[int, str]:
+                started = d.events("container_started")
+                found = {index_of(e["command"]): e["task_arn"] for e in started}
+                ready = all(_ti_state(url, run_path, i) == "deferred" for i in (0, 1)) and {
+                    0,
+                    1,
+                } <= _triggers_polling(tmp_path / "airflow")
+                return found if {0, 1} <= set(found) and ready else {}
+
+            arns = d.wait_for("both containers running, tasks deferred", containers, timeout_s=300)
+
+            def stopped(arn: str) -> Any:
+                return next((s for s in d.events("stop_task") if s["task"] == arn), None)
+
+            marked = time.time()
+            status, body = local_airflow.request(
+                url, "PATCH", f"{run_path}/taskInstances/simulate/0", {"new_state": "failed"}
+            )
+            assert status == 200, body
+            first = d.wait_for("StopTask of simulate[0]", lambda: stopped(arns[0]), timeout_s=90)
+            assert "marked its task failed or success" in first["reason"]
+            assert stopped(arns[1]) is None  # the other simulation keeps running
+            task_s = first["t"] - marked
+
+            marked = time.time()
+            status, body = local_airflow.request(url, "PATCH", run_path, {"state": "failed"})
+            assert status == 200, body
+            second = d.wait_for("StopTask of simulate[1]", lambda: stopped(arns[1]), timeout_s=90)
+            run_s = second["t"] - marked
+
+            def finished() -> Any:
+                state = local_airflow.request(url, "GET", run_path)[1].get("state")
+                scale_in = local_airflow.request(url, "GET", f"{run_path}/taskInstances/scale_in")
+                done = scale_in[1].get("state") in ("success", "failed")
+                return (state, scale_in[1]["state"]) if done and state != "running" else None
+
+            run_state, scale_in_state = d.wait_for("the run to end", finished, timeout_s=180)
+            capacities = desired(d)
+    assert (run_state, scale_in_state) == ("failed", "success")
+    assert capacities[-1] == 0
+    print(f"mark failed -> StopTask: task {task_s:.1f} s, run {run_s:.1f} s")
+    assert task_s < 60
+    assert run_s < 60

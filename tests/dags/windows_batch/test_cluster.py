@@ -11,7 +11,12 @@ from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from windows_batch.cluster import container_instances, set_desired_capacity
+from windows_batch.cluster import (
+    container_instances,
+    run_task_group,
+    set_desired_capacity,
+    stop_group_tasks,
+)
 
 GROUP = "windows-batch"
 CLUSTER = "windows-batch"
@@ -101,3 +106,29 @@ def test_container_instances_follows_every_page_and_counts_connected_agents(
         {"cluster": CLUSTER, "containerInstances": arns},
     )
     assert container_instances(client, CLUSTER) == {"active": 3, "ready": 2}
+
+
+def test_scale_in_stops_only_the_runs_own_tasks_still_running(ecs: tuple[Any, Stubber]) -> None:
+    client, stubber = ecs
+    ours = run_task_group("windows-batch-compute-dag", "manual__2026-01-02T03:04:05+00:00")
+    other = run_task_group("windows-batch-compute-dag", "manual__2026-01-01T00:00:00+00:00")
+    assert ours != other
+    assert ours.startswith("windows-batch:")
+    assert len(ours) <= 255
+    arns = [f"arn:aws:ecs:us-east-1:123456789012:task/{CLUSTER}/{i:032x}" for i in range(3)]
+    listed = {"cluster": CLUSTER, "desiredStatus": "RUNNING"}
+    stubber.add_response("list_tasks", {"taskArns": arns[:2], "nextToken": "t"}, listed)
+    stubber.add_response("list_tasks", {"taskArns": arns[2:]}, {**listed, "nextToken": "t"})
+    tasks = [
+        {"taskArn": arns[0], "group": ours, "desiredStatus": "RUNNING"},
+        {"taskArn": arns[1], "group": other, "desiredStatus": "RUNNING"},
+        {"taskArn": arns[2], "group": ours, "desiredStatus": "RUNNING"},
+    ]
+    stubber.add_response("describe_tasks", {"tasks": tasks}, {"cluster": CLUSTER, "tasks": arns})
+    for arn in (arns[0], arns[2]):
+        stubber.add_response(
+            "stop_task",
+            {"task": {"taskArn": arn}},
+            {"cluster": CLUSTER, "task": arn, "reason": "r"},
+        )
+    assert stop_group_tasks(client, CLUSTER, ours, "r") == [arns[0], arns[2]]

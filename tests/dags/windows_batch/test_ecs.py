@@ -19,6 +19,7 @@ from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from windows_batch import task_result
+from windows_batch.cluster import run_task_group
 from windows_batch.deadline import DeadlineTaskDoneTrigger
 from windows_batch.ecs import (
     TRIGGER_GRACE_S,
@@ -145,6 +146,7 @@ def expect_run_task(stubber: Stubber, response: dict[str, Any]) -> None:
             "overrides": ANY,
             "startedBy": ANY,
             "launchType": "EC2",
+            "group": run_task_group("windows-batch-compute-dag", "manual__1"),
         },
     )
 
