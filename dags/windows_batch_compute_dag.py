@@ -12,8 +12,8 @@ Trigger it with **Trigger DAG w/ config** and fill in the form (the defaults run
    under `<aggregate folder>/<run id>/`, even if some simulations failed (those are listed, and
    the run is marked failed). Its **Results plot** link and the run's note lead to the plot.
 5. **scale_in** stops the instances again, whatever happened before.
-6. **finish** succeeds only if aggregate and scale_in did: the run is green only when its
-   results are complete and the cluster went back to zero.
+6. **finish** gives the verdict: the run is green only if no task failed and scale_in
+   brought the cluster back to zero (also when a person marked the run failed).
 
 Backend (set by the deployment, `AIRFLOW__WINDOWS_BATCH__BACKEND`): `ecs` runs the tasks as ECS
 tasks on Windows instances; `local` runs the same commands on this machine (`make run`/`make ui`).
@@ -30,12 +30,11 @@ from typing import Any
 import airflow.providers.amazon.aws.operators.ecs
 import airflow.providers.standard.triggers.temporal
 import airflow.sdk.definitions.decorators  # noqa: F401
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from windows_batch import settings as settings_mod
-from windows_batch import task_result
+from windows_batch import task_result, verdict
 from windows_batch.params import StudyError, form, validate_study
 from windows_batch.plan import plan_study
 
@@ -101,14 +100,21 @@ with DAG(
     simulate = simulate_task.expand(command=planned)
     aggregate = backend.aggregate(SETTINGS, command=planned["aggregate_command"])
     scale_in = backend.scale_in(SETTINGS)
-    # The run's only leaf: ALL_SUCCESS of aggregate and scale_in, so a failed scale-in fails
-    # the run (teardowns do not count, and on_failure_fail_dagrun would make scale_in the only
-    # leaf, whose success would then turn a run with failed simulations green).
-    finish = EmptyOperator(task_id="finish", trigger_rule=TriggerRule.ALL_SUCCESS)
 
-    chain(planned, scale_out, simulate, aggregate, scale_in, finish)
-    aggregate >> finish
+    @task(retries=0)
+    def finish(**context: Any) -> str:
+        """The run's verdict: fail unless every task succeeded and the cluster is at zero."""
+        return verdict.check_run(context)
+
+    finish_task: Any = finish()
+
+    chain(planned, scale_out, simulate, aggregate, scale_in, finish_task)
     # ALL_DONE runs scale_in even when scale_out failed half-way; as a teardown it also runs
     # when a person marks the run failed (Airflow leaves pending teardowns to finish).
     scale_in.as_teardown(setups=scale_out)
     scale_in.trigger_rule = TriggerRule.ALL_DONE
+    # The only leaf (verdict.py): a teardown too, so marking the run failed cannot skip it, and
+    # on_failure_fail_dagrun makes its failure the run's. A successful scale_in alone never
+    # turns a failed run green: the verdict also counts the failed tasks.
+    finish_task.as_teardown(on_failure_fail_dagrun=True)
+    finish_task.operator.trigger_rule = TriggerRule.ALL_DONE

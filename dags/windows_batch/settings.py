@@ -23,7 +23,8 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - WAITER_DELAY_S [15]: seconds between two status polls of an ECS task.
 - SCALE_POKE_INTERVAL_S [30]: seconds between two checks of the cluster size.
 - CAPACITY_RETRY_S [30]: wait before calling RunTask again when the cluster had no room.
-- TASK_TIMEOUT_S [7200]: limit per simulation (its waits for room included).
+- TASK_TIMEOUT_S [7200]: deadline of each try of simulate/aggregate, from the try's start, across
+  every deferral (its waits for room included); the ECS task is stopped at it.
 - RETRIES [2], RETRY_DELAY_S [60]: Airflow retries per task and the wait before one.
 - RUN_NOTE [off; local: api]: how `aggregate` sets the run note: `api` (this Airflow's REST
   API at AIRFLOW__API__BASE_URL), `mwaa` (mwaa:InvokeRestApi), `off`.

@@ -85,9 +85,12 @@ def test_graph_trigger_rules_and_teardown(
     assert tasks["simulate"]["type"] == "MappedOperator"
     assert tasks["aggregate"]["trigger_rule"] == "all_done"
     assert tasks["scale_in"]["trigger_rule"] == "all_done"
-    # The run's only leaf: green only if the results are complete and the group went to 0.
-    assert tasks["finish"]["upstream"] == ["aggregate", "scale_in"]
-    assert tasks["finish"]["trigger_rule"] == "all_success"
+    # The verdict: runs whatever happened (a teardown is not skipped when the run is marked
+    # failed) and decides the run's state (on_failure_fail_dagrun).
+    assert tasks["finish"]["upstream"] == ["scale_in"]
+    assert tasks["finish"]["trigger_rule"] == "all_done"
+    assert tasks["finish"]["is_teardown"]
+    assert tasks["finish"]["on_failure_fail_dagrun"]
     assert tasks["scale_in"]["is_teardown"]
     # Would make scale_in a leaf whose success turns a failed study green.
     assert not tasks["scale_in"]["on_failure_fail_dagrun"]
