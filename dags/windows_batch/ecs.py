@@ -22,10 +22,15 @@ failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason.
 
 No simulation runs twice: before it starts a container, a simulate try looks for this run's
 result of its index (the study's `result_check`); a valid one is reported instead.
+
+A task whose host went away (ECS stops it with stoppedReason "Host EC2 (instance i-...)
+terminated." or the stop code SpotInterruption) runs again on another instance within the same
+try and deadline, like a capacity wait: an interruption costs time, not a retry.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -73,6 +78,9 @@ NO_INSTANCES = "No Container Instances were found in your cluster"
 TRIGGER_GRACE_S = 120
 """A deferral's own timeout lies this far past the deadline: the trigger fires first, and
 Airflow's trigger timeout only ends a try whose triggerer is gone."""
+HOST_GONE = re.compile(r"Host EC2 \(instance .+?\) (stopped|terminated)\.")
+"""ECS's stoppedReason when the container instance went away (stopped-task-errors docs)."""
+HOST_GONE_STOP_CODES = ("SpotInterruption", "TerminationNotice")
 # Slack added to the ECS waiter so that the try's deadline, not the waiter, ends a long task.
 _WAITER_SLACK_S = 600
 
@@ -328,6 +336,17 @@ class BersimEcsOperator(EcsRunTaskOperator):
             raise AirflowException(f"Error in task execution: {validated}")
         self.arn = validated["task_arn"]
         self.cluster = validated["cluster"]
+        lost = self._host_lost()
+        if lost:
+            self.log.warning(
+                "ECS task %s lost its host (%s): running it again on another instance, "
+                "without using a retry (deadline %s)",
+                self.arn,
+                lost,
+                deadline_text(self._deadline),
+            )
+            self.arn = None
+            return self.execute(context, deadline_ts=self._deadline)
         try:
             self._after_execution()
         except AirflowSkipException:
@@ -338,6 +357,19 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 raise AirflowFailException(exit_message(self.last_exit_code, str(exc))) from exc
             raise
         return self._last_log_line()
+
+    def _host_lost(self) -> str | None:
+        """Why ECS stopped the task if its host went away (reclaimed, terminated), else None."""
+        try:
+            client: Any = self.client
+            tasks = client.describe_tasks(cluster=self.cluster, tasks=[self.arn])["tasks"]
+        except Exception:  # the provider's own check describes it again and reports errors
+            return None
+        for task in tasks:
+            reason = str(task.get("stoppedReason", ""))
+            if task.get("stopCode") in HOST_GONE_STOP_CODES or HOST_GONE.match(reason):
+                return f"{task.get('stopCode', '')}: {reason}".strip(": ")
+        return None
 
     def _last_log_line(self) -> str | None:
         """The container's last log line; a CloudWatch error is a warning (the exit code rules)."""

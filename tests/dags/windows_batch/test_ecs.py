@@ -298,9 +298,11 @@ def test_a_log_fetch_error_after_exit_0_is_a_success() -> None:
     event = {"status": "success", "task_arn": TASK_ARN, "cluster": CLUSTER}
     with mock_aws(), Stubber(client) as stubber:
         # CloudWatch has no such log group/stream: GetLogEvents raises ResourceNotFoundException.
-        stubber.add_response("describe_tasks", describe(0))
+        for _ in range(2):  # is the host gone? then the exit code
+            stubber.add_response("describe_tasks", describe(0))
         assert op.execute_complete(context(), event=event, deadline_ts=time.time() + 60) is None
-        stubber.add_response("describe_tasks", describe(1))
+        for _ in range(2):
+            stubber.add_response("describe_tasks", describe(1))
         with pytest.raises(AirflowException, match="not in success state"):
             op.execute_complete(context(), event=event, deadline_ts=time.time() + 60)
 
@@ -344,3 +346,33 @@ def test_a_missing_or_foreign_result_is_simulated(
         s3_with(body)
         with pytest.raises(TaskDeferred):
             op.execute(context())
+
+
+@pytest.mark.parametrize(
+    "stopped",
+    [
+        pytest.param(
+            {"stoppedReason": "Host EC2 (instance i-0123456789abcdef0) terminated."}, id="host"
+        ),
+        pytest.param(
+            {"stopCode": "SpotInterruption", "stoppedReason": "Your Spot Task was interrupted."},
+            id="spot",
+        ),
+    ],
+)
+def test_a_task_whose_host_went_away_runs_again_in_the_same_try(
+    stopped: dict[str, str], ecs_stub: tuple[BersimEcsOperator, Stubber]
+) -> None:
+    op, stubber = ecs_stub
+    task = {**describe(137)["tasks"][0], **stopped}
+    stubber.add_response("describe_tasks", {"tasks": [task]})
+    replacement = {"taskArn": TASK_ARN.replace("0123", "4567"), "containers": [{"name": "bersim"}]}
+    expect_run_task(stubber, {"tasks": [replacement], "failures": []})
+    deadline = time.time() + 300
+    event = {"status": "success", "task_arn": TASK_ARN, "cluster": CLUSTER}
+    # Not a failure (no retry used): a new container, awaited until the same deadline.
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute_complete(context(), event=event, deadline_ts=deadline)
+    assert isinstance(deferred.value.trigger, DeadlineTaskDoneTrigger)
+    assert deferred.value.trigger.task_arn == replacement["taskArn"]
+    assert deferred.value.trigger.deadline_ts == deadline
