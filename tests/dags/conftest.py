@@ -11,13 +11,11 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,9 @@ if "AIRFLOW_HOME" not in os.environ:
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import local_airflow  # noqa: E402
+
+from . import ecs_harness  # noqa: E402
+from .ecs_harness import EcsDeployment  # noqa: E402
 
 
 def last_json_line(stdout: str) -> dict[str, Any]:
@@ -85,12 +86,11 @@ def run_dag() -> RunDag:
             timeout=timeout_s,
             check=False,
         )
-        try:
-            outcome = last_json_line(proc.stdout)
-        except AssertionError:
+        if proc.returncode != 0:
             raise AssertionError(
                 f"dag.test runner failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
-            ) from None
+            )
+        outcome = last_json_line(proc.stdout)
         outcome["log"] = proc.stdout + proc.stderr
         return outcome
 
@@ -98,41 +98,11 @@ def run_dag() -> RunDag:
 
 
 @pytest.fixture
-def moto_server(tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Factory: start tests/dags/moto_ecs_server.py with extra env; stopped after the test."""
-    started: list[subprocess.Popen[str]] = []
+def ecs_deployment(tmp_path: Path) -> Iterator[Callable[..., EcsDeployment]]:
+    """Factory: our stacks in a fresh moto ECS server (ecs_harness.py), stopped after the test."""
+    with ExitStack() as stack:
 
-    def start(**extra: str) -> dict[str, Any]:
-        port = local_airflow.free_port()
-        events = tmp_path / f"events-{port}.jsonl"
-        env = {**os.environ, "MOTO_EVENT_LOG": str(events), **extra}
-        output = tmp_path / f"moto-{port}.log"
-        with output.open("w") as out:
-            proc = subprocess.Popen(
-                [PYTHON, str(HERE / "moto_ecs_server.py"), str(port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        started.append(proc)
-        deadline = time.monotonic() + 60
-        while "READY" not in output.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"moto server did not start:\n{output.read_text()[-3000:]}")
-            time.sleep(0.1)
-        return {"url": f"http://127.0.0.1:{port}", "events": events, "log": output}
+        def start(**server_env: str) -> EcsDeployment:
+            return stack.enter_context(ecs_harness.moto_ecs(tmp_path / "moto", **server_env))
 
-    try:
         yield start
-    finally:
-        for proc in started:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)

@@ -15,6 +15,7 @@ Reusable: the standalone-Airflow fixture in conftest.py builds on it.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -121,6 +122,17 @@ class EcsDeployment:
         if not self.iam_log_path.exists():
             return []
         return [json.loads(line) for line in self.iam_log_path.read_text().splitlines()]
+
+    def role_policy(self, role: str, name: str) -> dict[str, Any]:
+        """An inline policy of a role, parsed."""
+        document = self.client("iam").get_role_policy(RoleName=role, PolicyName=name)
+        text = document["PolicyDocument"]
+        if isinstance(text, dict):
+            return text
+        try:
+            return dict(json.loads(text))
+        except ValueError:  # moto answers with the repr of a policy CloudFormation created
+            return dict(ast.literal_eval(text))
 
     def role_name(self, stack: str, output: str) -> str:
         return self.outputs[stack][output].rsplit("/", maxsplit=1)[-1]
