@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 RunDag = Callable[..., dict[str, Any]]
+DAG_ID = "windows-batch-compute-dag"
+STANDALONE_MAX_PARALLEL_TASKS = 2
 
 
 @pytest.fixture
@@ -106,3 +109,82 @@ def ecs_deployment(tmp_path: Path) -> Iterator[Callable[..., EcsDeployment]]:
             return stack.enter_context(ecs_harness.moto_ecs(tmp_path / "moto", **server_env))
 
         yield start
+
+
+@dataclass
+class EcsAirflow:
+    """`airflow standalone` (LocalExecutor, real scheduler and triggerer) on the ECS deployment."""
+
+    url: str
+    home: Path
+    env: dict[str, str]
+    deployment: EcsDeployment
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return local_airflow.request(self.url, method, path, body)
+
+    def trigger(self, conf: dict[str, Any]) -> str:
+        """Start a run of the DAG with `conf`; return its run id."""
+        status, body = self.api(
+            "POST", f"dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        assert status == 200, body
+        return str(body["dag_run_id"])
+
+    def task_instances(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's task instances by `task_id` or `task_id[map_index]`."""
+        status, body = self.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+        assert status == 200, body
+        return {
+            (ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti
+            for ti in body["task_instances"]
+        }
+
+    def wait_for_run(self, run_id: str, *, timeout_s: float = 180) -> dict[str, Any]:
+        """Poll until the run has finished; return it."""
+
+        def finished() -> dict[str, Any] | None:
+            status, run = self.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}")
+            assert status == 200, run
+            return run if run["state"] in {"success", "failed"} else None
+
+        return dict(
+            self.deployment.wait_for(f"run {run_id} to finish", finished, timeout_s=timeout_s)
+        )
+
+
+@pytest.fixture(scope="module")
+def ecs_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcsAirflow]:
+    """A real Airflow (`airflow standalone`) running the DAG on the moto ECS deployment.
+
+    The DAG gets mwaa.yaml's settings and the execution role's credentials (ecs_harness.py);
+    simulations are capped at 2 at once (MAX_PARALLEL_TASKS) on a cluster with room for more,
+    and the run note goes through this Airflow's own REST API. Stopped, with the moto server,
+    whatever happens.
+    """
+    tmp = tmp_path_factory.mktemp("ecs-airflow")
+    with ecs_harness.moto_ecs(tmp / "moto") as deployment:
+        home = tmp / "home"
+        base = local_airflow.airflow_env(
+            home=home, port=local_airflow.free_port(), local_root=tmp / "buckets", parallelism=4
+        )
+        env = {
+            **deployment.airflow_env(base),
+            "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
+            "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
+            "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "1",
+            "AIRFLOW__WINDOWS_BATCH__TASK_TIMEOUT_S": "300",
+            "AIRFLOW__WINDOWS_BATCH__RETRIES": "1",
+            "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "3",
+            "AIRFLOW__WINDOWS_BATCH__MAX_PARALLEL_TASKS": str(STANDALONE_MAX_PARALLEL_TASKS),
+            "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "api",
+        }
+        local_airflow.migrate(env)
+        with local_airflow.standalone(env, timeout_s=180) as url:
+            airflow = EcsAirflow(url=url, home=home, env=env, deployment=deployment)
+            deployment.wait_for(
+                "the DAG to be parsed",
+                lambda: airflow.api("GET", f"dags/{DAG_ID}")[0] == 200,
+                timeout_s=120,
+            )
+            yield airflow

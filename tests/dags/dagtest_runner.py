@@ -29,10 +29,9 @@ def main() -> int:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models import TaskInstance
     from airflow.models.xcom import XComModel
+    from airflow.sdk.exceptions import ParamValidationError
     from airflow.utils.session import create_session
     from sqlalchemy import select
-
-    from airflow.sdk.exceptions import ParamValidationError
 
     bag = DagBag(dag_folder=str(REPO / "dags" / "windows_batch_compute_dag.py"))
     if bag.import_errors:

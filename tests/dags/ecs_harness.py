@@ -156,6 +156,25 @@ class EcsDeployment:
         )
         return env
 
+    def containers(self, needle: str = "") -> list[dict[str, Any]]:
+        """container_started events whose command contains `needle` (e.g. a run id)."""
+        return [
+            e
+            for e in self.events("container_started")
+            if not needle or any(needle in arg for arg in e["command"])
+        ]
+
+    def exited(self, task_arn: str) -> dict[str, Any] | None:
+        """The container_exited event of a task, if its container has exited."""
+        return next((e for e in self.events("container_exited") if e["task_arn"] == task_arn), None)
+
+    def pause(self, container: dict[str, Any]) -> None:
+        """Freeze a container's processes, as `docker pause` does (it costs no CPU meanwhile)."""
+        os.killpg(container["pid"], signal.SIGSTOP)
+
+    def resume(self, container: dict[str, Any]) -> None:
+        os.killpg(container["pid"], signal.SIGCONT)
+
     def wait_for(self, what: str, predicate: Any, *, timeout_s: float = 120) -> Any:
         """Poll `predicate()` until it returns something truthy; fail after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
