@@ -51,9 +51,25 @@ def last_json_line(stdout: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home whose SQLite metadata database is migrated (once per session)."""
+    home = tmp_path_factory.mktemp("airflow-migrated")
+    local_airflow.migrate(local_airflow.airflow_env(home=home, local_root=home / "buckets"))
+    return home
+
+
+def migrated_home(template: Path, home: Path) -> Path:
+    """A fresh Airflow home with a copy of the migrated database (saves a `db migrate`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("airflow.db", ".migrated"):
+        shutil.copy2(template / name, home / name)
+    return home
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> dict[str, str]:
     """An environment for a real Airflow (SQLite, migrated once) with the local backend."""
-    home = tmp_path_factory.mktemp("airflow-home")
+    home = migrated_home(migrated_db, tmp_path_factory.mktemp("airflow-home"))
     env = local_airflow.airflow_env(
         home=home, port=local_airflow.free_port(), local_root=home / "buckets"
     )
@@ -154,7 +170,9 @@ class EcsAirflow:
 
 
 @pytest.fixture(scope="module")
-def ecs_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcsAirflow]:
+def ecs_airflow(
+    tmp_path_factory: pytest.TempPathFactory, migrated_db: Path
+) -> Iterator[EcsAirflow]:
     """A real Airflow (`airflow standalone`) running the DAG on the moto ECS deployment.
 
     The DAG gets mwaa.yaml's settings and the execution role's credentials (ecs_harness.py);
@@ -164,7 +182,7 @@ def ecs_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EcsAirflow
     """
     tmp = tmp_path_factory.mktemp("ecs-airflow")
     with ecs_harness.moto_ecs(tmp / "moto") as deployment:
-        home = tmp / "home"
+        home = migrated_home(migrated_db, tmp / "home")
         base = local_airflow.airflow_env(
             home=home, port=local_airflow.free_port(), local_root=tmp / "buckets", parallelism=4
         )
