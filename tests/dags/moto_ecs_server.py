@@ -14,6 +14,8 @@ moto does not), patched IN THE SERVER PROCESS:
   stdout and stderr go to the awslogs stream `<prefix>/<container>/<task id>` of the container's
   log group. StopTask sends SIGTERM to the container's process group, then SIGKILL after
   MOTO_CONTAINER_STOP_TIMEOUT_S (ECS_CONTAINER_STOP_TIMEOUT, 30 s by default on ECS).
+  Terminating an instance kills the containers on it and stops their tasks with ECS's reason
+  "Host EC2 (instance <id>) terminated.".
 - The ECS agent: each Auto Scaling group whose launch template user data names a cluster
   (`Initialize-ECSAgent -Cluster "<name>"`) gets container instances like booting instances:
   each ListContainerInstances registers at most one more; scaling down deregisters them.
@@ -89,6 +91,7 @@ iam_policy = _load("iam_policy", HERE / "iam_policy.py")
 from moto.autoscaling.models import AutoScalingBackend, autoscaling_backends  # noqa: E402
 from moto.core.responses import ActionResult  # noqa: E402
 from moto.core.utils import pascal_to_camelcase, remap_nested_keys  # noqa: E402
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
 from moto.ecs.models import EC2ContainerServiceBackend, TaskDefinition, ecs_backends  # noqa: E402
 from moto.ecs.responses import EC2ContainerServiceResponse  # noqa: E402
 from moto.iam.access_control import IAMPolicy, IAMRequestBase  # noqa: E402
@@ -348,6 +351,24 @@ def list_container_instances(
     return _original_list_ci(self, cluster_str, status)
 
 
+_original_terminate = InstanceBackend.terminate_instances
+
+
+def terminate_instances(self: Any, instance_ids: list[str]) -> Any:
+    """A container instance's host going away stops its tasks, as ECS reports it."""
+    result = _original_terminate(self, instance_ids)
+    with _lock:
+        for container in list(_containers.values()):
+            task = container.task
+            registered = container.backend.container_instances.get(task.cluster_name, {})
+            host = registered.get(str(task.container_instance_arn).rsplit("/", maxsplit=1)[-1])
+            if host is not None and host.ec2_instance_id in instance_ids:
+                task.desired_status = "STOPPED"
+                task.stopped_reason = f"Host EC2 (instance {host.ec2_instance_id}) terminated."
+                container.signal(signal.SIGKILL)
+    return result
+
+
 _original_set_desired = AutoScalingBackend.set_desired_capacity
 
 
@@ -567,6 +588,7 @@ def check_action_permitted(self: Any, resource: str) -> None:
         self._raise_access_denied()
 
 
+InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]
 EC2ContainerServiceBackend.run_task = run_task  # type: ignore[method-assign]
 EC2ContainerServiceBackend.stop_task = stop_task  # type: ignore[method-assign]
 EC2ContainerServiceBackend.list_container_instances = list_container_instances  # type: ignore[method-assign]

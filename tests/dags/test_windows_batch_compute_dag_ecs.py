@@ -12,6 +12,8 @@ itself: a result the task role may not write (exit 1), a stray file among the ta
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -324,3 +326,69 @@ def test_scale_out_failing_half_way_skips_the_study_and_still_scales_in(
     )["AutoScalingGroups"]
     assert groups[0]["DesiredCapacity"] == 0
     assert groups[0]["Instances"] == []
+
+
+def terminate_host_after_result(deployment: EcsDeployment, key: str, stop: threading.Event) -> None:
+    """Once the container writing `key` has written it, terminate the instance it runs on."""
+    bucket = deployment.outputs["storage"]["ResultsBucketName"]
+    s3, ecs, ec2 = (deployment.client(s) for s in ("s3", "ecs", "ec2"))
+    container = None
+    while not stop.is_set():
+        if container is None:
+            container = next(
+                (c for c in deployment.containers(key) if c["command"][0] == "simulate"), None
+            )
+            if container is not None:
+                writes = [
+                    d
+                    for d in deployment.iam_decisions()
+                    if d["action"] == "s3:PutObject" and d["resource"].endswith(key)
+                ]
+                if not writes:
+                    container = None
+                else:
+                    deployment.pause(container)  # the write is in flight: hold the exit back
+        if container is not None:
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+            except s3.exceptions.ClientError:
+                time.sleep(0.05)
+                continue
+            cluster = deployment.outputs["ecs"]["ClusterName"]
+            task = ecs.describe_tasks(cluster=cluster, tasks=[container["task_arn"]])["tasks"][0]
+            instance = ecs.describe_container_instances(
+                cluster=cluster, containerInstances=[task["containerInstanceArn"]]
+            )["containerInstances"][0]["ec2InstanceId"]
+            ec2.terminate_instances(InstanceIds=[instance])
+            return
+        time.sleep(0.05)
+
+
+def test_a_simulation_that_failed_after_writing_its_result_fails_the_run(
+    airflow_env: dict[str, str], run_dag: RunDag, ecs_deployment: Deploy
+) -> None:
+    """Its host went away just after the container wrote its result: every result is there,
+    the aggregate succeeds, but the run must not be green."""
+    deployment = ecs_deployment()
+    key = f"sim/task_results/{RUN_ID}/task-00001.json"
+    stop = threading.Event()
+    watcher = threading.Thread(target=terminate_host_after_result, args=(deployment, key, stop))
+    watcher.start()
+    try:
+        env = dag_env(airflow_env, deployment, AIRFLOW__WINDOWS_BATCH__RETRIES="0")
+        study = {**STUDY, "num_tasks": 2, "ebn0_db": [0, 4], "cluster_size": 2}
+        outcome = run_dag(env, study, logical_date=LOGICAL_DATE)
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert outcome["tasks"]["simulate[1]"] == "failed"
+    assert "host instance terminated" in outcome["log"]
+    assert outcome["tasks"]["simulate[0]"] == "success"
+    results = read_json(deployment, f"{output_prefix(outcome)}/results.json")
+    assert results["missing_tasks"] == []
+    assert outcome["state"] == "failed"
+    assert outcome["tasks"]["aggregate"] == "failed"
+    assert (
+        "1 simulate task(s) failed although the aggregate found every task result" in outcome["log"]
+    )
+    assert outcome["tasks"]["scale_in"] == "success"
