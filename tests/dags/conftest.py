@@ -156,6 +156,17 @@ class EcsAirflow:
             for ti in body["task_instances"]
         }
 
+    def report(self, run_id: str) -> str:
+        """The run's task states and the end of each task log: what a failed assertion shows."""
+        lines = [
+            f"{key}: {ti['state']} (try {ti['try_number']})"
+            for key, ti in sorted(self.task_instances(run_id).items())
+        ]
+        for path in sorted((self.home / "logs").rglob("*.log")):
+            if run_id in str(path):
+                lines += [f"--- {path.relative_to(self.home)}", local_airflow.tail(path, 25)]
+        return "\n".join(lines)
+
     def wait_for_run(self, run_id: str, *, timeout_s: float = 180) -> dict[str, Any]:
         """Poll until the run has finished; return it."""
 
@@ -184,7 +195,7 @@ def ecs_airflow(
     with ecs_harness.moto_ecs(tmp / "moto") as deployment:
         home = migrated_home(migrated_db, tmp / "home")
         base = local_airflow.airflow_env(
-            home=home, port=local_airflow.free_port(), local_root=tmp / "buckets", parallelism=4
+            home=home, port=local_airflow.free_port(), local_root=tmp / "buckets", parallelism=3
         )
         env = {
             **deployment.airflow_env(base),

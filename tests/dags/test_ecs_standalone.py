@@ -65,7 +65,7 @@ def test_deferred_simulations_count_toward_the_concurrency_cap(ecs_airflow: EcsA
         for container in running:
             deployment.resume(container)
     run = ecs_airflow.wait_for_run(run_id)
-    assert run["state"] == "success"
+    assert run["state"] == "success", ecs_airflow.report(run_id)
     started = deployment.containers(run_id)
     simulations = [c for c in started if c["command"][0] == "simulate"]
     assert len(simulations) == 3
@@ -134,7 +134,7 @@ def test_a_retry_while_the_container_runs_reattaches_to_it(ecs_airflow: EcsAirfl
     finally:
         deployment.resume(container)
     run = ecs_airflow.wait_for_run(run_id)
-    assert run["state"] == "success"
+    assert run["state"] == "success", ecs_airflow.report(run_id)
     simulate = ecs_airflow.task_instances(run_id)["simulate[0]"]
     assert simulate["try_number"] == 2
     runs = [
