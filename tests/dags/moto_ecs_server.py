@@ -15,7 +15,8 @@ moto does not), patched IN THE SERVER PROCESS:
   log group. StopTask sends SIGTERM to the container's process group, then SIGKILL after
   MOTO_CONTAINER_STOP_TIMEOUT_S (ECS_CONTAINER_STOP_TIMEOUT, 30 s by default on ECS).
   Terminating an instance kills the containers on it and stops their tasks with ECS's reason
-  "Host EC2 (instance <id>) terminated.".
+  "Host EC2 (instance <id>) terminated.". MOTO_FREEZE_ON_PUT=<key suffix> pauses the container
+  that writes that key right after the write (a test's breakpoint, see freeze_caller).
 - The ECS agent: each Auto Scaling group whose launch template user data names a cluster
   (`Initialize-ECSAgent -Cluster "<name>"`) gets container instances like booting instances:
   each ListContainerInstances registers at most one more; scaling down deregisters them.
@@ -65,6 +66,7 @@ ACCOUNT = "123456789012"
 EVENT_LOG = os.environ.get("MOTO_EVENT_LOG", "")
 IAM_LOG = os.environ.get("MOTO_IAM_LOG", "")
 STOP_TIMEOUT_S = float(os.environ.get("MOTO_CONTAINER_STOP_TIMEOUT_S", "30"))
+FREEZE_ON_PUT = os.environ.get("MOTO_FREEZE_ON_PUT", "")
 # The container's PATH: the interpreter with bersim installed (the image's python) comes first.
 CONTAINER_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
 _CLUSTER_IN_USER_DATA = re.compile(r'Initialize-ECSAgent\b[^\n]*-Cluster\s+"?([A-Za-z0-9_-]+)')
@@ -586,6 +588,24 @@ def check_action_permitted(self: Any, resource: str) -> None:
         )
     if not allowed:
         self._raise_access_denied()
+    if FREEZE_ON_PUT and any(
+        r.action == "s3:PutObject" and r.resource.endswith(FREEZE_ON_PUT) for r in needed
+    ):
+        freeze_caller(self._access_key.arn)
+
+
+def freeze_caller(principal: str) -> None:
+    """Pause the container whose task role session made this call (its session is the task id).
+
+    The request itself completes: the container stays frozen before it sees the answer, so a test
+    can act between "the result is written" and "the container exits".
+    """
+    session = principal.rsplit("/", maxsplit=1)[-1]
+    with _lock:
+        for arn, container in _containers.items():
+            if arn.endswith(session):
+                os.killpg(container.process.pid, signal.SIGSTOP)
+                record(EVENT_LOG, {"op": "container_frozen", "task_arn": arn})
 
 
 InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -329,39 +328,25 @@ def test_scale_out_failing_half_way_skips_the_study_and_still_scales_in(
 
 
 def terminate_host_after_result(deployment: EcsDeployment, key: str, stop: threading.Event) -> None:
-    """Once the container writing `key` has written it, terminate the instance it runs on."""
+    """Once the container writing `key` has written it (and is frozen: MOTO_FREEZE_ON_PUT),
+    terminate the instance it runs on."""
     bucket = deployment.outputs["storage"]["ResultsBucketName"]
     s3, ecs, ec2 = (deployment.client(s) for s in ("s3", "ecs", "ec2"))
-    container = None
-    while not stop.is_set():
-        if container is None:
-            container = next(
-                (c for c in deployment.containers(key) if c["command"][0] == "simulate"), None
-            )
-            if container is not None:
-                writes = [
-                    d
-                    for d in deployment.iam_decisions()
-                    if d["action"] == "s3:PutObject" and d["resource"].endswith(key)
-                ]
-                if not writes:
-                    container = None
-                else:
-                    deployment.pause(container)  # the write is in flight: hold the exit back
-        if container is not None:
-            try:
-                s3.head_object(Bucket=bucket, Key=key)
-            except s3.exceptions.ClientError:
-                time.sleep(0.05)
-                continue
-            cluster = deployment.outputs["ecs"]["ClusterName"]
-            task = ecs.describe_tasks(cluster=cluster, tasks=[container["task_arn"]])["tasks"][0]
-            instance = ecs.describe_container_instances(
-                cluster=cluster, containerInstances=[task["containerInstanceArn"]]
-            )["containerInstances"][0]["ec2InstanceId"]
-            ec2.terminate_instances(InstanceIds=[instance])
-            return
-        time.sleep(0.05)
+    while not stop.wait(0.1):
+        frozen = deployment.events("container_frozen")
+        if not frozen:
+            continue
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+        except s3.exceptions.ClientError:
+            continue
+        cluster = deployment.outputs["ecs"]["ClusterName"]
+        task = ecs.describe_tasks(cluster=cluster, tasks=[frozen[0]["task_arn"]])["tasks"][0]
+        instance = ecs.describe_container_instances(
+            cluster=cluster, containerInstances=[task["containerInstanceArn"]]
+        )["containerInstances"][0]["ec2InstanceId"]
+        ec2.terminate_instances(InstanceIds=[instance])
+        return
 
 
 def test_a_simulation_that_failed_after_writing_its_result_fails_the_run(
@@ -369,8 +354,8 @@ def test_a_simulation_that_failed_after_writing_its_result_fails_the_run(
 ) -> None:
     """Its host went away just after the container wrote its result: every result is there,
     the aggregate succeeds, but the run must not be green."""
-    deployment = ecs_deployment()
     key = f"sim/task_results/{RUN_ID}/task-00001.json"
+    deployment = ecs_deployment(MOTO_FREEZE_ON_PUT=key)
     stop = threading.Event()
     watcher = threading.Thread(target=terminate_host_after_result, args=(deployment, key, stop))
     watcher.start()
