@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,34 +180,39 @@ class EcsAirflow:
         )
 
 
-@pytest.fixture(scope="module")
-def ecs_airflow(
-    tmp_path_factory: pytest.TempPathFactory, migrated_db: Path
-) -> Iterator[EcsAirflow]:
-    """A real Airflow (`airflow standalone`) running the DAG on the moto ECS deployment.
+STANDALONE_SETTINGS = {
+    "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
+    "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
+    "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "1",
+    "AIRFLOW__WINDOWS_BATCH__TASK_TIMEOUT_S": "300",
+    "AIRFLOW__WINDOWS_BATCH__RETRIES": "1",
+    "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "3",
+    "AIRFLOW__WINDOWS_BATCH__MAX_PARALLEL_TASKS": str(STANDALONE_MAX_PARALLEL_TASKS),
+    "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "api",
+}
 
-    The DAG gets mwaa.yaml's settings and the execution role's credentials (ecs_harness.py);
-    simulations are capped at 2 at once (MAX_PARALLEL_TASKS) on a cluster with room for more,
-    and the run note goes through this Airflow's own REST API. Stopped, with the moto server,
-    whatever happens.
+
+@contextmanager
+def standalone_on_ecs(
+    tmp: Path,
+    migrated_db: Path,
+    *,
+    settings: dict[str, str] | None = None,
+    **server_env: str,
+) -> Iterator[EcsAirflow]:
+    """`airflow standalone` running the DAG on a fresh moto ECS deployment; both stopped after.
+
+    The DAG gets mwaa.yaml's settings and the execution role's credentials (ecs_harness.py),
+    then STANDALONE_SETTINGS and `settings` (AIRFLOW__* overrides); `server_env` goes to the
+    moto server (e.g. MOTO_CONTAINER_STOP_TIMEOUT_S). The run note goes through this Airflow's
+    own REST API.
     """
-    tmp = tmp_path_factory.mktemp("ecs-airflow")
-    with ecs_harness.moto_ecs(tmp / "moto") as deployment:
+    with ecs_harness.moto_ecs(tmp / "moto", **server_env) as deployment:
         home = migrated_home(migrated_db, tmp / "home")
         base = local_airflow.airflow_env(
             home=home, port=local_airflow.free_port(), local_root=tmp / "buckets", parallelism=3
         )
-        env = {
-            **deployment.airflow_env(base),
-            "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
-            "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
-            "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "1",
-            "AIRFLOW__WINDOWS_BATCH__TASK_TIMEOUT_S": "300",
-            "AIRFLOW__WINDOWS_BATCH__RETRIES": "1",
-            "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "3",
-            "AIRFLOW__WINDOWS_BATCH__MAX_PARALLEL_TASKS": str(STANDALONE_MAX_PARALLEL_TASKS),
-            "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "api",
-        }
+        env = {**deployment.airflow_env(base), **STANDALONE_SETTINGS, **(settings or {})}
         local_airflow.migrate(env)
         with local_airflow.standalone(env, timeout_s=180) as url:
             airflow = EcsAirflow(url=url, home=home, env=env, deployment=deployment)
@@ -217,3 +222,15 @@ def ecs_airflow(
                 timeout_s=120,
             )
             yield airflow
+
+
+@pytest.fixture(scope="module")
+def ecs_airflow(
+    tmp_path_factory: pytest.TempPathFactory, migrated_db: Path
+) -> Iterator[EcsAirflow]:
+    """A real Airflow on the moto ECS deployment (standalone_on_ecs), shared by a module.
+
+    Simulations are capped at 2 at once (MAX_PARALLEL_TASKS) on a cluster with room for more.
+    """
+    with standalone_on_ecs(tmp_path_factory.mktemp("ecs-airflow"), migrated_db) as airflow:
+        yield airflow

@@ -170,10 +170,12 @@ class EcsDeployment:
 
     def pause(self, container: dict[str, Any]) -> None:
         """Freeze a container's processes, as `docker pause` does (it costs no CPU meanwhile)."""
-        os.killpg(container["pid"], signal.SIGSTOP)
+        with suppress(ProcessLookupError):  # it has exited already
+            os.killpg(container["pid"], signal.SIGSTOP)
 
     def resume(self, container: dict[str, Any]) -> None:
-        os.killpg(container["pid"], signal.SIGCONT)
+        with suppress(ProcessLookupError):
+            os.killpg(container["pid"], signal.SIGCONT)
 
     def wait_for(self, what: str, predicate: Any, *, timeout_s: float = 120) -> Any:
         """Poll `predicate()` until it returns something truthy; fail after `timeout_s`."""

@@ -41,13 +41,17 @@ def test_deferred_simulations_count_toward_the_concurrency_cap(ecs_airflow: EcsA
     deployment = ecs_airflow.deployment
     # 3 simulations, room for 4 on the one instance: only the cap can hold one back.
     run_id = ecs_airflow.trigger(study(num_tasks=3, ebn0_db=[0, 4]))
-    running = deployment.wait_for(
-        "two simulation containers",
-        lambda: (found := deployment.containers(run_id)) and len(found) >= 2 and found,
-        timeout_s=150,
-    )
-    for container in running:
-        deployment.pause(container)
+    paused: dict[str, dict[str, Any]] = {}
+
+    def pause_new_simulations() -> bool:
+        # Paused as soon as they appear: a container must not finish before the check.
+        for container in deployment.containers(run_id):
+            if container["command"][0] == "simulate" and container["task_arn"] not in paused:
+                deployment.pause(container)
+                paused[container["task_arn"]] = container
+        return len(paused) >= STANDALONE_MAX_PARALLEL_TASKS
+
+    deployment.wait_for("two simulation containers", pause_new_simulations, timeout_s=150)
     try:
         # Both Airflow tasks wait in the triggerer (deferred); the third stays scheduled.
         def states() -> list[str] | None:
@@ -57,12 +61,13 @@ def test_deferred_simulations_count_toward_the_concurrency_cap(ecs_airflow: EcsA
 
         deployment.wait_for("two deferred simulations", states, timeout_s=60)
         time.sleep(HOLD_S)  # deliberate: the scheduler gets several loops to break the cap
+        pause_new_simulations()
         tis = ecs_airflow.task_instances(run_id)
         held = sorted(ti["state"] for key, ti in tis.items() if key.startswith("simulate["))
         assert held == ["deferred", "deferred", "scheduled"], held
         assert len(deployment.containers(run_id)) == STANDALONE_MAX_PARALLEL_TASKS
     finally:
-        for container in running:
+        for container in paused.values():
             deployment.resume(container)
     run = ecs_airflow.wait_for_run(run_id)
     assert run["state"] == "success", ecs_airflow.report(run_id)
