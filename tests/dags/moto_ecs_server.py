@@ -29,7 +29,10 @@ moto does not), patched IN THE SERVER PROCESS:
   is then tests/dags/iam_policy.py on the request's real resource ARNs and condition keys (moto
   would compare every non-S3 call against "*" and ignore conditions), plus the iam:PassRole that
   RunTask implies for the task definition's roles. A call without a resource mapping here is
-  denied. Every decision is appended as a JSON line to MOTO_IAM_LOG.
+  judged on Resource "*" (so only a statement that allows every resource allows it) and logged
+  with "mapped": false. Every decision is appended as a JSON line to MOTO_IAM_LOG. Not evaluated:
+  bucket policies (moto's CloudFormation does not create AWS::S3::BucketPolicy; the calls are
+  taken as HTTPS, aws:SecureTransport true, as on AWS), the ECS agent's own calls, trust policies.
 
 Every SetDesiredCapacity, RunTask, StopTask, container start and exit is appended as a JSON line
 to MOTO_EVENT_LOG (with a wall-clock "t").
