@@ -15,6 +15,7 @@ Reusable: the standalone-Airflow fixture in conftest.py builds on it.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -122,6 +123,17 @@ class EcsDeployment:
             return []
         return [json.loads(line) for line in self.iam_log_path.read_text().splitlines()]
 
+    def role_policy(self, role: str, name: str) -> dict[str, Any]:
+        """An inline policy of a role, parsed."""
+        document = self.client("iam").get_role_policy(RoleName=role, PolicyName=name)
+        text = document["PolicyDocument"]
+        if isinstance(text, dict):
+            return text
+        try:
+            return dict(json.loads(text))
+        except ValueError:  # moto answers with the repr of a policy CloudFormation created
+            return dict(ast.literal_eval(text))
+
     def role_name(self, stack: str, output: str) -> str:
         return self.outputs[stack][output].rsplit("/", maxsplit=1)[-1]
 
@@ -143,6 +155,27 @@ class EcsDeployment:
             }
         )
         return env
+
+    def containers(self, needle: str = "") -> list[dict[str, Any]]:
+        """container_started events whose command contains `needle` (e.g. a run id)."""
+        return [
+            e
+            for e in self.events("container_started")
+            if not needle or any(needle in arg for arg in e["command"])
+        ]
+
+    def exited(self, task_arn: str) -> dict[str, Any] | None:
+        """The container_exited event of a task, if its container has exited."""
+        return next((e for e in self.events("container_exited") if e["task_arn"] == task_arn), None)
+
+    def pause(self, container: dict[str, Any]) -> None:
+        """Freeze a container's processes, as `docker pause` does (it costs no CPU meanwhile)."""
+        with suppress(ProcessLookupError):  # it has exited already
+            os.killpg(container["pid"], signal.SIGSTOP)
+
+    def resume(self, container: dict[str, Any]) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(container["pid"], signal.SIGCONT)
 
     def wait_for(self, what: str, predicate: Any, *, timeout_s: float = 120) -> Any:
         """Poll `predicate()` until it returns something truthy; fail after `timeout_s`."""

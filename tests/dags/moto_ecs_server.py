@@ -14,6 +14,9 @@ moto does not), patched IN THE SERVER PROCESS:
   stdout and stderr go to the awslogs stream `<prefix>/<container>/<task id>` of the container's
   log group. StopTask sends SIGTERM to the container's process group, then SIGKILL after
   MOTO_CONTAINER_STOP_TIMEOUT_S (ECS_CONTAINER_STOP_TIMEOUT, 30 s by default on ECS).
+  Terminating an instance kills the containers on it and stops their tasks with ECS's reason
+  "Host EC2 (instance <id>) terminated.". MOTO_FREEZE_ON_PUT=<key suffix> pauses the container
+  that writes that key right after the write (a test's breakpoint, see freeze_caller).
 - The ECS agent: each Auto Scaling group whose launch template user data names a cluster
   (`Initialize-ECSAgent -Cluster "<name>"`) gets container instances like booting instances:
   each ListContainerInstances registers at most one more; scaling down deregisters them.
@@ -26,7 +29,10 @@ moto does not), patched IN THE SERVER PROCESS:
   is then tests/dags/iam_policy.py on the request's real resource ARNs and condition keys (moto
   would compare every non-S3 call against "*" and ignore conditions), plus the iam:PassRole that
   RunTask implies for the task definition's roles. A call without a resource mapping here is
-  denied. Every decision is appended as a JSON line to MOTO_IAM_LOG.
+  judged on Resource "*" (so only a statement that allows every resource allows it) and logged
+  with "mapped": false. Every decision is appended as a JSON line to MOTO_IAM_LOG. Not evaluated:
+  bucket policies (moto's CloudFormation does not create AWS::S3::BucketPolicy; the calls are
+  taken as HTTPS, aws:SecureTransport true, as on AWS), the ECS agent's own calls, trust policies.
 
 Every SetDesiredCapacity, RunTask, StopTask, container start and exit is appended as a JSON line
 to MOTO_EVENT_LOG (with a wall-clock "t").
@@ -63,6 +69,7 @@ ACCOUNT = "123456789012"
 EVENT_LOG = os.environ.get("MOTO_EVENT_LOG", "")
 IAM_LOG = os.environ.get("MOTO_IAM_LOG", "")
 STOP_TIMEOUT_S = float(os.environ.get("MOTO_CONTAINER_STOP_TIMEOUT_S", "30"))
+FREEZE_ON_PUT = os.environ.get("MOTO_FREEZE_ON_PUT", "")
 # The container's PATH: the interpreter with bersim installed (the image's python) comes first.
 CONTAINER_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
 _CLUSTER_IN_USER_DATA = re.compile(r'Initialize-ECSAgent\b[^\n]*-Cluster\s+"?([A-Za-z0-9_-]+)')
@@ -89,6 +96,7 @@ iam_policy = _load("iam_policy", HERE / "iam_policy.py")
 from moto.autoscaling.models import AutoScalingBackend, autoscaling_backends  # noqa: E402
 from moto.core.responses import ActionResult  # noqa: E402
 from moto.core.utils import pascal_to_camelcase, remap_nested_keys  # noqa: E402
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
 from moto.ecs.models import EC2ContainerServiceBackend, TaskDefinition, ecs_backends  # noqa: E402
 from moto.ecs.responses import EC2ContainerServiceResponse  # noqa: E402
 from moto.iam.access_control import IAMPolicy, IAMRequestBase  # noqa: E402
@@ -348,6 +356,24 @@ def list_container_instances(
     return _original_list_ci(self, cluster_str, status)
 
 
+_original_terminate = InstanceBackend.terminate_instances
+
+
+def terminate_instances(self: Any, instance_ids: list[str]) -> Any:
+    """A container instance's host going away stops its tasks, as ECS reports it."""
+    result = _original_terminate(self, instance_ids)
+    with _lock:
+        for container in list(_containers.values()):
+            task = container.task
+            registered = container.backend.container_instances.get(task.cluster_name, {})
+            host = registered.get(str(task.container_instance_arn).rsplit("/", maxsplit=1)[-1])
+            if host is not None and host.ec2_instance_id in instance_ids:
+                task.desired_status = "STOPPED"
+                task.stopped_reason = f"Host EC2 (instance {host.ec2_instance_id}) terminated."
+                container.signal(signal.SIGKILL)
+    return result
+
+
 _original_set_desired = AutoScalingBackend.set_desired_capacity
 
 
@@ -565,8 +591,27 @@ def check_action_permitted(self: Any, resource: str) -> None:
         )
     if not allowed:
         self._raise_access_denied()
+    if FREEZE_ON_PUT and any(
+        r.action == "s3:PutObject" and r.resource.endswith(FREEZE_ON_PUT) for r in needed
+    ):
+        freeze_caller(self._access_key.arn)
 
 
+def freeze_caller(principal: str) -> None:
+    """Pause the container whose task role session made this call (its session is the task id).
+
+    The request itself completes: the container stays frozen before it sees the answer, so a test
+    can act between "the result is written" and "the container exits".
+    """
+    session = principal.rsplit("/", maxsplit=1)[-1]
+    with _lock:
+        for arn, container in _containers.items():
+            if arn.endswith(session):
+                os.killpg(container.process.pid, signal.SIGSTOP)
+                record(EVENT_LOG, {"op": "container_frozen", "task_arn": arn})
+
+
+InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]
 EC2ContainerServiceBackend.run_task = run_task  # type: ignore[method-assign]
 EC2ContainerServiceBackend.stop_task = stop_task  # type: ignore[method-assign]
 EC2ContainerServiceBackend.list_container_instances = list_container_instances  # type: ignore[method-assign]
