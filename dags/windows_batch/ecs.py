@@ -199,14 +199,12 @@ class BersimEcsOperator(EcsRunTaskOperator):
         self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context
     ) -> Any:
         if next_method == TRIGGER_FAIL:
-            # The trigger failed, or Airflow timed it out (its triggerer gone): no container of
-            # this try may outlive it, or a retry would run a second one beside it.
             self._set_deadline(context, None)
-            past = time.time() >= self._deadline
-            self._stop_own_tasks(
-                context,
-                self._stop_reason if past else "Stopped by Airflow: its try failed while waiting",
-            )
+            if time.time() >= self._deadline:
+                # Airflow timed the trigger out (its triggerer gone): no container of this try
+                # may outlive its deadline. Before it, a failed trigger leaves the container to
+                # the retry, which reattaches to it (and bounds it by its own deadline).
+                self._stop_own_tasks(context, self._stop_reason)
         return super().resume_execution(next_method, next_kwargs, context)
 
     def _stop_own_tasks(self, context: Context, reason: str) -> None:
@@ -332,7 +330,6 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 self._stop_own_tasks(context, self._stop_reason)
             self._fail_at_deadline(f"ECS task {self.arn} stopped")
         if validated.get("status") != "success":
-            self._stop_own_tasks(context, "Stopped by Airflow: waiting for it failed")
             raise AirflowException(f"Error in task execution: {validated}")
         self.arn = validated["task_arn"]
         self.cluster = validated["cluster"]

@@ -376,3 +376,13 @@ def test_a_task_whose_host_went_away_runs_again_in_the_same_try(
     assert isinstance(deferred.value.trigger, DeadlineTaskDoneTrigger)
     assert deferred.value.trigger.task_arn == replacement["taskArn"]
     assert deferred.value.trigger.deadline_ts == deadline
+
+
+def test_a_trigger_that_failed_before_the_deadline_leaves_the_container_to_the_retry(
+    ecs_stub: tuple[BersimEcsOperator, Stubber],
+) -> None:
+    """No ECS call (the Stubber has none queued): the retry reattaches to the running task."""
+    op, _stubber = ecs_stub
+    with pytest.raises(Exception, match="Trigger failure") as failed:
+        op.resume_execution("__fail__", {"error": "Trigger failure"}, context())
+    assert type(failed.value).__name__ == "TaskDeferralError"
