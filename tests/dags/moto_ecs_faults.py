@@ -2,6 +2,9 @@
 
 - MOTO_HANG_TASK_INDEXES (comma-separated): the container of `simulate ... --task-index I` for
   such an I never exits by itself (it sleeps); only StopTask ends it (SIGTERM, exit 143).
+- MOTO_RECLAIM_TASK_INDEXES (comma-separated): the first container of such an index loses its
+  host after MOTO_RECLAIM_AFTER_S (default 2) seconds: killed, its task STOPPED with ECS's
+  stoppedReason "Host EC2 (instance i-...) terminated.". Later containers of the index run.
 - MOTO_LOGS_FAIL=throttle | missing: every GetLogEvents call answers ThrottlingException (as
   CloudWatch Logs does over its rate) or ResourceNotFoundException (a stream that is gone); the
   containers still write their lines.
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,9 @@ from moto.logs.responses import LogsResponse  # noqa: E402
 
 HANG = {int(x) for x in os.environ.get("MOTO_HANG_TASK_INDEXES", "").split(",") if x.strip()}
 LOGS_FAIL = os.environ.get("MOTO_LOGS_FAIL", "")
+RECLAIM = {int(x) for x in os.environ.get("MOTO_RECLAIM_TASK_INDEXES", "").split(",") if x.strip()}
+RECLAIM_AFTER_S = float(os.environ.get("MOTO_RECLAIM_AFTER_S", "2"))
+_reclaimed: set[int] = set()
 
 
 def _hang_entrypoint() -> Path:
@@ -53,9 +61,28 @@ def _task_index(task: Any) -> int | None:
     return None
 
 
+def _lose_host(container: Any) -> None:
+    """The instance under the container is terminated: ECS stops the task with this reason."""
+    instance = "i-0unknown"
+    for cis in container.backend.container_instances.values():
+        for ci in cis.values():
+            if ci.container_instance_arn == container.task.container_instance_arn:
+                instance = ci.ec2_instance_id
+    container.task.stopped_reason = f"Host EC2 (instance {instance}) terminated."
+    container.signal(signal.SIGKILL)
+
+
 def container_init(self: Any, backend: Any, task: Any) -> None:
     """Start the container; a hung index gets a process that only StopTask ends."""
-    if _task_index(task) not in HANG:
+    index = _task_index(task)
+    if index in RECLAIM and index not in _reclaimed:
+        _reclaimed.add(index)
+        _original_container_init(self, backend, task)
+        timer = threading.Timer(RECLAIM_AFTER_S, _lose_host, args=(self,))
+        timer.daemon = True
+        timer.start()
+        return
+    if index not in HANG:
         _original_container_init(self, backend, task)
         return
     entrypoint = server.ENTRYPOINT

@@ -184,6 +184,27 @@ def test_a_log_fetch_failure_after_exit_0_is_a_success(
     assert "its last log line could not be read" in outcome["log"]
 
 
+def test_a_task_whose_host_was_terminated_runs_again_without_a_retry(
+    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    """Issue 12 point 2: an interruption costs time, not one of the user's retries."""
+    with deployment(tmp_path, MOTO_RECLAIM_TASK_INDEXES="1") as d:
+        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
+        conf = study(d)
+        outcome = run_dag(env, conf, timeout_s=400)
+        runs = [index_of(e["command"]) for e in d.events("run_task") if e["placed"]]
+        results_key = f"sim/aggregate_results/{outcome['run_id']}/results.json"
+        s3 = d.client("s3")
+        results = json.load(s3.get_object(Bucket=conf["s3_bucket"], Key=results_key)["Body"])
+    assert outcome["state"] == "success", outcome["log"][-4000:]
+    assert all(tries == 1 for tries in outcome["tries"].values()), outcome["tries"]
+    assert sorted(i for i in runs if i is not None) == [0, 1, 1, 2]  # index 1 ran again
+    assert "lost its host (Host EC2 (instance i-" in outcome["log"]
+    # Each index counted once in the aggregate.
+    assert results["missing_tasks"] == []
+    assert sum(row["tasks"] for row in results["rows"]) == 3
+
+
 def planned(env: dict[str, str], conf: dict[str, Any], run_id: str) -> list[list[str]]:
     """The simulate commands plan_tasks will give this run (the planner is deterministic)."""
     params = {name: param.value for name, param in form(settings_mod.load(env)).items()}
