@@ -43,7 +43,7 @@ from airflow.providers.amazon.aws.triggers.ecs import TaskDoneTrigger
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.identifiers import generate_uuid
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
-from airflow.sdk import TriggerRule
+from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError
 
@@ -64,7 +64,7 @@ from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
 from windows_batch.results import PublishResultsMixin, split_s3_uri
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk import Context
     from airflow.triggers.base import BaseTrigger
 
     from windows_batch.settings import Settings
@@ -93,6 +93,12 @@ class ResultCheck(Protocol):
 
     def describe_result(self, command: Sequence[str], data: bytes) -> str | None:
         """A one-line summary if `data` is a valid result of `command`, else None."""
+
+
+def _trigger_not_importable(next_kwargs: dict[str, Any] | None) -> bool:
+    """True if the trigger failed because the triggerer could not import windows_batch."""
+    traceback = "\n".join((next_kwargs or {}).get("traceback") or [])
+    return "No module named 'windows_batch'" in traceback
 
 
 def placement_failure_kind(failures: list[dict[str, Any]]) -> str:
@@ -200,6 +206,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
     ) -> Any:
         if next_method == TRIGGER_FAIL:
             self._set_deadline(context, None)
+            if self.arn is None and _trigger_not_importable(next_kwargs):
+                self._wait_with_the_providers_trigger(context)
             if time.time() >= self._deadline:
                 # Airflow timed the trigger out (its triggerer gone): no container of this try
                 # may outlive its deadline. Before it, a failed trigger leaves the container to
@@ -207,16 +215,57 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 self._stop_own_tasks(context, self._stop_reason)
         return super().resume_execution(next_method, next_kwargs, context)
 
-    def _stop_own_tasks(self, context: Context, reason: str) -> None:
-        """Stop this task instance's running ECS tasks (found by startedBy, as reattach does)."""
+    def _wait_with_the_providers_trigger(self, context: Context) -> None:
+        """Our trigger could not be imported in the triggerer: wait with the provider's.
+
+        Airflow 3.3's triggerer does not put the DAG folder on sys.path (apache/airflow#65455).
+        Then the deadline is Airflow's trigger timeout (checked every 15 s) and resuming past it
+        stops the task; a task marked failed is stopped by scale_in's sweep instead.
+        """
+        running = self._own_running_tasks(context)
+        if not running or time.time() >= self._deadline:
+            return
+        self.log.error(
+            "The triggerer cannot import windows_batch.deadline (put the DAG folder on its "
+            "PYTHONPATH); waiting with the provider's trigger, bounded by Airflow's timeout"
+        )
+        self.arn = running[0]
+        trigger = TaskDoneTrigger(
+            cluster=self.cluster,
+            task_arn=self.arn,
+            waiter_delay=self.waiter_delay,
+            waiter_max_attempts=self.waiter_max_attempts,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            log_region_name=self.resolve_awslogs_region(),
+            log_group=self.awslogs_group,
+            log_stream=self._get_logs_stream_name(),
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+        BaseOperator.defer(
+            self,
+            trigger=trigger,
+            method_name="execute_complete",
+            kwargs={"deadline_ts": self._deadline},
+            timeout=timedelta(seconds=max(self._deadline - time.time(), 0.0)),
+        )
+
+    def _own_running_tasks(self, context: Context) -> list[str]:
         ti: Any = context["ti"]
         started_by = generate_uuid(*map(str, [ti.dag_id, ti.task_id, ti.run_id, ti.map_index]))
+        client: Any = self.client
+        return list(
+            client.list_tasks(cluster=self.cluster, desiredStatus="RUNNING", startedBy=started_by)[
+                "taskArns"
+            ]
+        )
+
+    def _stop_own_tasks(self, context: Context, reason: str) -> None:
+        """Stop this task instance's running ECS tasks (found by startedBy, as reattach does)."""
         try:
             client: Any = self.client
-            arns = client.list_tasks(
-                cluster=self.cluster, desiredStatus="RUNNING", startedBy=started_by
-            )["taskArns"]
-            for arn in arns:
+            for arn in self._own_running_tasks(context):
                 client.stop_task(cluster=self.cluster, task=arn, reason=reason)
                 self.log.warning("Stopped ECS task %s: %s", arn, reason)
         except Exception as exc:  # the try fails anyway; say why the task may still run

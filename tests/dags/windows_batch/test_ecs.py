@@ -386,3 +386,23 @@ def test_a_trigger_that_failed_before_the_deadline_leaves_the_container_to_the_r
     with pytest.raises(Exception, match="Trigger failure") as failed:
         op.resume_execution("__fail__", {"error": "Trigger failure"}, context())
     assert type(failed.value).__name__ == "TaskDeferralError"
+
+
+def test_a_triggerer_that_cannot_import_our_trigger_falls_back_to_the_providers(
+    ecs_stub: tuple[BersimEcsOperator, Stubber],
+) -> None:
+    """Airflow 3.3's triggerer lacks the DAG folder on sys.path (apache/airflow#65455)."""
+    op, stubber = ecs_stub
+    stubber.add_response("list_tasks", {"taskArns": [TASK_ARN]})
+    started = datetime.now(UTC) - timedelta(seconds=60)
+    failed = {
+        "error": "Trigger failure",
+        "traceback": ["ModuleNotFoundError: No module named 'windows_batch'\n"],
+    }
+    with pytest.raises(TaskDeferred) as deferred:
+        op.resume_execution("__fail__", failed, context(started))
+    trigger = deferred.value.trigger
+    assert type(trigger).__name__ == "TaskDoneTrigger"
+    assert trigger.task_arn == TASK_ARN
+    # Airflow's own trigger timeout is then the deadline.
+    assert deferred.value.timeout.total_seconds() == pytest.approx(TIMEOUT_S - 60, abs=5)
