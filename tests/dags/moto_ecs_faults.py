@@ -2,9 +2,10 @@
 
 - MOTO_HANG_TASK_INDEXES (comma-separated): the container of `simulate ... --task-index I` for
   such an I never exits by itself (it sleeps); only StopTask ends it (SIGTERM, exit 143).
-- MOTO_RECLAIM_TASK_INDEXES (comma-separated): the first container of such an index loses its
-  host after MOTO_RECLAIM_AFTER_S (default 2) seconds: killed, its task STOPPED with ECS's
-  stoppedReason "Host EC2 (instance i-...) terminated.". Later containers of the index run.
+- MOTO_RECLAIM_TASK_INDEXES (comma-separated): the first container of such an index (one that
+  would not finish by itself) loses its host after MOTO_RECLAIM_AFTER_S (default 2) seconds:
+  killed, its task STOPPED with ECS's stoppedReason "Host EC2 (instance i-...) terminated.".
+  Later containers of the index run bersim.
 - MOTO_LOGS_FAIL=throttle | missing: every GetLogEvents call answers ThrottlingException (as
   CloudWatch Logs does over its rate) or ResourceNotFoundException (a stream that is gone); the
   containers still write their lines.
@@ -75,14 +76,12 @@ def _lose_host(container: Any) -> None:
 def container_init(self: Any, backend: Any, task: Any) -> None:
     """Start the container; a hung index gets a process that only StopTask ends."""
     index = _task_index(task)
-    if index in RECLAIM and index not in _reclaimed:
+    reclaim = index in RECLAIM and index not in _reclaimed
+    if reclaim:
         _reclaimed.add(index)
-        _original_container_init(self, backend, task)
         timer = threading.Timer(RECLAIM_AFTER_S, _lose_host, args=(self,))
         timer.daemon = True
-        timer.start()
-        return
-    if index not in HANG:
+    elif index not in HANG:
         _original_container_init(self, backend, task)
         return
     entrypoint = server.ENTRYPOINT
@@ -91,6 +90,8 @@ def container_init(self: Any, backend: Any, task: Any) -> None:
         _original_container_init(self, backend, task)
     finally:
         server.ENTRYPOINT = entrypoint
+    if reclaim:
+        timer.start()
 
 
 _original_get_log_events = LogsResponse.get_log_events
