@@ -45,7 +45,7 @@ from airflow.providers.amazon.aws.utils.identifiers import generate_uuid
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from windows_batch.cluster import (
     ADAPTIVE_RETRIES,
@@ -206,8 +206,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
     ) -> Any:
         if next_method == TRIGGER_FAIL:
             self._set_deadline(context, None)
-            if self.arn is None and _trigger_not_importable(next_kwargs):
-                self._wait_with_the_providers_trigger(context)
+            if _trigger_not_importable(next_kwargs) and self._own_running_tasks(context):
+                return self._wait_on_this_worker(context)
             if time.time() >= self._deadline:
                 # Airflow timed the trigger out (its triggerer gone): no container of this try
                 # may outlive its deadline. Before it, a failed trigger leaves the container to
@@ -215,41 +215,34 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 self._stop_own_tasks(context, self._stop_reason)
         return super().resume_execution(next_method, next_kwargs, context)
 
-    def _wait_with_the_providers_trigger(self, context: Context) -> None:
-        """Our trigger could not be imported in the triggerer: wait with the provider's.
+    def _wait_on_this_worker(self, context: Context) -> Any:
+        """Our trigger could not be imported in the triggerer: wait here, until the deadline.
 
         Airflow 3.3's triggerer does not put the DAG folder on sys.path (apache/airflow#65455).
-        Then the deadline is Airflow's trigger timeout (checked every 15 s) and resuming past it
-        stops the task; a task marked failed is stopped by scale_in's sweep instead.
+        Waiting on the worker (the provider's boto3 waiter) needs no triggerer and keeps the
+        deadline, and a person marking the task failed reaches the provider's `on_kill`.
         """
         running = self._own_running_tasks(context)
         if not running or time.time() >= self._deadline:
-            return
+            return None
         self.log.error(
             "The triggerer cannot import windows_batch.deadline (put the DAG folder on its "
-            "PYTHONPATH); waiting with the provider's trigger, bounded by Airflow's timeout"
+            "PYTHONPATH); waiting for the ECS task on this worker until the deadline"
         )
         self.arn = running[0]
-        trigger = TaskDoneTrigger(
-            cluster=self.cluster,
-            task_arn=self.arn,
-            waiter_delay=self.waiter_delay,
-            waiter_max_attempts=self.waiter_max_attempts,
-            aws_conn_id=self.aws_conn_id,
-            region_name=self.region_name,
-            log_region_name=self.resolve_awslogs_region(),
-            log_group=self.awslogs_group,
-            log_stream=self._get_logs_stream_name(),
-            verify=self.verify,
-            botocore_config=self.botocore_config,
-        )
-        BaseOperator.defer(
-            self,
-            trigger=trigger,
-            method_name="execute_complete",
-            kwargs={"deadline_ts": self._deadline},
-            timeout=timedelta(seconds=max(self._deadline - time.time(), 0.0)),
-        )
+        attempts = max(int((self._deadline - time.time()) // self.waiter_delay), 1)
+        client: Any = self.client
+        try:
+            client.get_waiter("tasks_stopped").wait(
+                cluster=self.cluster,
+                tasks=[self.arn],
+                WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": attempts},
+            )
+        except WaiterError:
+            self._stop_own_tasks(context, self._stop_reason)
+            self._fail_at_deadline(f"ECS task {self.arn} stopped")
+        event = {"status": "success", "task_arn": self.arn, "cluster": self.cluster}
+        return self.execute_complete(context, event=event, deadline_ts=self._deadline)
 
     def _own_running_tasks(self, context: Context) -> list[str]:
         ti: Any = context["ti"]
