@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
+from airflow.serialization.serialized_objects import BaseSerialization
 
 from windows_batch import settings as settings_mod
 from windows_batch.params import (
@@ -122,11 +123,27 @@ def test_plan_tasks_refuses_bad_input_naming_the_field(conf: dict[str, Any], fie
     assert str(caught.value).startswith(f"{field}: ")
 
 
-def test_plan_only_refusals_pass_the_schema() -> None:
-    """These are exactly what the schema cannot catch, hence plan_tasks' checks."""
-    for case in PLAN_ONLY_REFUSALS:
-        conf = case.values[0]
-        params_with({k: v for k, v in conf.items() if k in PARAM_NAMES})
+def params_of_a_new_run(conf: dict[str, Any]) -> dict[str, Any]:
+    """The params Airflow validates when it creates a run with `conf` (REST API, UI, CLI).
+
+    As DAG.create_dagrun does it (airflow/serialization/definitions/dag.py): the DAG's params
+    as the DAG processor serialized them, `deep_merge(conf)`, `validate()`. Keys the form does
+    not have are kept, without a schema.
+    """
+    stored = BaseSerialization._serialize_params_dict(ParamsDict(form(SETTINGS)))
+    params = BaseSerialization._deserialize_params_dict(stored).deep_merge(conf)
+    return params.validate()
+
+
+@pytest.mark.parametrize(("conf", "field"), PLAN_ONLY_REFUSALS)
+def test_plan_only_refusals_pass_the_schema(conf: dict[str, Any], field: str) -> None:
+    """What the schema cannot catch reaches plan_tasks unchanged, and plan_tasks refuses it."""
+    params = params_of_a_new_run(conf)
+
+    assert {k: params[k] for k in conf} == conf
+    with pytest.raises(StudyError) as caught:
+        validate_study(params, conf=conf, max_cluster_size=SETTINGS.max_cluster_size)
+    assert caught.value.field == field
 
 
 def test_unknown_field_suggests_the_right_one() -> None:
