@@ -1,11 +1,12 @@
 """The Octave kernel and its bridge, against the real GNU Octave.
 
-Statistics: the kernel's error count for one seed is a draw, so the checks of what it counts
-test the distribution over SEEDS_PER_POINT seeds, each at a stated false-alarm rate: a correct
-kernel fails a check with probability ALPHA_PER_CHECK for seeds drawn at random, and any of
-the module's STATISTICAL_CHECKS checks with at most FALSE_ALARM (Bonferroni). The seeds are
-1..SEEDS_PER_POINT, not chosen; the bit counts make a wrong threshold, noise scale or count
-fail clearly. The remaining checks are exact (same seed, same count).
+Statistics: one seed's error count is one draw, so the checks of what the kernel counts test
+the distribution over SEEDS_PER_POINT seeds. False-alarm rate: a correct kernel fails each
+check with probability ALPHA_PER_CHECK = FALSE_ALARM / STATISTICAL_CHECKS = 1e-3 / 15, about
+6.7e-5, for seeds drawn at random, and any of the 15 with at most FALSE_ALARM = 1e-3
+(Bonferroni). The seeds are 1..SEEDS_PER_POINT, not chosen. The bit counts make a threshold 1 %
+off, a noise scale 2 % off, an ignored seed or a computed (not drawn) count fail. Every other
+check is exact (same seed, same count).
 """
 
 from __future__ import annotations
