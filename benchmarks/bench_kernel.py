@@ -15,9 +15,9 @@ Measured in one run on this machine, each figure the best of REPEATS interleaved
 The Octave-side figures are also given in CPU time (Octave's cputime; the kernel loop run
 directly): wall time on a machine shared with other work counts waiting for a core, which
 can make a loop look faster than the random numbers it draws, CPU time does not.
-Goals (issue 2, wall clock): kernel >= 2x baseline and >= 0.9 ceiling (rand + randn); whole command >= 0.8
-ceiling. Against randn alone there is no goal: those ratios say how close the kernel is to
-drawing its random numbers and nothing else.
+Goals (issue 2, wall clock): kernel >= 2x baseline and >= 0.9 ceiling (rand + randn); whole
+command >= 0.8 ceiling. Against randn alone there is no goal: those ratios say how close the
+kernel is to drawing its random numbers and nothing else.
 """
 
 from __future__ import annotations
