@@ -15,7 +15,8 @@ class WindowsBatchResultsPlugin(AirflowPlugin):
     """The Results view (see the module docstring)."""
 
     name = "windows_batch_results"
-    fastapi_apps = [
+    # AirflowPlugin declares these as plain class attributes; the plugin manager reads them.
+    fastapi_apps = [  # noqa: RUF012
         {"app": create_app(), "url_prefix": URL_PREFIX, "name": "windows-batch results"}
     ]
-    external_views = [VIEW]
+    external_views = [VIEW]  # noqa: RUF012

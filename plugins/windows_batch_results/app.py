@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import HTMLResponse
 
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import requires_access_dag
 from windows_batch_results import locate, render, runs
 from windows_batch_results.store import LocalStore, ResultsStore, S3Store
 
@@ -105,13 +105,17 @@ def create_app(
         task_results = None
         files: list[str] = []
         if where is not None:
-            raw = results.read(where.output, "results.json")
-            if raw is not None:
-                document = json.loads(raw)
-                # bersim writes results.json last: when it exists, the other files do too.
-                files = list(locate.PUBLISHED_FILES)
-            else:
-                task_results = results.count_json(where.input)
+            try:
+                raw = results.read(where.output, "results.json")
+                if raw is not None:
+                    document = json.loads(raw)
+                    # bersim writes results.json last: when it exists, the other files do too.
+                    files = list(locate.PUBLISHED_FILES)
+                else:
+                    task_results = results.count_json(where.input)
+            except locate.LocationError as exc:
+                log.warning("Run %s: %s", run_id, exc)
+                return _error(_Refused(404, "This run's results are not where the view looks."))
         page = render.page(
             dag_id=dag_id,
             run_id=run_id,
@@ -132,7 +136,11 @@ def create_app(
             _, where = located(dag_id, run_id)
         except _Refused as exc:
             return _error(exc)
-        data = store().read(where.output, name) if where is not None else None
+        try:
+            data = store().read(where.output, name) if where is not None else None
+        except locate.LocationError as exc:
+            log.warning("Run %s: %s", run_id, exc)
+            data = None
         if data is None:
             return _error(_Refused(404, f"This run has no {name} (yet)."))
         return Response(data, media_type=_MEDIA_TYPES[name], headers=_HEADERS)

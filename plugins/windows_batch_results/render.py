@@ -62,7 +62,8 @@ def columns(document: Mapping[str, Any]) -> list[Column]:
     keys: list[str] = []
     for row in document.get("rows") or []:
         keys += [k for k in row if k not in keys]
-    titles = document.get("columns") if isinstance(document.get("columns"), Mapping) else {}
+    named = document.get("columns")
+    titles: Mapping[str, Any] = named if isinstance(named, Mapping) else {}
     confidence = (document.get("interval") or {}).get("confidence")
     level = f"{float(confidence) * 100:g} % " if isinstance(confidence, int | float) else ""
     bounds = {f"{k}_ci_low" for k in keys} | {f"{k}_ci_high" for k in keys}

@@ -27,11 +27,10 @@ class RunRecord:
 
 def find_run(*, dag_id: str, run_id: str) -> RunRecord | None:
     """The run `run_id` of `dag_id` from Airflow's metadata database, or None if there is none."""
-    from sqlalchemy import select  # noqa: PLC0415
-
     from airflow.models.dagrun import DagRun  # noqa: PLC0415
     from airflow.models.xcom import XComModel  # noqa: PLC0415
     from airflow.utils.session import create_session  # noqa: PLC0415
+    from sqlalchemy import select  # noqa: PLC0415
 
     with create_session() as session:
         state = session.scalar(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from windows_batch_results.locate import LocationError, S3Prefix
 
@@ -62,7 +62,7 @@ class S3Store:
         self.aws_conn_id = aws_conn_id
         self.region = region
 
-    def _hook(self):  # type: ignore[no-untyped-def]
+    def _hook(self) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: PLC0415
 
         return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region)
