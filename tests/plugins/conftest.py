@@ -21,8 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
-if str(PLUGINS) not in sys.path:
-    sys.path.insert(0, str(PLUGINS))
+for _path in (PLUGINS, REPO / "dags"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 DAG_ID = "windows-batch-compute-dag"
 
 

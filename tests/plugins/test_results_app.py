@@ -315,3 +315,16 @@ def test_s3_through_s3hook(
             "Still running: 2 task results so far (of 4)." in client.get(page_url(running_id)).text
         )
         assert client.get(page_url(running_id) + "/files/results.json").status_code == 404
+
+
+def test_the_run_note_links_to_this_view() -> None:
+    """The note's link (dags/windows_batch/results.py) is the tab this plugin registers."""
+    from windows_batch_results.app import VIEW
+
+    from windows_batch import results
+
+    assert VIEW["destination"] == "dag_run"
+    assert VIEW["url_route"] == results.RESULTS_VIEW_ROUTE
+    assert results.results_view_path(dag_id=DAG_ID, run_id="r").endswith(
+        f"/runs/r/plugin/{VIEW['url_route']}"
+    )
