@@ -24,8 +24,10 @@ h1 { font-size: 1.25rem; margin: 0 0 .5rem; }
 .status { padding: .5rem .75rem; border-radius: .375rem; background: #edf2f7; }
 .status.running { background: #fefcbf; }
 .status.partial, .status.failed { background: #fed7d7; }
-.plot { max-width: 100%; height: auto; margin: 1rem 0; border: 1px solid #e2e8f0; }
-table { border-collapse: collapse; margin: .5rem 0 1rem; }
+.results { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; margin-top: 1rem; }
+.plot { flex: 1 1 380px; max-width: 640px; height: auto; border: 1px solid #e2e8f0; }
+.side { flex: 1 1 380px; }
+table { border-collapse: collapse; margin: 0 0 1rem; }
 th, td { border: 1px solid #cbd5e0; padding: .25rem .6rem; text-align: right; }
 th { background: #f7fafc; }
 .downloads a { margin-right: 1rem; }
@@ -159,12 +161,13 @@ def page(
             if document.get(k) is not None
         )
         body = f'<p class="status {css}" id="status">{status}. {esc(figures)}</p>'
+        body += '<div class="results">'
         if "results.png" in files:
             body += (
                 f'<img class="plot" id="results-plot" src="{_files_href(run_id, "results.png")}" '
                 f'alt="results.png of run {esc(run_id)}">'
             )
-        body += table_html(document) + missing_html(document)
+        body += '<div class="side">' + table_html(document) + missing_html(document)
         notes = []
         interval = document.get("interval") or {}
         if interval.get("method"):
@@ -176,7 +179,7 @@ def page(
         links = "".join(
             f'<a href="{_files_href(run_id, name)}" download="{name}">{name}</a>' for name in files
         )
-        body += f'<p class="downloads" id="downloads">Download: {links}</p>'
+        body += f'<p class="downloads" id="downloads">Download: {links}</p></div></div>'
     else:
         count = "no" if not task_results else str(task_results)
         of = f" (of {expected_tasks})" if expected_tasks is not None else ""
