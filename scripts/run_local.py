@@ -211,7 +211,9 @@ def run_study(
         print("No results.png was produced (see the failed tasks above).", flush=True)
         return 1
     view = f"{base_url}/{results_view_path(dag_id=DAG_ID, run_id=run_id)}"
-    print(f"Results view (plot, table, downloads; open it while `make ui` runs): {view}")
+    print(
+        f"Results view (plot, table, downloads; open it while `make ui` runs): {view}", flush=True
+    )
     print(png, flush=True)
     return 0 if state == "success" else 1
 
