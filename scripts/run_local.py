@@ -228,7 +228,11 @@ def run_ui(*, port: int) -> int:
         print(
             "Open it, then 'Trigger' (the form). No login needed. Ctrl-C stops Airflow.", flush=True
         )
-        print(f"Results: {env['AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT']}", flush=True)
+        print(
+            "Results: the Results tab of each run's page; files under "
+            f"{env['AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT']}",
+            flush=True,
+        )
         try:
             signal.pause()
         except KeyboardInterrupt:
