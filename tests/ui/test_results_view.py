@@ -56,6 +56,14 @@ def test_results_tab_shows_plot_and_table(
     saved = Path(download.value.path())
     assert saved.read_bytes() == (finished_run.results_dir / "results.csv").read_bytes()
 
+    # The run note's link (its first line, shown on the run's page) leads to the same view.
+    page.goto(f"{airflow_ui.url}/dags/{DAG_ID}/runs/{run}")
+    note_link = page.get_by_role("link", name="results.png").first
+    href = note_link.evaluate("a => [a.href, a.target]")
+    assert href[0] == f"{airflow_ui.url}/dags/{DAG_ID}/runs/{run}/plugin/results", href
+    page.goto(href[0])
+    page.frame_locator('iframe[title="Results"]').locator("#results-table").wait_for()
+
 
 def test_results_view_refuses_unknown_runs(page: Any, airflow_ui: AirflowUI) -> None:
     """The API server answers 404 for a run id its database does not know."""
