@@ -46,8 +46,9 @@ usage() {
 Usage: ./deploy.sh [options]
 
 Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-storage,
-<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/ and
-requirements-mwaa.txt to the MWAA bucket. Re-running with nothing changed changes nothing.
+<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/,
+requirements-mwaa.txt and plugins.zip (plugins/, the Results view) to the MWAA bucket.
+Re-running with nothing changed changes nothing.
 Options not given take their defaults on every run.
 
 Options:
