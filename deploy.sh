@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 #
 # Deploys windows-batch-compute to AWS with the AWS CLI: the storage, network, image, ECS and
-# MWAA CloudFormation stacks (in that order, each fed the outputs of the ones before), the DAGs
-# and the MWAA requirements file. Optionally builds the Windows workload image with CodeBuild.
+# MWAA CloudFormation stacks (in that order, each fed the outputs of the ones before), the DAGs,
+# the MWAA requirements file and plugins.zip (the Results view). Optionally builds the Windows workload image with CodeBuild.
 # Safe to re-run: unchanged stacks and files are left as they are and it exits 0.
 
 set -euo pipefail
@@ -17,6 +17,8 @@ readonly DAGS_DIR="${SCRIPT_DIR}/dags"
 readonly DOCKER_DIR="${SCRIPT_DIR}/docker"
 readonly REQUIREMENTS_FILE="${SCRIPT_DIR}/requirements-mwaa.txt"
 readonly REQUIREMENTS_KEY="requirements/requirements-mwaa.txt"
+readonly PLUGINS_DIR="${SCRIPT_DIR}/plugins"
+readonly PLUGINS_KEY="plugins/plugins.zip"
 readonly SOURCE_KEY="build/docker-source.zip"
 readonly DAG_ID="windows-batch-compute-dag"
 readonly LAYERS=(storage network image ecs upload mwaa)
@@ -44,8 +46,9 @@ usage() {
 Usage: ./deploy.sh [options]
 
 Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-storage,
-<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/ and
-requirements-mwaa.txt to the MWAA bucket. Re-running with nothing changed changes nothing.
+<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/,
+requirements-mwaa.txt and plugins.zip (plugins/, the Results view) to the MWAA bucket.
+Re-running with nothing changed changes nothing.
 Options not given take their defaults on every run.
 
 Options:
@@ -118,6 +121,7 @@ validate_args() {
 # The AWS prerequisites, and zip when the image is built.
 check_prerequisites() {
   check_aws_prerequisites
+  command -v python3 >/dev/null 2>&1 || die "deploy.sh needs python3 (it builds plugins.zip)"
   if [[ "${build_image}" == "true" ]]; then
     command -v zip >/dev/null 2>&1 || die "--build-image needs 'zip' (apt-get install zip)"
   fi
@@ -204,6 +208,39 @@ upload_code() {
     --exclude '*__pycache__/*' --exclude '*.pyc' \
     "${DAGS_DIR}" "s3://${bucket}/dags"
   upload_if_changed "${REQUIREMENTS_FILE}" "${bucket}" "${REQUIREMENTS_KEY}"
+}
+
+# Zips plugins/ flat (MWAA unpacks plugins.zip into /usr/local/airflow/plugins) with fixed
+# timestamps and order: the same sources give the same bytes, so the version stays on a re-run.
+build_plugins_zip() {
+  local archive="$1"
+  python3 - "${PLUGINS_DIR}" "${archive}" <<'PY'
+import pathlib, sys, zipfile
+
+root, archive = pathlib.Path(sys.argv[1]), sys.argv[2]
+with zipfile.ZipFile(archive, "w") as zf:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
+        if "__pycache__/" in name or name.endswith(".pyc"):
+            continue
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, path.read_bytes())
+PY
+}
+
+# Builds and uploads plugins.zip; without a plugins/ folder the environment has no plugins.
+upload_plugins() {
+  local bucket="$1" archive
+  if [[ ! -d "${PLUGINS_DIR}" ]]; then
+    log "No plugins/ directory: the Results view is not deployed"
+    return 0
+  fi
+  archive="$(mktemp)"
+  build_plugins_zip "${archive}"
+  upload_if_changed "${archive}" "${bucket}" "${PLUGINS_KEY}"
+  rm -f "${archive}"
 }
 
 # A tag derived from docker/'s content: the same sources give the same tag and no rebuild.
@@ -330,9 +367,15 @@ main() {
   fi
 
   skipped upload || upload_code "${mwaa_bucket}"
-  local requirements_version
+  skipped upload || upload_plugins "${mwaa_bucket}"
+  local requirements_version plugins_args=()
   requirements_version="$(object_version "${mwaa_bucket}" "${REQUIREMENTS_KEY}")"
   echo "requirements version: ${requirements_version}"
+  if [[ -d "${PLUGINS_DIR}" ]]; then
+    plugins_args=("PluginsS3Path=${PLUGINS_KEY}"
+      "PluginsS3ObjectVersion=$(object_version "${mwaa_bucket}" "${PLUGINS_KEY}")")
+    echo "plugins version: ${plugins_args[1]#*=}"
+  fi
 
   if skipped mwaa; then
     log "MWAA skipped (--skip mwaa); nothing else to do"
@@ -353,7 +396,8 @@ main() {
     "SlotsPerInstance=$(stack_output "${ecs}" SlotsPerInstance)" \
     "MaxClusterSize=${max_instances}" \
     "TaskRoleArn=$(stack_output "${ecs}" TaskRoleArn)" \
-    "TaskExecutionRoleArn=$(stack_output "${ecs}" TaskExecutionRoleArn)"
+    "TaskExecutionRoleArn=$(stack_output "${ecs}" TaskExecutionRoleArn)" \
+    "${plugins_args[@]}"
   print_next_steps "$(stack_output "${mwaa}" EnvironmentName)"
 }
 
