@@ -11,13 +11,12 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,9 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import local_airflow  # noqa: E402
 
+from . import ecs_harness  # noqa: E402
+from .ecs_harness import EcsDeployment  # noqa: E402
+
 
 def last_json_line(stdout: str) -> dict[str, Any]:
     for line in reversed(stdout.strip().splitlines()):
@@ -49,9 +51,25 @@ def last_json_line(stdout: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home whose SQLite metadata database is migrated (once per session)."""
+    home = tmp_path_factory.mktemp("airflow-migrated")
+    local_airflow.migrate(local_airflow.airflow_env(home=home, local_root=home / "buckets"))
+    return home
+
+
+def migrated_home(template: Path, home: Path) -> Path:
+    """A fresh Airflow home with a copy of the migrated database (saves a `db migrate`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("airflow.db", ".migrated"):
+        shutil.copy2(template / name, home / name)
+    return home
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> dict[str, str]:
     """An environment for a real Airflow (SQLite, migrated once) with the local backend."""
-    home = tmp_path_factory.mktemp("airflow-home")
+    home = migrated_home(migrated_db, tmp_path_factory.mktemp("airflow-home"))
     env = local_airflow.airflow_env(
         home=home, port=local_airflow.free_port(), local_root=home / "buckets"
     )
@@ -63,6 +81,8 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 RunDag = Callable[..., dict[str, Any]]
+DAG_ID = "windows-batch-compute-dag"
+STANDALONE_MAX_PARALLEL_TASKS = 2
 
 
 @pytest.fixture
@@ -85,12 +105,11 @@ def run_dag() -> RunDag:
             timeout=timeout_s,
             check=False,
         )
-        try:
-            outcome = last_json_line(proc.stdout)
-        except AssertionError:
+        if proc.returncode != 0:
             raise AssertionError(
                 f"dag.test runner failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
-            ) from None
+            )
+        outcome = last_json_line(proc.stdout)
         outcome["log"] = proc.stdout + proc.stderr
         return outcome
 
@@ -98,41 +117,120 @@ def run_dag() -> RunDag:
 
 
 @pytest.fixture
-def moto_server(tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Factory: start tests/dags/moto_ecs_server.py with extra env; stopped after the test."""
-    started: list[subprocess.Popen[str]] = []
+def ecs_deployment(tmp_path: Path) -> Iterator[Callable[..., EcsDeployment]]:
+    """Factory: our stacks in a fresh moto ECS server (ecs_harness.py), stopped after the test."""
+    with ExitStack() as stack:
 
-    def start(**extra: str) -> dict[str, Any]:
-        port = local_airflow.free_port()
-        events = tmp_path / f"events-{port}.jsonl"
-        env = {**os.environ, "MOTO_EVENT_LOG": str(events), **extra}
-        output = tmp_path / f"moto-{port}.log"
-        with output.open("w") as out:
-            proc = subprocess.Popen(
-                [PYTHON, str(HERE / "moto_ecs_server.py"), str(port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        started.append(proc)
-        deadline = time.monotonic() + 60
-        while "READY" not in output.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"moto server did not start:\n{output.read_text()[-3000:]}")
-            time.sleep(0.1)
-        return {"url": f"http://127.0.0.1:{port}", "events": events, "log": output}
+        def start(**server_env: str) -> EcsDeployment:
+            return stack.enter_context(ecs_harness.moto_ecs(tmp_path / "moto", **server_env))
 
-    try:
         yield start
-    finally:
-        for proc in started:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+
+
+@dataclass
+class EcsAirflow:
+    """`airflow standalone` (LocalExecutor, real scheduler and triggerer) on the ECS deployment."""
+
+    url: str
+    home: Path
+    env: dict[str, str]
+    deployment: EcsDeployment
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return local_airflow.request(self.url, method, path, body)
+
+    def trigger(self, conf: dict[str, Any]) -> str:
+        """Start a run of the DAG with `conf`; return its run id."""
+        status, body = self.api(
+            "POST", f"dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        assert status == 200, body
+        return str(body["dag_run_id"])
+
+    def task_instances(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's task instances by `task_id` or `task_id[map_index]`."""
+        status, body = self.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+        assert status == 200, body
+        return {
+            (ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti
+            for ti in body["task_instances"]
+        }
+
+    def report(self, run_id: str) -> str:
+        """The run's task states and the end of each task log: what a failed assertion shows."""
+        lines = [
+            f"{key}: {ti['state']} (try {ti['try_number']})"
+            for key, ti in sorted(self.task_instances(run_id).items())
+        ]
+        for path in sorted((self.home / "logs").rglob("*.log")):
+            if run_id in str(path):
+                lines += [f"--- {path.relative_to(self.home)}", local_airflow.tail(path, 25)]
+        return "\n".join(lines)
+
+    def wait_for_run(self, run_id: str, *, timeout_s: float = 180) -> dict[str, Any]:
+        """Poll until the run has finished; return it."""
+
+        def finished() -> dict[str, Any] | None:
+            status, run = self.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}")
+            assert status == 200, run
+            return run if run["state"] in {"success", "failed"} else None
+
+        return dict(
+            self.deployment.wait_for(f"run {run_id} to finish", finished, timeout_s=timeout_s)
+        )
+
+
+STANDALONE_SETTINGS = {
+    "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
+    "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
+    "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "1",
+    "AIRFLOW__WINDOWS_BATCH__TASK_TIMEOUT_S": "300",
+    "AIRFLOW__WINDOWS_BATCH__RETRIES": "1",
+    "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "3",
+    "AIRFLOW__WINDOWS_BATCH__MAX_PARALLEL_TASKS": str(STANDALONE_MAX_PARALLEL_TASKS),
+    "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "api",
+}
+
+
+@contextmanager
+def standalone_on_ecs(
+    tmp: Path,
+    migrated_db: Path,
+    *,
+    settings: dict[str, str] | None = None,
+    **server_env: str,
+) -> Iterator[EcsAirflow]:
+    """`airflow standalone` running the DAG on a fresh moto ECS deployment; both stopped after.
+
+    The DAG gets mwaa.yaml's settings and the execution role's credentials (ecs_harness.py),
+    then STANDALONE_SETTINGS and `settings` (AIRFLOW__* overrides); `server_env` goes to the
+    moto server (e.g. MOTO_CONTAINER_STOP_TIMEOUT_S). The run note goes through this Airflow's
+    own REST API.
+    """
+    with ecs_harness.moto_ecs(tmp / "moto", **server_env) as deployment:
+        home = migrated_home(migrated_db, tmp / "home")
+        base = local_airflow.airflow_env(
+            home=home, port=local_airflow.free_port(), local_root=tmp / "buckets", parallelism=3
+        )
+        env = {**deployment.airflow_env(base), **STANDALONE_SETTINGS, **(settings or {})}
+        local_airflow.migrate(env)
+        with local_airflow.standalone(env, timeout_s=180) as url:
+            airflow = EcsAirflow(url=url, home=home, env=env, deployment=deployment)
+            deployment.wait_for(
+                "the DAG to be parsed",
+                lambda: airflow.api("GET", f"dags/{DAG_ID}")[0] == 200,
+                timeout_s=120,
+            )
+            yield airflow
+
+
+@pytest.fixture(scope="module")
+def ecs_airflow(
+    tmp_path_factory: pytest.TempPathFactory, migrated_db: Path
+) -> Iterator[EcsAirflow]:
+    """A real Airflow on the moto ECS deployment (standalone_on_ecs), shared by a module.
+
+    Simulations are capped at 2 at once (MAX_PARALLEL_TASKS) on a cluster with room for more.
+    """
+    with standalone_on_ecs(tmp_path_factory.mktemp("ecs-airflow"), migrated_db) as airflow:
+        yield airflow

@@ -8,7 +8,9 @@ test prepares, so each test gets a fresh Airflow configuration:
 LOGICAL_DATE (ISO 8601, optional) fixes the run id: manual__<LOGICAL_DATE>.
 
 The last stdout line is JSON: {"state": ..., "run_id": ..., "tasks": {"task_id[map_index]": state},
-"xcom": {...}}.
+"tries": {...}, "xcom": {...}}; or {"error": ...} (exit 0) when the run's params are refused
+before the run exists. Anything else that goes wrong (an import error, a crash in dag.test) exits
+nonzero with its traceback on stderr.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ def main() -> int:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models import TaskInstance
     from airflow.models.xcom import XComModel
+    from airflow.sdk.exceptions import ParamValidationError
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     bag = DagBag(dag_folder=str(REPO / "dags" / "windows_batch_compute_dag.py"))
     if bag.import_errors:
-        print(json.dumps({"import_errors": bag.import_errors}))
-        return 1
+        raise SystemExit(f"the DAG did not import: {bag.import_errors}")
     dag = bag.dags["windows-batch-compute-dag"]
     try:
         if logical_date:
@@ -43,7 +45,7 @@ def main() -> int:
             dr = dag.test(run_conf=conf, logical_date=when, run_after=when)
         else:
             dr = dag.test(run_conf=conf)
-    except Exception as exc:  # params refused before the run exists
+    except ParamValidationError as exc:  # params refused before the run exists
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 0
     with create_session() as session:

@@ -1,84 +1,252 @@
-"""A moto server on 127.0.0.1 that behaves enough like ECS + Auto Scaling for the DAG's tests.
+"""A moto server on 127.0.0.1 that runs what ECS would run, for the DAG's end-to-end tests.
 
-moto alone never lets an ECS task finish, has no ECS agent joining the cluster when the Auto
-Scaling group grows, and answers a RunTask it cannot place with an empty list. This launcher
-patches moto IN THE SERVER PROCESS and then serves:
+It serves the project's stacks as CloudFormation creates them (tests/cloudformation/moto_server.py
+corrects moto where our templates need it; this module adds what ECS, its agent and IAM do and
+moto does not), patched IN THE SERVER PROCESS:
 
-- Tasks run for MOTO_TASK_RUN_S seconds (RUNNING, desired RUNNING), then stop like a finished
-  container: task and container STOPPED, desired STOPPED, resources released, and an exit code
-  taken from the container command: `simulate ... --task-index I` exits 1 when I is in
-  MOTO_FAIL_TASK_INDEXES (comma-separated), `aggregate` exits 3 when that set is not empty
-  (or MOTO_AGGREGATE_EXIT if set).
-- Each RunTask writes one log line to `<MOTO_LOG_GROUP>/<prefix>/<container>/<task id>` (the
-  awslogs stream name), with the prefix from MOTO_LOG_STREAM_PREFIX.
-- The container instances of MOTO_CLUSTER follow the desired capacity of MOTO_ASG_NAME like
-  booting instances: each ListContainerInstances call registers at most one more instance;
-  scaling to 0 deregisters them all.
-- The first MOTO_RESOURCE_FAILURES RunTask calls place nothing and answer RESOURCE:CPU, like a
-  momentarily full cluster; a RunTask that finds no room also answers RESOURCE:CPU.
-- Every SetDesiredCapacity and RunTask is appended as a JSON line to MOTO_EVENT_LOG.
+- Containers run. RunTask places the task as moto does, then starts its container as a process
+  on this machine: the Linux image's entrypoint (docker/entrypoint.sh, `python -m bersim <args>`)
+  with the container command override, the image's ENV (docker/Dockerfile.linux), the container
+  definition's environment, AWS_ENDPOINT_URL pointing at this server, and credentials of the task
+  definition's task role (assumed like ECS's credential endpoint does). The task stays RUNNING
+  while the process runs; when it exits, the task and container are STOPPED with the process's
+  exit code (128 + signal when killed, as Docker reports it) and the task's resources are freed.
+  stdout and stderr go to the awslogs stream `<prefix>/<container>/<task id>` of the container's
+  log group. StopTask sends SIGTERM to the container's process group, then SIGKILL after
+  MOTO_CONTAINER_STOP_TIMEOUT_S (ECS_CONTAINER_STOP_TIMEOUT, 30 s by default on ECS).
+  Terminating an instance kills the containers on it and stops their tasks with ECS's reason
+  "Host EC2 (instance <id>) terminated.". MOTO_FREEZE_ON_PUT=<key suffix> pauses the container
+  that writes that key right after the write (a test's breakpoint, see freeze_caller).
+- The ECS agent: each Auto Scaling group whose launch template user data names a cluster
+  (`Initialize-ECSAgent -Cluster "<name>"`) gets container instances like booting instances:
+  each ListContainerInstances registers at most one more; scaling down deregisters them.
+- Placement: a RunTask that finds no room answers RESOURCE:CPU (moto answers an empty list);
+  MOTO_RESOURCE_FAILURES makes the first N RunTask calls answer so, like a momentarily full cluster.
+- CloudFormation's AWS::ECS::TaskDefinition keeps TaskRoleArn, ExecutionRoleArn, NetworkMode and
+  RequiresCompatibilities (moto drops them).
+- IAM. Once enforcement is on (POST /moto-api/reset-auth with 0, moto's own switch), moto checks
+  each request's signature and finds its identity (IAM user or assumed role); the permission check
+  is then tests/dags/iam_policy.py on the request's real resource ARNs and condition keys (moto
+  would compare every non-S3 call against "*" and ignore conditions), plus the iam:PassRole that
+  RunTask implies for the task definition's roles. A call without a resource mapping here is
+  judged on Resource "*" (so only a statement that allows every resource allows it) and logged
+  with "mapped": false. Every decision is appended as a JSON line to MOTO_IAM_LOG. Not evaluated:
+  bucket policies (moto's CloudFormation does not create AWS::S3::BucketPolicy; the calls are
+  taken as HTTPS, aws:SecureTransport true, as on AWS), the ECS agent's own calls, trust policies.
+
+Every SetDesiredCapacity, RunTask, StopTask, container start and exit is appended as a JSON line
+to MOTO_EVENT_LOG (with a wall-clock "t").
 
     python tests/dags/moto_ecs_server.py PORT      # prints "READY <port>" when serving
 """
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from moto.autoscaling.models import AutoScalingBackend
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ecs.models import EC2ContainerServiceBackend
-from moto.ecs.responses import EC2ContainerServiceResponse
-from moto.logs.models import logs_backends
-from moto.moto_api import state_manager
-from moto.server import ThreadedMotoServer
-
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+DOCKERFILE = REPO / "docker" / "Dockerfile.linux"
 REGION = os.environ.get("MOTO_REGION", "us-east-1")
-CLUSTER = os.environ.get("MOTO_CLUSTER", "windows-batch")
-ASG_NAME = os.environ.get("MOTO_ASG_NAME", "windows-batch")
-RUN_S = float(os.environ.get("MOTO_TASK_RUN_S", "1"))
-FAIL = {int(x) for x in os.environ.get("MOTO_FAIL_TASK_INDEXES", "").split(",") if x.strip()}
-LOG_GROUP = os.environ.get("MOTO_LOG_GROUP", "")
-LOG_STREAM_PREFIX = os.environ.get("MOTO_LOG_STREAM_PREFIX", "bersim")
+ACCOUNT = "123456789012"
 EVENT_LOG = os.environ.get("MOTO_EVENT_LOG", "")
-_lock = threading.Lock()
-_state: dict[str, Any] = {"resource_failures": int(os.environ.get("MOTO_RESOURCE_FAILURES", "0"))}
-_finished: set[str] = set()
+IAM_LOG = os.environ.get("MOTO_IAM_LOG", "")
+STOP_TIMEOUT_S = float(os.environ.get("MOTO_CONTAINER_STOP_TIMEOUT_S", "30"))
+FREEZE_ON_PUT = os.environ.get("MOTO_FREEZE_ON_PUT", "")
+# The container's PATH: the interpreter with bersim installed (the image's python) comes first.
+CONTAINER_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+_CLUSTER_IN_USER_DATA = re.compile(r'Initialize-ECSAgent\b[^\n]*-Cluster\s+"?([A-Za-z0-9_-]+)')
+_lock = threading.RLock()
+_state: dict[str, Any] = {
+    "resource_failures": int(os.environ.get("MOTO_RESOURCE_FAILURES", "0")),
+    "endpoint": "",
+}
 
-# Tasks stay where they are put (RUNNING, then STOPPED by us), never advanced by reads.
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cfn_moto = _load("moto_server", REPO / "tests" / "cloudformation" / "moto_server.py")
+iam_policy = _load("iam_policy", HERE / "iam_policy.py")
+
+from moto.autoscaling.models import AutoScalingBackend, autoscaling_backends  # noqa: E402
+from moto.core.responses import ActionResult  # noqa: E402
+from moto.core.utils import pascal_to_camelcase, remap_nested_keys  # noqa: E402
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
+from moto.ecs.models import EC2ContainerServiceBackend, TaskDefinition, ecs_backends  # noqa: E402
+from moto.ecs.responses import EC2ContainerServiceResponse  # noqa: E402
+from moto.iam.access_control import IAMPolicy, IAMRequestBase  # noqa: E402
+from moto.logs.models import logs_backends  # noqa: E402
+from moto.moto_api import state_manager  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+from moto.sts.models import sts_backends  # noqa: E402
+
+# Tasks stay where they are put (RUNNING, then STOPPED when their process ends), never advanced
+# by reads.
 state_manager.set_transition(
     model_name="ecs::task", transition={"progression": "manual", "times": 10**9}
 )
 
 
-def record(event: dict[str, Any]) -> None:
-    if EVENT_LOG:
-        with _lock, open(EVENT_LOG, "a") as out:
-            out.write(json.dumps(event) + "\n")
+def record(path: str, event: dict[str, Any]) -> None:
+    if path:
+        with _lock, open(path, "a") as out:
+            out.write(json.dumps({"t": time.time(), **event}, default=str) + "\n")
 
 
-def exit_code(command: list[str]) -> int:
-    if command and command[0] == "simulate" and "--task-index" in command:
-        return 1 if int(command[command.index("--task-index") + 1]) in FAIL else 0
-    if command and command[0] == "aggregate":
-        return int(os.environ.get("MOTO_AGGREGATE_EXIT", "3" if FAIL else "0"))
-    return 0
+def image_env() -> dict[str, str]:
+    """The ENV instructions of the Linux image (docker/Dockerfile.linux)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for token in shlex.split(line[4:]):
+                key, _, value = token.partition("=")
+                env[key] = value
+    return env
 
 
-def command_of(task: Any) -> list[str]:
-    for override in (task.overrides or {}).get("containerOverrides", []):
-        if override.get("command"):
-            return list(override["command"])
-    return []
+class Container:
+    """The process standing in for one task's (only) container."""
+
+    def __init__(self, backend: EC2ContainerServiceBackend, task: Any) -> None:
+        self.backend = backend
+        self.task = task
+        task_definition = backend.describe_task_definition(task.task_definition_arn)
+        definition = task_definition.container_definitions[0]
+        self.name = str(definition["name"])
+        override = next(
+            (
+                o
+                for o in (task.overrides or {}).get("containerOverrides", [])
+                if o.get("name") == self.name
+            ),
+            {},
+        )
+        self.command = [
+            str(a) for a in (override.get("command") or definition.get("command") or [])
+        ]
+        self.workdir = tempfile.mkdtemp(prefix="moto-container-")
+        env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", **image_env(), "HOME": self.workdir}
+        for item in [*definition.get("environment", []), *override.get("environment", [])]:
+            env[item["name"]] = item["value"]
+        env["AWS_ENDPOINT_URL"] = _state["endpoint"]
+        env.update(task_role_credentials(task_definition.task_role_arn, task.id))
+        options = (definition.get("logConfiguration") or {}).get("options") or {}
+        self.log_group = options.get("awslogs-group")
+        self.stream = f"{options.get('awslogs-stream-prefix')}/{self.name}/{task.id}"
+        if self.log_group:
+            logs = logs_backends[ACCOUNT][REGION]
+            # The awslogs driver creates the stream, not the group (awslogs-create-group: false).
+            if self.log_group in logs.groups:
+                logs.create_log_stream(self.log_group, self.stream)
+            else:
+                self.log_group = None
+        self.process = subprocess.Popen(
+            ["bash", str(ENTRYPOINT), *self.command],
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for container in task.containers:
+            container.last_status = "RUNNING"
+        record(
+            EVENT_LOG,
+            {
+                "op": "container_started",
+                "task_arn": task.task_arn,
+                "started_by": task.started_by,
+                "pid": self.process.pid,
+                "command": self.command,
+            },
+        )
+        threading.Thread(target=self._pump, name=f"container-{task.id}", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            message = raw.decode(errors="replace").rstrip("\r\n")
+            if message and self.log_group:
+                event = {"timestamp": int(time.time() * 1000), "message": message}
+                with _lock:
+                    logs_backends[ACCOUNT][REGION].put_log_events(
+                        self.log_group, self.stream, [event]
+                    )
+        code = self.process.wait()
+        exit_code = code if code >= 0 else 128 - code
+        with _lock:
+            reason = self.task.stopped_reason or "Essential container in task exited"
+            _original_stop_task(self.backend, self.task.cluster_arn, self.task.task_arn, reason)
+            for container in self.task.containers:
+                container.last_status = "STOPPED"
+                container.exitCode = exit_code
+            _containers.pop(self.task.task_arn, None)
+        record(
+            EVENT_LOG,
+            {"op": "container_exited", "task_arn": self.task.task_arn, "exit_code": exit_code},
+        )
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def signal(self, signum: int) -> None:
+        try:
+            if signum != signal.SIGKILL:
+                os.killpg(self.process.pid, signal.SIGCONT)  # a paused container stops too
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+_containers: dict[str, Container] = {}
+
+
+def task_role_credentials(role_arn: str | None, session: str) -> dict[str, str]:
+    """What ECS's credential endpoint gives a task: temporary credentials of its task role."""
+    if not role_arn:
+        return {}
+    assumed = sts_backends[ACCOUNT]["global"].assume_role(
+        region_name=REGION,
+        role_session_name=session,
+        role_arn=role_arn,
+        policy="",
+        duration=3600,
+        external_id="",
+    )
+    return {
+        "AWS_ACCESS_KEY_ID": assumed.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": assumed.secret_access_key,
+        "AWS_SESSION_TOKEN": assumed.session_token,
+    }
 
 
 _original_run_task = EC2ContainerServiceBackend.run_task
+_original_stop_task = EC2ContainerServiceBackend.stop_task
 
 
 def run_task(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> list[Any]:
@@ -86,70 +254,39 @@ def run_task(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> lis
         if _state["resource_failures"] > 0:
             _state["resource_failures"] -= 1
             return []
-    tasks = _original_run_task(self, *args, **kwargs)
-    for task in tasks:
-        task._bersim_stop_at = time.monotonic() + RUN_S  # type: ignore[attr-defined]
-        for container in task.containers:
-            container.last_status = "RUNNING"
-        if LOG_GROUP:
-            logs = logs_backends[DEFAULT_ACCOUNT_ID][REGION]
-            if LOG_GROUP not in logs.groups:
-                logs.create_log_group(LOG_GROUP, tags={})
-            name = task.containers[0].name
-            stream = f"{LOG_STREAM_PREFIX}/{name}/{task.task_arn.split('/')[-1]}"
-            logs.create_log_stream(LOG_GROUP, stream)
-            line = f"bersim (moto): {' '.join(command_of(task))}"
-            logs.put_log_events(
-                LOG_GROUP, stream, [{"timestamp": int(time.time() * 1000), "message": line}]
-            )
-    return tasks
+        tasks = _original_run_task(self, *args, **kwargs)
+        for task in tasks:
+            _containers[task.task_arn] = Container(self, task)
+        return tasks
 
 
-def finish_due_tasks(backend: EC2ContainerServiceBackend) -> None:
-    now = time.monotonic()
-    for cluster_tasks in backend.tasks.values():
-        for arn, task in list(cluster_tasks.items()):
-            stop_at = getattr(task, "_bersim_stop_at", None)
-            if stop_at is None or arn in _finished or now < stop_at:
-                continue
-            _finished.add(arn)
-            backend.stop_task(task.cluster_arn, arn, "Essential container in task exited")
-            code = exit_code(command_of(task))
-            for container in task.containers:
-                container.last_status = "STOPPED"
-                container.exitCode = code
-                container.exit_code = code  # type: ignore[attr-defined]
-
-
-_original_describe_tasks = EC2ContainerServiceBackend.describe_tasks
-
-
-def describe_tasks(self: EC2ContainerServiceBackend, cluster_str: str, tasks: list[str]) -> Any:
+def stop_task(
+    self: EC2ContainerServiceBackend, cluster_str: str, task_str: str, reason: str
+) -> Any:
+    """Like ECS: desired STOPPED now, SIGTERM, SIGKILL after the stop timeout; STOPPED on exit."""
     with _lock:
-        finish_due_tasks(self)
-    return _original_describe_tasks(self, cluster_str, tasks)
-
-
-_original_list_tasks = EC2ContainerServiceBackend.list_tasks
-
-
-def list_tasks(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> Any:
-    with _lock:
-        finish_due_tasks(self)
-    return _original_list_tasks(self, *args, **kwargs)
+        task_id = task_str.rsplit("/", maxsplit=1)[-1]
+        container = next((c for arn, c in _containers.items() if arn.endswith(task_id)), None)
+        record(EVENT_LOG, {"op": "stop_task", "task": task_str, "reason": reason})
+        if container is None or container.process.poll() is not None:
+            return _original_stop_task(self, cluster_str, task_str, reason)
+        container.task.desired_status = "STOPPED"
+        container.task.stopped_reason = reason
+        container.signal(signal.SIGTERM)
+        timer = threading.Timer(STOP_TIMEOUT_S, container.signal, args=(signal.SIGKILL,))
+        timer.daemon = True
+        timer.start()
+        return container.task
 
 
 def response_run_task(self: EC2ContainerServiceResponse) -> Any:
-    command: list[str] = []
-    container = None
-    for override in (self._get_param("overrides") or {}).get("containerOverrides", []):
-        command = list(override.get("command") or [])
-        container = override.get("name")
+    """RunTask's response with the RESOURCE:CPU failure ECS gives when nothing could be placed."""
+    overrides = self._get_param("overrides") or {}
     tasks = self.ecs_backend.run_task(
         self._get_param("cluster", "default"),
         self._get_param("taskDefinition"),
         self._get_int_param("count", 1),
-        self._get_param("overrides"),
+        overrides,
         self._get_param("startedBy"),
         self._get_param("tags"),
         self._get_param("launchType"),
@@ -158,22 +295,36 @@ def response_run_task(self: EC2ContainerServiceResponse) -> Any:
         self._get_param("platformVersion"),
         self._get_param("capacityProviderStrategy"),
     )
+    override = next(iter(overrides.get("containerOverrides", [])), {})
     record(
+        EVENT_LOG,
         {
             "op": "run_task",
             "cluster": self._get_param("cluster"),
             "taskDefinition": self._get_param("taskDefinition"),
             "launchType": self._get_param("launchType"),
             "startedBy": self._get_param("startedBy"),
-            "container": container,
-            "command": command,
+            "container": override.get("name"),
+            "command": list(override.get("command") or []),
             "placed": bool(tasks),
-        }
+            "task_arns": [t.task_arn for t in tasks],
+        },
     )
-    failures = [] if tasks else [{"arn": CLUSTER, "reason": "RESOURCE:CPU"}]
-    from moto.core.responses import ActionResult
-
+    cluster_arn = self.ecs_backend._get_cluster(self._get_param("cluster", "default")).arn
+    failures = [] if tasks else [{"arn": cluster_arn, "reason": "RESOURCE:CPU"}]
     return ActionResult({"tasks": tasks, "failures": failures})
+
+
+def cluster_of_group(group: Any) -> str | None:
+    """The cluster an Auto Scaling group's instances join: the one their user data names."""
+    user_data = group.user_data
+    if not user_data:
+        return None
+    text = (
+        user_data.decode() if hasattr(user_data, "decode") else base64.b64decode(user_data).decode()
+    )
+    found = _CLUSTER_IN_USER_DATA.search(text)
+    return found.group(1) if found else None
 
 
 _original_list_ci = EC2ContainerServiceBackend.list_container_instances
@@ -182,12 +333,11 @@ _original_list_ci = EC2ContainerServiceBackend.list_container_instances
 def list_container_instances(
     self: EC2ContainerServiceBackend, cluster_str: str, status: str | None = None
 ) -> list[str]:
-    """The ECS agent's part: instances join (one per call) or leave as the group changes."""
-    from moto.autoscaling.models import autoscaling_backends
-
-    group = autoscaling_backends[DEFAULT_ACCOUNT_ID][REGION].autoscaling_groups.get(ASG_NAME)
+    """The ECS agent's part: instances join (one per call) or leave as their group changes."""
     cluster_name = cluster_str.rsplit("/", maxsplit=1)[-1]
-    if group is not None and cluster_name == CLUSTER:
+    for group in autoscaling_backends[ACCOUNT][REGION].autoscaling_groups.values():
+        if cluster_of_group(group) != cluster_name:
+            continue
         with _lock:
             registered = self.container_instances.get(cluster_name, {})
             active = [ci for ci in registered.values() if ci.status == "ACTIVE"]
@@ -206,24 +356,276 @@ def list_container_instances(
     return _original_list_ci(self, cluster_str, status)
 
 
+_original_terminate = InstanceBackend.terminate_instances
+
+
+def terminate_instances(self: Any, instance_ids: list[str]) -> Any:
+    """A container instance's host going away stops its tasks, as ECS reports it."""
+    result = _original_terminate(self, instance_ids)
+    with _lock:
+        for container in list(_containers.values()):
+            task = container.task
+            registered = container.backend.container_instances.get(task.cluster_name, {})
+            host = registered.get(str(task.container_instance_arn).rsplit("/", maxsplit=1)[-1])
+            if host is not None and host.ec2_instance_id in instance_ids:
+                task.desired_status = "STOPPED"
+                task.stopped_reason = f"Host EC2 (instance {host.ec2_instance_id}) terminated."
+                container.signal(signal.SIGKILL)
+    return result
+
+
 _original_set_desired = AutoScalingBackend.set_desired_capacity
 
 
 def set_desired_capacity(self: AutoScalingBackend, group_name: str, desired: int | None) -> None:
-    record({"op": "set_desired_capacity", "group": group_name, "value": desired})
+    record(EVENT_LOG, {"op": "set_desired_capacity", "group": group_name, "value": desired})
     _original_set_desired(self, group_name, desired)
 
 
+def task_definition_from_cloudformation(
+    cls: Any,
+    resource_name: str,
+    cloudformation_json: Any,
+    account_id: str,
+    region_name: str,
+    **_: Any,
+) -> Any:
+    """AWS::ECS::TaskDefinition with the properties moto drops (roles, network mode)."""
+    properties = cloudformation_json["Properties"]
+    return ecs_backends[account_id][region_name].register_task_definition(
+        family=properties["Family"],
+        container_definitions=remap_nested_keys(
+            properties.get("ContainerDefinitions", []), pascal_to_camelcase
+        ),
+        network_mode=properties.get("NetworkMode"),
+        requires_compatibilities=properties.get("RequiresCompatibilities"),
+        cpu=properties.get("Cpu"),
+        memory=properties.get("Memory"),
+        task_role_arn=properties.get("TaskRoleArn"),
+        execution_role_arn=properties.get("ExecutionRoleArn"),
+    )
+
+
+def _arn(service: str, resource: str) -> str:
+    return f"arn:aws:{service}:{REGION}:{ACCOUNT}:{resource}"
+
+
+def _ecs_cluster_arn(cluster: str | None) -> str:
+    name = (cluster or "default").rsplit("/", maxsplit=1)[-1]
+    return _arn("ecs", f"cluster/{name}")
+
+
+def _ecs_child_arn(kind: str, cluster: str | None, ref: str) -> str:
+    if ref.startswith("arn:"):
+        return ref
+    name = (cluster or "default").rsplit("/", maxsplit=1)[-1]
+    return _arn("ecs", f"{kind}/{name}/{ref}")
+
+
+def _requests_ecs(action: str, body: dict[str, Any]) -> list[Any]:  # noqa: PLR0911 (one per call)
+    """ECS: resources and condition keys per the Service Authorization Reference."""
+    Request = iam_policy.Request
+    cluster = body.get("cluster")
+    context = {"ecs:cluster": _ecs_cluster_arn(cluster)}
+    if action == "RunTask":
+        backend = ecs_backends[ACCOUNT][REGION]
+        task_definition = backend.describe_task_definition(body["taskDefinition"])
+        found = [Request("ecs:RunTask", task_definition.arn, context)]
+        for role in (task_definition.task_role_arn, task_definition.execution_role_arn):
+            if role:
+                found.append(
+                    Request(
+                        "iam:PassRole", role, {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+                    )
+                )
+        if body.get("tags"):
+            found.append(
+                Request(
+                    "ecs:TagResource",
+                    _ecs_child_arn("task", cluster, "*"),
+                    {"ecs:CreateAction": "RunTask"},
+                )
+            )
+        return found
+    if action == "DescribeTasks":
+        return [
+            Request("ecs:DescribeTasks", _ecs_child_arn("task", cluster, t), context)
+            for t in body["tasks"]
+        ]
+    if action == "StopTask":
+        return [Request("ecs:StopTask", _ecs_child_arn("task", cluster, body["task"]), context)]
+    if action == "ListTasks":
+        return [Request("ecs:ListTasks", "*", context)]
+    if action == "ListContainerInstances":
+        return [Request("ecs:ListContainerInstances", _ecs_cluster_arn(cluster))]
+    if action == "DescribeContainerInstances":
+        return [
+            Request(
+                "ecs:DescribeContainerInstances",
+                _ecs_child_arn("container-instance", cluster, ci),
+                context,
+            )
+            for ci in body["containerInstances"]
+        ]
+    return []
+
+
+def _requests_autoscaling(action: str, form: dict[str, list[str]]) -> list[Any]:
+    Request = iam_policy.Request
+    if action in {"DescribeAutoScalingGroups", "DescribeScalingActivities"}:
+        return [Request(f"autoscaling:{action}", "*")]
+    if action in {"SetDesiredCapacity", "UpdateAutoScalingGroup"}:
+        name = form["AutoScalingGroupName"][0]
+        group = autoscaling_backends[ACCOUNT][REGION].autoscaling_groups.get(name)
+        arn = (
+            group.arn
+            if group is not None
+            else _arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/{name}")
+        )
+        return [Request(f"autoscaling:{action}", arn)]
+    return []
+
+
+def _requests_logs(action: str, body: dict[str, Any]) -> list[Any]:
+    Request = iam_policy.Request
+    group = body.get("logGroupName", "")
+    if action == "GetLogEvents":
+        stream = body.get("logStreamName", "")
+        return [
+            Request("logs:GetLogEvents", _arn("logs", f"log-group:{group}:log-stream:{stream}"))
+        ]
+    if action in {"FilterLogEvents", "DescribeLogStreams"}:
+        return [Request(f"logs:{action}", _arn("logs", f"log-group:{group}:*"))]
+    return []
+
+
+def _requests_s3(method: str, path: str) -> list[Any]:
+    """S3 REST calls (path-style, as boto3 addresses an IP endpoint) -> actions and ARNs."""
+    Request = iam_policy.Request
+    parsed = urllib.parse.urlparse(path)
+    query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
+    bucket, _, key = urllib.parse.unquote(parsed.path.lstrip("/")).partition("/")
+    if not bucket:
+        return []
+    if key:
+        if method in {"GET", "HEAD"} and not (set(query) - {"versionId", "partNumber"}):
+            return [Request("s3:GetObject", f"arn:aws:s3:::{bucket}/{key}")]
+        if method == "PUT" and not query:
+            return [Request("s3:PutObject", f"arn:aws:s3:::{bucket}/{key}")]
+        return []
+    context: dict[str, str] = {}
+    if "prefix" in query:
+        context["s3:prefix"] = query["prefix"][0]
+    if method == "HEAD" or (
+        method == "GET"
+        and set(query)
+        <= {
+            "list-type",
+            "prefix",
+            "max-keys",
+            "continuation-token",
+            "delimiter",
+            "start-after",
+            "encoding-type",
+        }
+    ):
+        return [Request("s3:ListBucket", f"arn:aws:s3:::{bucket}", context)]
+    return []
+
+
+def requests_of(iam_request: Any) -> list[Any]:
+    """The authorizations one request needs; [] when this module does not map the call."""
+    service, _, action = iam_request._action.partition(":")
+    body = iam_request._body or b""
+    if isinstance(body, str):
+        body = body.encode()
+    if service == "s3":
+        return _requests_s3(iam_request._method, iam_request._path)
+    if service == "ecs":
+        return _requests_ecs(action, json.loads(body or b"{}"))
+    if service == "logs":
+        return _requests_logs(action, json.loads(body or b"{}"))
+    if service == "autoscaling":
+        form = urllib.parse.parse_qs(body.decode()) or {
+            k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
+            for k, v in (iam_request._data or {}).items()
+        }
+        return _requests_autoscaling(action, form)
+    return []
+
+
+def _document(policy: Any) -> Any:
+    """A policy as collect_policies returns it: a managed Policy, JSON text or a parsed dict."""
+    if isinstance(policy, dict) and "Statement" in policy:
+        return policy
+    return IAMPolicy(policy)._policy_json
+
+
+def check_action_permitted(self: Any, resource: str) -> None:
+    """moto found the caller; now decide as IAM would (see the module docstring)."""
+    if self._action == "sts:GetCallerIdentity":  # AWS never denies it
+        return
+    statements = iam_policy.statements_of(_document(p) for p in self._access_key.collect_policies())
+    needed = requests_of(self)
+    mapped = bool(needed)
+    if not mapped:  # judged on "*": allowed only by a statement that allows any resource
+        needed = [iam_policy.Request(self._action, "*")]
+    allowed = True
+    for request in needed:
+        context = {"aws:SecureTransport": "true", **request.context}  # AWS callers use HTTPS
+        decision = iam_policy.evaluate(
+            statements, iam_policy.Request(request.action, request.resource, context)
+        )
+        allowed = allowed and decision == iam_policy.ALLOW
+        record(
+            IAM_LOG,
+            {
+                "principal": self._access_key.arn,
+                "call": self._action,
+                "action": request.action,
+                "resource": request.resource,
+                "context": request.context,
+                "mapped": mapped,
+                "decision": decision,
+            },
+        )
+    if not allowed:
+        self._raise_access_denied()
+    if FREEZE_ON_PUT and any(
+        r.action == "s3:PutObject" and r.resource.endswith(FREEZE_ON_PUT) for r in needed
+    ):
+        freeze_caller(self._access_key.arn)
+
+
+def freeze_caller(principal: str) -> None:
+    """Pause the container whose task role session made this call (its session is the task id).
+
+    The request itself completes: the container stays frozen before it sees the answer, so a test
+    can act between "the result is written" and "the container exits".
+    """
+    session = principal.rsplit("/", maxsplit=1)[-1]
+    with _lock:
+        for arn, container in _containers.items():
+            if arn.endswith(session):
+                os.killpg(container.process.pid, signal.SIGSTOP)
+                record(EVENT_LOG, {"op": "container_frozen", "task_arn": arn})
+
+
+InstanceBackend.terminate_instances = terminate_instances  # type: ignore[method-assign]
 EC2ContainerServiceBackend.run_task = run_task  # type: ignore[method-assign]
-EC2ContainerServiceBackend.describe_tasks = describe_tasks  # type: ignore[method-assign]
-EC2ContainerServiceBackend.list_tasks = list_tasks  # type: ignore[method-assign]
+EC2ContainerServiceBackend.stop_task = stop_task  # type: ignore[method-assign]
 EC2ContainerServiceBackend.list_container_instances = list_container_instances  # type: ignore[method-assign]
 EC2ContainerServiceResponse.run_task = response_run_task  # type: ignore[method-assign]
 AutoScalingBackend.set_desired_capacity = set_desired_capacity  # type: ignore[method-assign,assignment]
+TaskDefinition.create_from_cloudformation_json = classmethod(task_definition_from_cloudformation)  # type: ignore[method-assign,assignment]
+IAMRequestBase.check_action_permitted = check_action_permitted  # type: ignore[method-assign]
 
 
 def main() -> int:
     port = int(sys.argv[1])
+    _state["endpoint"] = f"http://127.0.0.1:{port}"
+    cfn_moto.apply_patches()
+    cfn_moto.seed_windows_ami(REGION)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     print(f"READY {port}", flush=True)
@@ -231,6 +633,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
+    with _lock:
+        for container in list(_containers.values()):
+            container.signal(signal.SIGKILL)
     server.stop()
     return 0
 
