@@ -346,14 +346,7 @@ class Usage:
         """`cluster: 4.9 instance-hours (spot c5.xlarge), about $0.71; boot 11 min, ...`."""
         if not self.instances:
             return "cluster: no instances found for this run"
-        if len(self.hours) == 1:
-            (purchase, instance_type), _ = next(iter(self.hours.items()))
-            kinds = f"{purchase} {instance_type}"
-        else:
-            kinds = ", ".join(
-                f"{_hours(h)} {purchase} {instance_type}"
-                for (purchase, instance_type), h in sorted(self.hours.items())
-            )
+        kinds = _kinds(self.hours)
         cost = "cost unknown" if self.cost_usd is None else f"about ${self.cost_usd:.2f}"
         if self.unpriced:
             cost += f" (no price for {', '.join(self.unpriced)})"
@@ -367,6 +360,14 @@ class Usage:
             f"{'' if self.tasks == 1 else 's'}, {_minutes(self.wall_s)} from the first launch "
             f"to the last termination; prices: {self.price_source}"
         )
+
+
+def _kinds(hours: Mapping[tuple[str, str], float]) -> str:
+    """`spot c5.xlarge` for one kind of instance, else `1.2 on-demand c5.xlarge, 3.4 spot ...`."""
+    used = sorted((key, h) for key, h in hours.items() if h > 0)
+    if len(used) == 1:
+        return " ".join(used[0][0])
+    return ", ".join(f"{_hours(h)} {purchase} {kind}" for (purchase, kind), h in used)
 
 
 def _hours(hours: float) -> str:
@@ -446,11 +447,7 @@ class Estimate:
 
     def line(self) -> str:
         """`estimate: 4 instances, about 29 min (boot 15 min, ...), 1.9 instance-hours ...`."""
-        kinds = ", ".join(
-            f"{_hours(h)} {purchase} {instance_type}"
-            for (purchase, instance_type), h in sorted(self.hours.items())
-            if h > 0
-        )
+        kinds = _kinds(self.hours)
         cost = "cost unknown" if self.cost_usd is None else f"about ${self.cost_usd:.2f}"
         return (
             f"estimate: {self.size} instance{'' if self.size == 1 else 's'}, about "
