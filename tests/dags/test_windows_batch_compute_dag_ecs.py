@@ -189,6 +189,12 @@ def test_scales_out_runs_every_planned_task_aggregates_and_scales_in(
     link = outcome["xcom"]["aggregate._link_ResultsPlotLink"]
     assert link.startswith(f"https://s3.console.aws.amazon.com/s3/object/{BUCKET}?region={REGION}&")
     assert "results.png" in link
+    # scale_in read the run's instances and tasks back and logged where the time went.
+    assert "cluster_size 2; estimate: 2 instances, about " in outcome["log"]
+    usage = [line for line in outcome["log"].splitlines() if "cluster: " in line]
+    assert usage, "scale_in logged no cluster line"
+    assert "instance-hours (on-demand c5.xlarge), about $" in usage[-1]
+    assert "; 2 instances, 7 tasks, " in usage[-1]
 
 
 def test_failed_simulations_still_scale_in_and_fail_the_run(
