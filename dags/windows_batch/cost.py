@@ -13,6 +13,7 @@ launch to its termination, is split into phases that add up to it exactly:
 The line gives the instance-hours by purchase option and type, the cost at the prices below,
 and the phases as a mean per instance:
 `cluster: 4.9 instance-hours (spot c5.xlarge), about $0.71; boot 11 min, pull 4 min, ...`.
+The run note holds at most 1000 characters (Airflow's limit): the line is kept whole there.
 
 Estimated, before scaling (`plan_tasks`). With n instances of `slots` tasks each:
     time = BOOT_S + PULL_S + makespan(task times over n x slots) + SCALE_IN_S
@@ -81,7 +82,7 @@ DEFAULT_ON_DEMAND_USD_PER_H: dict[str, float] = {
     "m6i.xlarge": 0.376,
 }
 """Windows On-Demand, us-east-1, 2025 (see the module docstring), USD per instance-hour."""
-PRICES_AS_OF = "us-east-1 list prices, 2025"
+PRICES_AS_OF = "us-east-1 2025 table"
 SPOT_PRODUCTS = ("Windows", "Windows (Amazon VPC)")
 _DESCRIBE_BATCH = 100
 _INSTANCE_ID = re.compile(r"\b(i-[0-9a-f]{8,17})\b")
@@ -196,7 +197,7 @@ class Prices:
     @property
     def source(self) -> str:
         if self.spot_source == "aws":
-            return f"Spot prices from DescribeSpotPriceHistory, on-demand {PRICES_AS_OF}"
+            return f"Spot now, on-demand {PRICES_AS_OF}"
         return PRICES_AS_OF
 
 
@@ -355,11 +356,21 @@ class Usage:
         )
         return (
             f"cluster: {_hours(self.instance_hours)} instance-hours ({kinds}), {cost}; "
-            f"{phases} (mean per instance); {self.instances} instance"
+            f"{phases} per instance; {self.instances} instance"
             f"{'' if self.instances == 1 else 's'}, {self.tasks} task"
-            f"{'' if self.tasks == 1 else 's'}, {_minutes(self.wall_s)} from the first launch "
-            f"to the last termination; prices: {self.price_source}"
+            f"{'' if self.tasks == 1 else 's'}, {_minutes(self.wall_s)} in all; "
+            f"prices: {self.price_source}"
         )
+
+
+def append_to_note(before: str, line: str, *, limit: int) -> str:
+    """`before`, a blank line and `line`, in at most `limit` characters: `before` is shortened."""
+    if not before:
+        return line[:limit]
+    room = limit - len(line) - 2
+    if len(before) > room:
+        before = before[: max(0, room - 1)] + "…"
+    return f"{before}\n\n{line}"[-limit:]
 
 
 def _kinds(hours: Mapping[tuple[str, str], float]) -> str:
@@ -518,9 +529,9 @@ class Sizing:
         if self.requested != AUTO or self.fastest is None:
             return f"cluster_size {self.size}; {self.chosen.line()}"
         return (
-            f"cluster_size auto -> {self.size} (the cheapest size within {self.slowdown:g}x "
-            f"of the fastest, {self.fastest.size} instances in about "
-            f"{_minutes(self.fastest.wall_s)}); {self.chosen.line()}"
+            f"cluster_size auto -> {self.size} (cheapest within {self.slowdown:g}x of the "
+            f"fastest: {self.fastest.size} in {_minutes(self.fastest.wall_s)}); "
+            f"{self.chosen.line()}"
         )
 
 

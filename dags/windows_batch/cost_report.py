@@ -170,12 +170,12 @@ def report_usage(settings: Settings, context: Mapping[str, Any]) -> str | None:
 def _add_to_note(settings: Settings, context: Mapping[str, Any], line: str) -> None:
     if settings.run_note == "off":
         return
-    from windows_batch.results import set_run_note  # noqa: PLC0415
+    from windows_batch.results import MAX_NOTE_CHARS, set_run_note  # noqa: PLC0415
 
     ti = context["ti"]
     before = ti.xcom_pull(task_ids="aggregate", key=RUN_NOTE_KEY)
     if not before:
         before = ti.xcom_pull(task_ids="plan_tasks", key=ESTIMATE_KEY) or ""
-    note = f"{before}\n\n{line}" if before else line
+    note = cost.append_to_note(before, line, limit=MAX_NOTE_CHARS)
     if set_run_note(settings, dag_id=ti.dag_id, run_id=ti.run_id, note=note):
         log.info("Run note updated with the cluster's time and cost")

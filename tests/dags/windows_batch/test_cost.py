@@ -23,30 +23,30 @@ CI_A = f"arn:aws:ecs:us-east-1:123456789012:container-instance/{CLUSTER}/aaaa"
 CI_B = f"arn:aws:ecs:us-east-1:123456789012:container-instance/{CLUSTER}/bbbb"
 TASKS = [f"arn:aws:ecs:us-east-1:123456789012:task/{CLUSTER}/t{i}" for i in (1, 2, 3)]
 
-# Instance A (Spot) boots 630 s, its two tasks pull together, then run; B (on-demand) starts a
-# minute later, boots 660 s, runs one task. The group scales both in at +1500 s.
+# Instance A (Spot) boots 630 s; its two tasks pull together, the first one starts while the
+# second still pulls (that counts as compute); B (on-demand) starts a minute later, boots 660 s,
+# runs one task. The group scales both in at +1500 s.
 INSTANCES = [
     cost.InstanceSpan(A, "c5.xlarge", "spot", T0, T0 + 630, T0 + 1500, T0 + 1620),
     cost.InstanceSpan(B, "c5.xlarge", "on-demand", T0 + 60, T0 + 720, T0 + 1500, T0 + 1560),
 ]
 TIMES = [  # (instance, pullStartedAt, pullStoppedAt, startedAt, stoppedAt), seconds after T0
-    (A, 640, 880, 890, 1030),
+    (A, 640, 800, 810, 1030),
     (A, 642, 882, 890, 1130),
     (B, 730, 970, 975, 1275),
 ]
 SPANS = [cost.TaskSpan(i, T0 + ps, T0 + pe, T0 + s, T0 + e) for i, ps, pe, s, e in TIMES]
 EXPECTED_LINE = (
     "cluster: 0.87 instance-hours (0.42 on-demand c5.xlarge, 0.45 spot c5.xlarge), about "
-    "$0.26; boot 11 min, pull 4.0 min, compute 4.5 min, idle 5.2 min, scale-in 1.5 min (mean "
-    "per instance); 2 instances, 3 tasks, 27 min from the first launch to the last "
-    "termination; prices: us-east-1 list prices, 2025"
+    "$0.26; boot 11 min, pull 3.4 min, compute 5.2 min, idle 5.2 min, scale-in 1.5 min per "
+    "instance; 2 instances, 3 tasks, 27 min in all; prices: us-east-1 2025 table"
 )
 TABLE = cost.CostSettings()
 
 
 def test_each_instance_s_life_splits_into_phases_that_add_up_to_it() -> None:
     a = cost.instance_phases(INSTANCES[0], SPANS, now=T0 + 9999)
-    assert a == {"boot": 630, "pull": 242, "compute": 240, "idle": 388, "scale-in": 120}
+    assert a == {"boot": 630, "pull": 170, "compute": 320, "idle": 380, "scale-in": 120}
     b = cost.instance_phases(INSTANCES[1], SPANS, now=T0 + 9999)
     assert b == {"boot": 660, "pull": 240, "compute": 300, "idle": 240, "scale-in": 60}
     assert sum(a.values()) == 1620
@@ -62,6 +62,13 @@ def test_the_phase_and_cost_line_of_a_known_timeline() -> None:
         ("on-demand", "c5.xlarge"): pytest.approx(1500 / 3600),
     }
     assert used.line() == EXPECTED_LINE
+
+
+def test_the_line_is_kept_whole_in_a_full_note() -> None:
+    note = cost.append_to_note("x" * 990, EXPECTED_LINE, limit=1000)
+    assert len(note) == 1000
+    assert note.endswith("…\n\n" + EXPECTED_LINE)
+    assert cost.append_to_note("short", "line", limit=1000) == "short\n\nline"
 
 
 def test_an_instance_still_running_counts_until_now_and_a_short_one_bills_a_minute() -> None:
@@ -314,7 +321,7 @@ def test_the_estimate_for_a_given_size_adds_boot_pull_compute_and_scale_in() -> 
     assert found.line() == (
         "estimate: 2 instances, about 18 min (boot 10 min, pull 4.0 min, compute 3.3 min, "
         "scale-in 1.0 min), 0.61 instance-hours (on-demand c5.xlarge), about $0.22; "
-        "prices: us-east-1 list prices, 2025"
+        "prices: us-east-1 2025 table"
     )
 
 
@@ -371,7 +378,7 @@ def test_auto_takes_the_cheapest_size_within_the_factor_of_the_fastest(
     cheaper = [e for e in every if e.cost_usd is not None and e.cost_usd < sizing.chosen.cost_usd]
     assert all(e.wall_s > 1.25 * fastest for e in cheaper)
     assert 1 < sizing.size < 10  # neither extreme: boot time is shared, compute is not
-    assert sizing.line().startswith(f"cluster_size auto -> {sizing.size} (the cheapest size ")
+    assert sizing.line().startswith(f"cluster_size auto -> {sizing.size} (cheapest within 1.25x")
 
 
 def test_auto_never_starts_more_instances_than_the_tasks_can_fill() -> None:
