@@ -226,6 +226,8 @@ def spot_prices(ec2: Any, instance_types: Iterable[str], *, now: datetime) -> di
     )
     for page in pages:
         for entry in page.get("SpotPriceHistory", []):
+            if entry.get("ProductDescription") not in SPOT_PRODUCTS:
+                continue  # Linux prices are about half: never let one through
             key = (str(entry["InstanceType"]), str(entry.get("AvailabilityZone", "")))
             stamp, price = entry["Timestamp"], float(entry["SpotPrice"])
             if key not in latest or stamp > latest[key][0]:

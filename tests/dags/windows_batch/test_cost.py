@@ -272,6 +272,7 @@ def test_spot_prices_are_the_windows_prices_in_effect_now_averaged_over_zones(
                 entry("us-east-1a", "0.2400", -600),
                 entry("us-east-1a", "0.2600", -60),  # the later change is the one in effect
                 entry("us-east-1b", "0.2200", -3600),
+                {**entry("us-east-1c", "0.0700", -60), "ProductDescription": "Linux/UNIX"},
             ]
         },
         {
@@ -429,3 +430,46 @@ def test_settings_read_prices_and_refuse_bad_values_naming_the_key() -> None:
             cost.load_cost_settings({f"AIRFLOW__WINDOWS_BATCH__{key}": value}, backend="ecs")
     assert math.isclose(cost.CostSettings().spot_price_fraction, 0.7)
     assert timedelta(seconds=cost.CostSettings().boot_s) == timedelta(minutes=15)
+
+
+@pytest.mark.parametrize(
+    ("source", "answer", "expected"),
+    [
+        pytest.param("aws", {"SpotPrice": "0.2500"}, 0.25, id="aws-answers"),
+        pytest.param("aws", "UnauthorizedOperation", 0.7 * 0.354, id="not-allowed-table"),
+        pytest.param("table", None, 0.7 * 0.354, id="table-only"),
+    ],
+)
+def test_the_estimate_asks_aws_for_spot_prices_and_falls_back_to_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+    ec2: tuple[Any, Stubber],
+    source: str,
+    answer: Any,
+    expected: float,
+) -> None:
+    from windows_batch import cost_report
+    from windows_batch import settings as settings_mod
+
+    client, stub = ec2
+    if isinstance(answer, dict):
+        entry = {
+            "AvailabilityZone": "us-east-1a",
+            "InstanceType": "c5.xlarge",
+            "ProductDescription": "Windows",
+            "Timestamp": at(0),
+            **answer,
+        }
+        stub.add_response("describe_spot_price_history", {"SpotPriceHistory": [entry]})
+    elif answer:
+        stub.add_client_error("describe_spot_price_history", service_error_code=answer)
+    monkeypatch.setattr(cost_report, "_client", lambda *_a, **_k: client)
+    settings = settings_mod.load(
+        {
+            "AIRFLOW__WINDOWS_BATCH__PURCHASE_OPTION": "spot",
+            "AIRFLOW__WINDOWS_BATCH__PRICE_SOURCE": source,
+        }
+    )
+    sizing = cost_report.plan_estimate(settings, task_s=[60.0] * 8, requested=2)
+    hours = sizing.chosen.instance_hours
+    assert sizing.chosen.cost_usd == pytest.approx(hours * expected)
+    assert ("Spot now" in sizing.line()) is (source == "aws" and isinstance(answer, dict))
