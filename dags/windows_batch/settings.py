@@ -81,11 +81,6 @@ class Settings:
     cost: CostSettings
 
     @property
-    def default_cluster_size(self) -> int:
-        """The form's default number of instances: 6, or fewer if the group allows fewer."""
-        return min(6, self.max_cluster_size)
-
-    @property
     def log_stream_prefix_for_operator(self) -> str:
         """`awslogs_stream_prefix` as EcsRunTaskOperator wants it: `<prefix>/<container>`.
 
