@@ -25,6 +25,7 @@ from airflow.sdk import TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from windows_batch.cluster import ADAPTIVE_RETRIES, ScaleInSensor, ScaleOutSensor
+from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
 from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
 from windows_batch.results import PublishResultsMixin
 
@@ -171,7 +172,7 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
 def scale_out(settings: Settings) -> BaseOperator:
     return ScaleOutSensor(
         task_id="scale_out",
-        desired="{{ params.cluster_size }}",
+        desired=CLUSTER_SIZE_TEMPLATE,
         timeout_s="{{ params.scale_out_timeout_s }}",
         settings=settings,
     )

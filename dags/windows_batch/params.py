@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from windows_batch.cost import AUTO
 from windows_batch.plan import ALLOCATIONS, SEED_MAX, Study
 from windows_batch.settings import Settings
 
@@ -81,6 +82,27 @@ def whole_range(low: int, high: int) -> dict[str, Any]:
     a message that names the field ("Invalid input for param num_tasks: ...").
     """
     return {"type": "integer", "exclusiveMinimum": low - 1, "exclusiveMaximum": high + 1}
+
+
+def cluster_size_schema(settings: Settings) -> dict[str, Any]:
+    """JSON schema of cluster_size: "auto" or a whole number from 1 to the group's maximum.
+
+    A list of choices renders as a drop-down in Airflow 3.3's form, which submits the chosen
+    entry with its JSON type (the number 4, the string "auto"); a number input could not take
+    "auto", and a free-text field of two types would be a six-line text box.
+    """
+    choices: list[Any] = [AUTO, *range(1, settings.max_cluster_size + 1)]
+    return {
+        "type": ["string", "integer"],
+        "enum": choices,
+        "values_display": {
+            AUTO: f"auto (cheapest within {settings.cost.auto_slowdown:g}x of the fastest)",
+            **{
+                str(n): f"{n} ({n * settings.slots_per_instance} tasks at a time)"
+                for n in choices[1:]
+            },
+        },
+    }
 
 
 class StudyError(ValueError):
@@ -184,13 +206,16 @@ def form(settings: Settings) -> dict[str, Param]:
             section=SECTION_PRECISION,
         ),
         "cluster_size": Param(
-            settings.default_cluster_size,
-            **whole_range(1, settings.max_cluster_size),
+            AUTO,
+            **cluster_size_schema(settings),
             title="Cluster size (instances)",
             description=(
-                f"Windows instances started for this run (1 to {settings.max_cluster_size}); "
-                f"each runs {settings.slots_per_instance} tasks at a time. They are stopped "
-                "again at the end, whatever happened."
+                f"Windows instances started for this run: auto, or 1 to "
+                f"{settings.max_cluster_size}; each runs {settings.slots_per_instance} tasks at "
+                f"a time. auto takes the size with the lowest estimated cost among those "
+                f"finishing within {settings.cost.auto_slowdown:g}x the fastest size's time "
+                "(plan_tasks logs the estimate). They are stopped again at the end, whatever "
+                "happened."
             ),
             section=SECTION_ADVANCED,
         ),
@@ -337,8 +362,8 @@ def validate_study(
     *,
     conf: Mapping[str, Any] | None = None,
     max_cluster_size: int = 1000,
-) -> tuple[Study, int]:
-    """Check the trigger input; return the Study and the cluster size, or raise StudyError.
+) -> tuple[Study, int | str]:
+    """Check the trigger input; return the Study and the cluster size (or "auto"), or raise.
 
     params: the run's params (form defaults merged with the trigger's conf);
     conf: the trigger's conf as given, checked for unknown (misspelt) fields.
@@ -366,7 +391,13 @@ def validate_study(
             "allocation", f"{allocation!r} is not one of {', '.join(repr(a) for a in ALLOCATIONS)}"
         )
     seed = _whole(params, "seed", *WHOLE_BOUNDS["seed"])
-    cluster_size = _whole(params, "cluster_size", 1, max_cluster_size)
+    cluster_size: int | str = AUTO
+    if params.get("cluster_size") != AUTO:
+        if isinstance(params.get("cluster_size"), str):
+            raise StudyError(
+                "cluster_size", f"{params['cluster_size']!r}: use auto or a whole number"
+            )
+        cluster_size = _whole(params, "cluster_size", 1, max_cluster_size)
     for field in ("scale_out_timeout_s", "scale_in_timeout_s"):
         _whole(params, field, *WHOLE_BOUNDS[field])
     task_prefix = _prefix(params, "s3_prefix_task_results")

@@ -295,6 +295,11 @@ class PublishResultsMixin:
             else png
         )
         note = note_text(link=link, location=location, summary=summary, partial=partial)
+        # The estimate plan_tasks made; scale_in appends the measured time and cost to this note.
+        estimate = context["ti"].xcom_pull(task_ids="plan_tasks", key="cost_estimate")
+        if estimate:
+            note += f"\n\n{estimate}"
+        context["ti"].xcom_push(key="run_note", value=note)
         if self.settings.run_note != "off" and set_run_note(
             self.settings, dag_id=dag_id, run_id=run_id, note=note
         ):

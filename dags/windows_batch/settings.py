@@ -28,6 +28,8 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - RUN_NOTE [off; local: api]: how `aggregate` sets the run note: `api` (this Airflow's REST
   API at AIRFLOW__API__BASE_URL), `mwaa` (mwaa:InvokeRestApi), `off`.
 - MWAA_ENVIRONMENT [empty]: the MWAA environment's name, for RUN_NOTE=mwaa.
+- Cost and estimate (INSTANCE_TYPES, PURCHASE_OPTION, PRICES, BOOT_S, PULL_S, ...): see
+  windows_batch/cost.py, which reads them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from windows_batch.cost import CostSettings, CostSettingsError, load_cost_settings
 
 PREFIX = "AIRFLOW__WINDOWS_BATCH__"
 BACKENDS = ("ecs", "local")
@@ -74,11 +78,7 @@ class Settings:
     retry_delay_s: int
     run_note: str
     mwaa_environment: str
-
-    @property
-    def default_cluster_size(self) -> int:
-        """The form's default number of instances: 6, or fewer if the group allows fewer."""
-        return min(6, self.max_cluster_size)
+    cost: CostSettings
 
     @property
     def log_stream_prefix_for_operator(self) -> str:
@@ -146,4 +146,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         retry_delay_s=_int(env, "RETRY_DELAY_S", 60, low=0, high=24 * 3600),
         run_note=run_note,
         mwaa_environment=_str(env, "MWAA_ENVIRONMENT", ""),
+        cost=_cost(env, backend),
     )
+
+
+def _cost(env: Mapping[str, str], backend: str) -> CostSettings:
+    try:
+        return load_cost_settings(env, backend=backend)
+    except CostSettingsError as exc:
+        raise SettingsError(str(exc)) from None

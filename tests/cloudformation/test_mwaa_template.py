@@ -22,6 +22,8 @@ RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
     "cloudwatch:PutMetricData": None,  # no resource type
     "autoscaling:DescribeAutoScalingGroups": None,  # Describe* take no resource
     "autoscaling:DescribeScalingActivities": None,  # Describe* take no resource
+    "ec2:DescribeInstances": None,  # EC2 Describe* take no resource
+    "ec2:DescribeSpotPriceHistory": None,  # EC2 Describe* take no resource
     "ecs:ListTasks": "ecs:cluster",  # takes no cluster ARN as resource: pinned by condition
 }
 # Partial wildcards: only the read-only set the MWAA user guide documents for the environment's

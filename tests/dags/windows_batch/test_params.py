@@ -44,6 +44,9 @@ SCHEMA_REFUSALS = [
     pytest.param({"target_errors": -1}, "target_errors", id="negative-target"),
     pytest.param({"cluster_size": 9}, "cluster_size", id="cluster-above-max"),
     pytest.param({"cluster_size": 0}, "cluster_size", id="cluster-zero"),
+    pytest.param({"cluster_size": "big"}, "cluster_size", id="cluster-other-string"),
+    pytest.param({"cluster_size": "4"}, "cluster_size", id="cluster-number-as-string"),
+    pytest.param({"cluster_size": 2.5}, "cluster_size", id="cluster-fractional"),
     pytest.param({"num_tasks": 1025}, "num_tasks", id="too-many-tasks"),
     pytest.param({"seed": -1}, "seed", id="negative-seed"),
     pytest.param({"s3_prefix_task_results": "/sim//x/"}, "s3_prefix_task_results", id="bad-prefix"),
@@ -92,8 +95,10 @@ def test_form_input_types() -> None:
     assert fields["allocation"].schema["enum"] == ["adaptive", "equal"]
     assert set(fields["allocation"].schema["values_display"]) == {"adaptive", "equal"}
     assert fields["s3_bucket"].value == "my-results"
-    assert fields["cluster_size"].value == 6
-    assert fields["cluster_size"].schema["exclusiveMaximum"] == 9
+    # cluster_size: a drop-down of auto and 1..MAX_CLUSTER_SIZE, submitted with its JSON type.
+    assert fields["cluster_size"].value == "auto"
+    assert fields["cluster_size"].schema["enum"] == ["auto", *range(1, 9)]
+    assert set(fields["cluster_size"].schema["values_display"]) == {"auto", *map(str, range(1, 9))}
     # No plain minimum/maximum on whole numbers: the UI would clamp instead of refusing.
     for name, param in fields.items():
         if param.schema.get("type") == "integer":
@@ -105,7 +110,13 @@ def test_defaults_are_valid() -> None:
     study, cluster = validate_study(params_with({}), conf={})
     assert study.num_tasks == 200
     assert study.ebn0_db == (0, 2, 4, 6, 8, 10, 11, 12)
-    assert cluster == 6
+    assert cluster == "auto"
+
+
+@pytest.mark.parametrize("size", ["auto", 1, 4, 8], ids=str)
+def test_cluster_size_takes_auto_or_a_whole_number(size: int | str) -> None:
+    _, cluster = validate_study(params_with({"cluster_size": size}), conf={"cluster_size": size})
+    assert cluster == size
 
 
 @pytest.mark.parametrize(("conf", "field"), SCHEMA_REFUSALS)
