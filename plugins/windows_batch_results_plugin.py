@@ -8,6 +8,7 @@ which embeds the app's page for that run (the UI fills in {DAG_ID} and {RUN_ID})
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
+
 from windows_batch_results.app import URL_PREFIX, VIEW, create_app
 
 

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from windows_batch_results.app import URL_PREFIX, create_app
-from windows_batch_results.render import number
-from windows_batch_results.store import LocalStore, S3Store
 
 from bersim.aggregate import run_aggregate
 from bersim.result import TaskResult
 from bersim.storage import Location, Storage
+from windows_batch_results.app import URL_PREFIX, create_app
+from windows_batch_results.render import number
+from windows_batch_results.store import LocalStore, S3Store
 
 if TYPE_CHECKING:
     from .conftest import Airflow
@@ -319,9 +319,8 @@ def test_s3_through_s3hook(
 
 def test_the_run_note_links_to_this_view() -> None:
     """The note's link (dags/windows_batch/results.py) is the tab this plugin registers."""
-    from windows_batch_results.app import VIEW
-
     from windows_batch import results
+    from windows_batch_results.app import VIEW
 
     assert VIEW["destination"] == "dag_run"
     assert VIEW["url_route"] == results.RESULTS_VIEW_ROUTE
