@@ -41,7 +41,9 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
 ) -> None:
     project = helpers.copy_project(tmp_path)
     env = helpers.aws_env(moto_url, tmp_path)
-    deployed = helpers.run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    deployed = helpers.run(
+        project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--build-image"
+    )
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
 
     cloudformation = helpers.client("cloudformation", moto_url)
