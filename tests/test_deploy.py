@@ -23,6 +23,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
+# The AWS CLI v1 has its own venv (scripts/bootstrap.sh): it cannot share MWAA's pins.
+AWSCLI_BIN = REPO / ".venv-awscli" / "bin"
 REGION = "us-east-1"
 PREFIX = "wbc"
 LAYERS = ("storage", "network", "image", "ecs")
@@ -48,10 +50,10 @@ def copy_project(destination: Path) -> Path:
 
 
 def aws_env(endpoint: str | None, home: Path) -> dict[str, str]:
-    """Fake credentials, no user AWS config, the venv's AWS CLI v1 first on PATH."""
+    """Fake credentials, no user AWS config, the AWS CLI v1 of .venv-awscli first on PATH."""
     (home / "aws-config").write_text("")
     env = {
-        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "PATH": f"{AWSCLI_BIN}:{VENV_BIN}:/usr/bin:/bin",
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -61,6 +63,7 @@ def aws_env(endpoint: str | None, home: Path) -> dict[str, str]:
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-config"),
         "AWS_EC2_METADATA_DISABLED": "true",
         "DEPLOY_BUILD_POLL_SECONDS": "0.2",
+        "DESTROY_POLL_SECONDS": "0.2",
     }
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint

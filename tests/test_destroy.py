@@ -1,4 +1,5 @@
-"""destroy.sh against a moto server: asks first, empties every object version, deletes in order.
+"""destroy.sh against a moto server: asks first, empties every object version, deletes in order,
+drains the cluster before its stack goes, and removes the log groups ECS creates itself.
 
 The stacks come from deploy.sh `--skip mwaa` (moto cannot create the MWAA environment).
 """
@@ -6,6 +7,7 @@ The stacks come from deploy.sh `--skip mwaa` (moto cannot create the MWAA enviro
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,37 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
         s3.put_object(
             Bucket=results_bucket, Key=f"sim/task_results/r/task-{index:05d}.json", Body=b"{}"
         )
+    # A container instance still registered (its instance going away), as ECS leaves it for a
+    # while after the group terminates the instance; and Container Insights' own log group.
+    ecs_outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in cloudformation.describe_stacks(StackName=f"{PREFIX}-ecs")["Stacks"][0]["Outputs"]
+    }
+    cluster = ecs_outputs["ClusterName"]
+    helpers.client("autoscaling", moto_url).set_desired_capacity(
+        AutoScalingGroupName=ecs_outputs["AutoScalingGroupName"], DesiredCapacity=1
+    )
+    instance = helpers.client("ec2", moto_url).describe_instances(
+        InstanceIds=helpers.running_instances(moto_url)[:1]
+    )["Reservations"][0]["Instances"][0]
+    zone = instance["Placement"]["AvailabilityZone"]
+    # The instance identity document the agent sends (what moto's register reads from it).
+    document = {
+        "instanceId": instance["InstanceId"],
+        "instanceType": instance["InstanceType"],
+        "imageId": instance["ImageId"],
+        "availabilityZone": zone,
+        "region": zone[:-1],
+        "privateIp": instance.get("PrivateIpAddress"),
+        "accountId": "123456789012",
+        "architecture": "x86_64",
+    }
+    helpers.client("ecs", moto_url).register_container_instance(
+        cluster=cluster, instanceIdentityDocument=json.dumps(document)
+    )
+    insights = f"/aws/ecs/containerinsights/{cluster}/performance"
+    logs = helpers.client("logs", moto_url)
+    logs.create_log_group(logGroupName=insights)
     listed = s3.list_object_versions(Bucket=mwaa_bucket)
     assert len(listed["DeleteMarkers"]) == 1
     expected = {f"{PREFIX}-{layer}" for layer in helpers.LAYERS}
@@ -84,6 +117,10 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
     for bucket in (mwaa_bucket, results_bucket, storage["AccessLogsBucketName"]):
         with pytest.raises(ClientError, match=r"NoSuchBucket|Not Found|404"):
             s3.head_bucket(Bucket=bucket)
+
+    assert "deregistered " in destroyed.stdout
+    assert logs.describe_log_groups(logGroupNamePrefix=insights)["logGroups"] == []
+    assert helpers.running_instances(moto_url) == []
 
     again = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
     assert again.returncode == 0

@@ -16,6 +16,10 @@ AWS there in three ways this module corrects, in the server process only:
 - `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned), and
   `AWS::ECR::Repository` ignores `EmptyOnDelete` (deleting the stack of a repository with images
   then fails).
+- A stack's AWS::ECS::Cluster is never deleted with the stack; AWS deletes it, and refuses while
+  container instances are still registered (ClusterContainsContainerInstancesException). A
+  resource that cannot be deleted makes DeleteStack raise; AWS accepts the call and the stack
+  ends in DELETE_FAILED.
 - Deleting a stack leaves its route tables, NAT gateways, gateway endpoints, internet gateway and
   flow logs in place (their models cannot be deleted through CloudFormation), so its VPC cannot
   be deleted. Deleting the VPC here first deletes what CloudFormation would have deleted before.
@@ -94,8 +98,54 @@ def apply_patches() -> None:
     _patch_bucket_versioning()
     _patch_repository_empty_on_delete()
     _patch_vpc_deletion()
+    _patch_cluster_deletion()
     _patch_service_quotas()
     _patch_build_host()
+
+
+def _patch_cluster_deletion() -> None:
+    from moto.cloudformation.models import CloudFormationBackend
+    from moto.ecs.exceptions import ECSException
+    from moto.ecs.models import Cluster, EC2ContainerServiceBackend, ecs_backends
+
+    delete_cluster = EC2ContainerServiceBackend.delete_cluster
+    delete_stack = CloudFormationBackend.delete_stack
+
+    def delete_with_the_stack(self: Any, account_id: str, region_name: str) -> None:
+        ecs_backends[account_id][region_name].delete_cluster(self.name)
+
+    def delete_or_fail(self: Any, name_or_stack_id: str) -> None:
+        stacks = [
+            stack
+            for stack in self.stacks.values()
+            if name_or_stack_id in (stack.stack_id, stack.name)
+        ]
+        try:
+            delete_stack(self, name_or_stack_id)
+        except Exception as error:
+            for stack in stacks:
+                self.stacks[stack.stack_id] = stack
+                self.deleted_stacks.pop(stack.stack_id, None)
+                stack.status = "DELETE_FAILED"
+                stack._add_stack_event("DELETE_FAILED", resource_status_reason=str(error))
+
+    def delete_only_an_empty_cluster(self: Any, cluster_str: str) -> Any:
+        cluster = self._get_cluster(cluster_str)
+        registered = [
+            instance
+            for instance in self.container_instances.get(cluster.name, {}).values()
+            if instance.status in ("ACTIVE", "DRAINING")
+        ]
+        if registered:
+            raise ECSException(
+                "ClusterContainsContainerInstancesException",
+                "The Cluster cannot be deleted while Container Instances are active or draining.",
+            )
+        return delete_cluster(self, cluster_str)
+
+    EC2ContainerServiceBackend.delete_cluster = delete_only_an_empty_cluster  # type: ignore[method-assign]
+    Cluster.delete = delete_with_the_stack  # type: ignore[attr-defined]
+    CloudFormationBackend.delete_stack = delete_or_fail  # type: ignore[method-assign]
 
 
 def _patch_service_quotas() -> None:

@@ -320,6 +320,8 @@ def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert data["ImageId"] == moto_server.FAKE_WINDOWS_AMI_ID
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    # A token needs one hop more than the host: containers get no instance-role credentials.
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
     user_data = base64.b64decode(data["UserData"]).decode()
     pull = user_data.index('"ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached", "Machine"')
