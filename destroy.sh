@@ -34,7 +34,10 @@ Usage: ./destroy.sh [options]
 
 Deletes the stacks deploy.sh created (<prefix>-mwaa, -ecs, -image, -network, -storage), after
 emptying the buckets of the storage stack, including every object version. This deletes all
-study results. Asks for confirmation unless --yes is given.
+study results. Before the ECS stack the instance group is scaled to 0 and the cluster drained;
+the log groups ECS and MWAA created themselves go too. Waits for each stack up to
+DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3 hours; MWAA alone can exceed an hour).
+Asks for confirmation unless --yes is given.
 
 Options:
   --region REGION   AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)

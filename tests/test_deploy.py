@@ -149,6 +149,10 @@ def test_deploy_builds_the_image_then_reruns_without_changes(tmp_path: Path, mot
     }
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="dags/").get("Contents", [])
     assert {item["Key"] for item in listed} == local_dags
+    # MWAA gets requirements-mwaa.txt only; the local lock is never uploaded.
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {key.split("/")[0] for key in keys} == {"dags", "requirements", "build"}
+    assert not any("constraints" in key for key in keys)
     # c5.xlarge: 8192 MiB nominal, 95 % reported, 2048 reserved -> 5734 MiB: 3 tasks of 1536.
     assert ecs["SlotsPerInstance"] == "3"
     repository_uri = before[f"{PREFIX}-image outputs"]["RepositoryUri"]
@@ -288,7 +292,10 @@ def test_a_failed_build_prints_the_log_tail_and_terminates_the_host(tmp_path: Pa
 def test_help(tmp_path: Path) -> None:
     result = run(REPO / "deploy.sh", aws_env(None, tmp_path), "--help")
     assert result.returncode == 0
-    for option in ("--region", "--prefix", "--instance-type", "--image-uri", "--build-image"):
+    for option in (
+        *("--region", "--prefix", "--instance-type", "--image-uri", "--build-image"),
+        *("--check", "--yes"),
+    ):
         assert option in result.stdout
 
 

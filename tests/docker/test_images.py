@@ -112,7 +112,13 @@ def closure(platform: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for text in metadata.requires(name) or []:
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            # A Windows-only package is not installed on Linux (colorama, a leaf): keep its name.
+            assert platform == "win32", name
+            continue
+        for text in requires:
             requirement = Requirement(text)
             if requirement.marker is None or requirement.marker.evaluate(environment):
                 todo.append(requirement.name)
