@@ -16,6 +16,9 @@ readonly PROGRAM="destroy.sh"
 source "${SCRIPT_DIR}/scripts/aws_common.sh"
 
 readonly LAYERS_IN_DELETE_ORDER=(mwaa ecs image network storage)
+# What bills while no study runs (MWAA, NAT gateway); storage (buckets, results, DAG code) and
+# image (the built image) stay, so ./deploy.sh resumes without a rebuild.
+readonly LAYERS_PAUSED=(mwaa ecs network)
 readonly BUCKET_OUTPUTS=(ResultsBucketName MwaaBucketName AccessLogsBucketName)
 # Log records can still arrive while the buckets are deleted; the storage stack is retried.
 readonly STORAGE_DELETE_ATTEMPTS=3
@@ -27,6 +30,7 @@ readonly POLL_SECONDS="${DESTROY_POLL_SECONDS:-30}"
 region=""
 prefix="windows-batch"
 assume_yes="false"
+pause="false"
 
 usage() {
   cat <<EOF
@@ -39,9 +43,14 @@ the log groups ECS and MWAA created themselves go too. Waits for each stack up t
 DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3 hours; MWAA alone can exceed an hour).
 Asks for confirmation unless --yes is given.
 
+--pause deletes only what bills while no study runs (<prefix>-mwaa, -ecs, -network: MWAA and
+the NAT gateway) and keeps the buckets (results, DAGs) and the image; ./deploy.sh with the same
+options resumes, without rebuilding the image.
+
 Options:
   --region REGION   AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)
   --prefix PREFIX   stack-name prefix used with deploy.sh (default: ${prefix})
+  --pause           delete only the billing-while-idle stacks; keep buckets and image
   -y, --yes         do not ask for confirmation
   -h, --help        show this help
 EOF
@@ -53,6 +62,7 @@ parse_args() {
       --region) region="${2:?--region needs a value}"; shift 2 ;;
       --prefix) prefix="${2:?--prefix needs a value}"; shift 2 ;;
       -y | --yes) assume_yes="true"; shift ;;
+      --pause) pause="true"; shift ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -169,8 +179,8 @@ delete_log_groups() {
 
 confirm() {
   local -a stacks=("$@")
-  local -a buckets
-  mapfile -t buckets < <(storage_buckets)
+  local -a buckets=()
+  [[ "${pause}" == "true" ]] || mapfile -t buckets < <(storage_buckets)
   echo "This deletes, in region ${region}:"
   printf '  stack  %s\n' "${stacks[@]}"
   if [[ "${#buckets[@]}" -gt 0 ]]; then
@@ -187,9 +197,10 @@ main() {
   check_aws_prerequisites
   log "Signed in as ${caller_arn}; looking for stacks ${prefix}-* in ${region}"
 
-  local -a stacks=()
+  local -a stacks=() layers=("${LAYERS_IN_DELETE_ORDER[@]}")
   local layer
-  for layer in "${LAYERS_IN_DELETE_ORDER[@]}"; do
+  [[ "${pause}" == "false" ]] || layers=("${LAYERS_PAUSED[@]}")
+  for layer in "${layers[@]}"; do
     if stack_exists "${prefix}-${layer}"; then
       stacks+=("${prefix}-${layer}")
     fi
@@ -227,6 +238,10 @@ main() {
   done
   # MWAA creates its log groups (airflow-<environment>-*) itself; the stack does not own them.
   delete_log_groups "airflow-${prefix}-mwaa-"
+  if [[ "${pause}" == "true" ]]; then
+    log "Paused: buckets and image kept; ./deploy.sh with the same options resumes"
+    return 0
+  fi
   log "Done: everything deploy.sh created with prefix ${prefix} is gone"
 }
 

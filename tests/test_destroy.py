@@ -125,3 +125,38 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
     again = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
     assert again.returncode == 0
     assert "nothing to delete" in again.stdout
+
+
+def test_pause_keeps_results_and_image_and_deploy_resumes_without_a_rebuild(
+    tmp_path: Path, moto_url: str
+) -> None:
+    prefix = "wbp"
+    project = helpers.copy_project(tmp_path)
+    env = helpers.aws_env(moto_url, tmp_path)
+    args = ("--prefix", prefix, "--skip", "mwaa")
+    deployed = helpers.run(project / "deploy.sh", env, *args, "--build-image")
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    cloudformation = helpers.client("cloudformation", moto_url)
+
+    def outputs(layer: str) -> dict[str, str]:
+        stack = cloudformation.describe_stacks(StackName=f"{prefix}-{layer}")["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    image_uri = outputs("ecs")["ImageUri"]
+    results = outputs("storage")["ResultsBucketName"]
+    s3 = helpers.client("s3", moto_url)
+    s3.put_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv", Body=b"ebn0_db\n")
+
+    paused = helpers.run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
+    assert paused.returncode == 0, paused.stderr + paused.stdout
+    assert "bucket " not in paused.stdout  # nothing is emptied
+    assert {s for s in stack_names(cloudformation) if s.startswith(f"{prefix}-")} == {
+        f"{prefix}-storage",
+        f"{prefix}-image",
+    }
+    assert s3.get_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv")
+
+    resumed = helpers.run(project / "deploy.sh", env, *args)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "build host" not in resumed.stderr
+    assert outputs("ecs")["ImageUri"] == image_uri
