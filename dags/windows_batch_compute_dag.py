@@ -76,6 +76,7 @@ with DAG(
                 params,
                 conf=dag_run.conf if dag_run is not None else None,
                 max_cluster_size=SETTINGS.max_cluster_size,
+                results_bucket_only=SETTINGS.results_bucket_only,
             )
         except StudyError as exc:
             raise AirflowFailException(f"Invalid input: {exc}") from None

@@ -19,7 +19,7 @@ from airflow.sdk import Param
 
 from windows_batch.cost import AUTO
 from windows_batch.plan import ALLOCATIONS, SEED_MAX, Study
-from windows_batch.settings import Settings
+from windows_batch.settings import RESULTS_PREFIX, Settings
 
 MAX_TASKS = 1024
 """Airflow maps at most `[core] max_map_length` (1024) task instances."""
@@ -357,16 +357,41 @@ def _points(points: object, num_tasks: int) -> list[float]:
     return ebn0
 
 
+def _check_results_location(
+    bucket: str, task_prefix: str, aggregate_prefix: str, results_bucket: str
+) -> None:
+    """Refuse what the ECS task role could not write, before anything starts on AWS."""
+    if bucket != results_bucket:
+        raise StudyError(
+            "s3_bucket",
+            f"{bucket!r} is not this deployment's results bucket; the ECS tasks may write only "
+            f"to {results_bucket!r} (leave the field at its default)",
+        )
+    for field, prefix in (
+        ("s3_prefix_task_results", task_prefix),
+        ("s3_prefix_aggregate_results", aggregate_prefix),
+    ):
+        if prefix != RESULTS_PREFIX and not prefix.startswith(RESULTS_PREFIX + "/"):
+            raise StudyError(
+                field,
+                f"{prefix!r} is outside {RESULTS_PREFIX}/; the ECS tasks may write only under "
+                f"{RESULTS_PREFIX}/ in {results_bucket!r} (e.g. {RESULTS_PREFIX}/my_results)",
+            )
+
+
 def validate_study(
     params: Mapping[str, Any],
     *,
     conf: Mapping[str, Any] | None = None,
     max_cluster_size: int = 1000,
+    results_bucket_only: str | None = None,
 ) -> tuple[Study, int | str]:
     """Check the trigger input; return the Study and the cluster size (or "auto"), or raise.
 
     params: the run's params (form defaults merged with the trigger's conf);
-    conf: the trigger's conf as given, checked for unknown (misspelt) fields.
+    conf: the trigger's conf as given, checked for unknown (misspelt) fields;
+    results_bucket_only: the one bucket the tasks' role may write (Settings.results_bucket_only),
+    whose RESULTS_PREFIX the prefixes must stay under; None: any bucket and prefix.
     """
     unknown = sorted(set(conf or {}) - set(PARAM_NAMES))
     if unknown:
@@ -409,6 +434,8 @@ def validate_study(
             f"{aggregate_prefix!r} overlaps s3_prefix_task_results {task_prefix!r}; the "
             "aggregate would read its own outputs as task results: use separate folders",
         )
+    if results_bucket_only is not None:
+        _check_results_location(bucket, task_prefix, aggregate_prefix, results_bucket_only)
     study = Study(
         s3_bucket=bucket,
         num_tasks=num_tasks,

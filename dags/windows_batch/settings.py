@@ -13,7 +13,8 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - CONTAINER_NAME [bersim]: the container in the task definition.
 - LOG_GROUP [empty: logs not fetched]: CloudWatch log group of the container.
 - LOG_STREAM_PREFIX [bersim]: the container's awslogs-stream-prefix.
-- S3_BUCKET [empty; local: bersim-local]: the form's default bucket.
+- S3_BUCKET [empty; local: bersim-local]: the form's default bucket; on the ECS backend the only
+  bucket a study may use (the task role may write nothing else), under RESULTS_PREFIX.
 - SLOTS_PER_INSTANCE [4]: tasks that fit on one instance at once.
 - MAX_CLUSTER_SIZE [10]: the largest cluster_size the form allows (the group's MaxSize).
 - MAX_PARALLEL_TASKS [MAX_CLUSTER_SIZE x SLOTS_PER_INSTANCE]: simulations started at once.
@@ -43,6 +44,8 @@ from windows_batch.cost import CostSettings, CostSettingsError, load_cost_settin
 
 PREFIX = "AIRFLOW__WINDOWS_BATCH__"
 BACKENDS = ("ecs", "local")
+# The key prefix the ECS task role may read and write (cloudformation/ecs.yaml, TaskRole).
+RESULTS_PREFIX = "sim"
 RUN_NOTE_MODES = ("off", "api", "mwaa")
 # dags/windows_batch/settings.py -> the repository root (only meaningful in a checkout).
 _REPO = Path(__file__).resolve().parent.parent.parent
@@ -79,6 +82,13 @@ class Settings:
     run_note: str
     mwaa_environment: str
     cost: CostSettings
+
+    @property
+    def results_bucket_only(self) -> str | None:
+        """The one bucket a study may write on this backend: ECS tasks run with a task role
+        that may write only the deployment's results bucket under RESULTS_PREFIX; None (any
+        bucket) for the local backend."""
+        return self.s3_bucket if self.backend == "ecs" else None
 
     @property
     def log_stream_prefix_for_operator(self) -> str:

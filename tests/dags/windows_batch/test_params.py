@@ -189,3 +189,46 @@ def test_invalid_bucket_names(name: str) -> None:
         check_bucket(name)
     with pytest.raises(ParamValidationError, match="s3_bucket"):
         params_with({"s3_bucket": name})
+
+
+# The ECS task role may write only the results bucket under sim/ (cloudformation/ecs.yaml).
+OUTSIDE_THE_TASK_ROLE = [
+    pytest.param({"s3_bucket": "someone-elses"}, "s3_bucket", id="other-bucket"),
+    pytest.param(
+        {"s3_prefix_task_results": "results/tasks"}, "s3_prefix_task_results", id="task-prefix"
+    ),
+    pytest.param(
+        {"s3_prefix_aggregate_results": "simulations/agg"},
+        "s3_prefix_aggregate_results",
+        id="aggregate-prefix-sharing-letters",
+    ),
+]
+
+
+@pytest.mark.parametrize(("conf", "field"), OUTSIDE_THE_TASK_ROLE)
+def test_ecs_backend_refuses_what_the_task_role_cannot_write(
+    conf: dict[str, Any], field: str
+) -> None:
+    assert SETTINGS.results_bucket_only == "my-results"
+    with pytest.raises(StudyError) as refused:
+        validate_study(
+            params_with(conf), conf=conf, results_bucket_only=SETTINGS.results_bucket_only
+        )
+    assert refused.value.field == field
+    # The local backend writes to local folders: any bucket and prefix will do.
+    local = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "local"})
+    assert local.results_bucket_only is None
+    validate_study(params_with(conf), conf=conf, results_bucket_only=local.results_bucket_only)
+
+
+def test_ecs_backend_accepts_the_results_bucket_under_the_role_prefix() -> None:
+    conf = {"s3_prefix_task_results": "sim/mine/tasks", "s3_prefix_aggregate_results": "sim/agg"}
+    study, _ = validate_study(params_with(conf), conf=conf, results_bucket_only="my-results")
+    assert study.s3_prefix_task_results == "sim/mine/tasks"
+
+
+def test_the_checked_prefix_is_the_one_the_task_role_allows() -> None:
+    template = (settings_mod._REPO / "cloudformation" / "ecs.yaml").read_text()
+    prefix = settings_mod.RESULTS_PREFIX
+    assert f"s3:::${{ResultsBucketName}}/{prefix}/*'" in template
+    assert f"- {prefix}/*" in template  # the ListBucket condition
