@@ -90,6 +90,11 @@ up_to_date() {
 install_main_venv() {
   local inputs=("${ROOT}/requirements.txt" "${ROOT}/constraints.txt" "${ROOT}/docker/pyproject.toml")
   local stamp="${VENV}/.bootstrap-stamp"
+  if [[ -f "${stamp}" ]] && ! up_to_date "${stamp}" "${inputs[@]}"; then
+    # A changed lock can drop packages; pip would keep them beside the new pins. Start afresh.
+    echo "bootstrap: the pins changed; recreating .venv"
+    rm -rf "${VENV}"
+  fi
   make_venv "${VENV}"
   if up_to_date "${stamp}" "${inputs[@]}"; then
     return 0
