@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 #
 # Deploys windows-batch-compute to AWS with the AWS CLI: the storage, network, image, ECS and
-# MWAA CloudFormation stacks (in that order, each fed the outputs of the ones before), the DAGs
-# and the MWAA requirements file. Optionally builds the Windows workload image with CodeBuild.
-# Safe to re-run: unchanged stacks and files are left as they are and it exits 0.
+# MWAA CloudFormation stacks (in that order, each fed the outputs of the ones before), the DAGs,
+# the MWAA requirements file and plugins.zip (the Results view). Optionally builds the Windows
+# workload image on a short-lived Windows Server 2022 instance driven by SSM Run Command. A
+# preflight (--check) runs first and stops on anything that would make the deploy fail. Safe to
+# re-run: unchanged stacks and files are left as they are and it exits 0.
 
 set -euo pipefail
+# The image build runs in a command substitution ($(...)); its failures must stop the script too.
+shopt -s inherit_errexit
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
@@ -17,11 +21,23 @@ readonly DAGS_DIR="${SCRIPT_DIR}/dags"
 readonly DOCKER_DIR="${SCRIPT_DIR}/docker"
 readonly REQUIREMENTS_FILE="${SCRIPT_DIR}/requirements-mwaa.txt"
 readonly REQUIREMENTS_KEY="requirements/requirements-mwaa.txt"
+readonly PLUGINS_DIR="${SCRIPT_DIR}/plugins"
+readonly PLUGINS_KEY="plugins/plugins.zip"
 readonly SOURCE_KEY="build/docker-source.zip"
 readonly DAG_ID="windows-batch-compute-dag"
 readonly LAYERS=(storage network image ecs upload mwaa)
 # Seconds between two looks at a running image build (tests shorten it).
 readonly BUILD_POLL_SECONDS="${DEPLOY_BUILD_POLL_SECONDS:-20}"
+# A new Windows instance takes many minutes to boot and register with SSM.
+readonly BUILDER_REGISTER_TIMEOUT_SECONDS="${DEPLOY_BUILDER_REGISTER_TIMEOUT_SECONDS:-1800}"
+# Service codes of AWS's public region table (SSM /aws/service/global-infrastructure).
+readonly REQUIRED_SERVICES=(cloudformation s3 ec2 ecs ecr ssm logs autoscaling mwaa)
+readonly WINDOWS_AMI_PARAMETER="/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-ECS_Optimized/image_id"
+# Service Quotas: "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", in vCPUs.
+readonly STANDARD_VCPU_QUOTA_CODE="L-1216C47A"
+# Windows reports less memory than the instance type's nominal figure (firmware, hypervisor); the
+# agent registers what Windows reports minus ECS_RESERVED_MEMORY. Plan with 95 % of nominal.
+readonly REPORTED_MEMORY_PERCENT=95
 
 region=""
 prefix="windows-batch"
@@ -33,6 +49,8 @@ reserved_memory_mib="2048"
 slots_per_instance=""
 image_uri=""
 build_image="false"
+check_only="false"
+assume_yes="false"
 webserver_access="PUBLIC_ONLY"
 environment_class="mw1.small"
 nat_gateways="1"
@@ -44,8 +62,9 @@ usage() {
 Usage: ./deploy.sh [options]
 
 Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-storage,
-<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/ and
-requirements-mwaa.txt to the MWAA bucket. Re-running with nothing changed changes nothing.
+<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/,
+requirements-mwaa.txt and plugins.zip (plugins/, the Results view) to the MWAA bucket.
+Re-running with nothing changed changes nothing.
 Options not given take their defaults on every run.
 
 Options:
@@ -57,13 +76,18 @@ Options:
   --task-memory MIB        memory per task in MiB (default: ${task_memory_mib})
   --slots-per-instance N   tasks per instance (default: computed from the instance type)
   --image-uri URI          run this container image instead of the image stack's repository
-  --build-image            build docker/ on a Windows CodeBuild runner and run that image
+  --build-image            build docker/ on a short-lived Windows Server 2022 instance (SSM Run
+                           Command) and run that image; skipped when that image already exists.
+                           Without either flag the image built from the current docker/ must exist.
   --webserver-access MODE  PUBLIC_ONLY (default; AWS sign-in) or PRIVATE_ONLY (VPC only)
   --environment-class C    MWAA size (default: ${environment_class})
   --nat-gateways 1|2       1 shared NAT gateway (default, cheaper) or one per AZ
   --rdp-cidr CIDR          allow RDP to the instances from CIDR (default: no inbound access)
   --skip LAYER[,LAYER]     leave these steps out; later steps read the outputs of the existing
                            stacks. Steps: ${LAYERS[*]}
+  --check                  only run the preflight (credentials, region, vCPU quota, stacks,
+                           image) and print it; changes nothing. deploy.sh always runs it first.
+  -y, --yes                do not ask before deleting a stack left in ROLLBACK_COMPLETE
   -h, --help               show this help
 
 Needs the AWS CLI (v2; v1 works too) with credentials; --build-image also needs zip.
@@ -82,6 +106,8 @@ parse_args() {
       --slots-per-instance) slots_per_instance="${2:?--slots-per-instance needs a value}"; shift 2 ;;
       --image-uri) image_uri="${2:?--image-uri needs a value}"; shift 2 ;;
       --build-image) build_image="true"; shift ;;
+      --check) check_only="true"; shift ;;
+      -y | --yes) assume_yes="true"; shift ;;
       --webserver-access) webserver_access="${2:?--webserver-access needs a value}"; shift 2 ;;
       --environment-class) environment_class="${2:?--environment-class needs a value}"; shift 2 ;;
       --nat-gateways) nat_gateways="${2:?--nat-gateways needs a value}"; shift 2 ;;
@@ -118,6 +144,7 @@ validate_args() {
 # The AWS prerequisites, and zip when the image is built.
 check_prerequisites() {
   check_aws_prerequisites
+  command -v python3 >/dev/null 2>&1 || die "deploy.sh needs python3 (it builds plugins.zip)"
   if [[ "${build_image}" == "true" ]]; then
     command -v zip >/dev/null 2>&1 || die "--build-image needs 'zip' (apt-get install zip)"
   fi
@@ -142,10 +169,40 @@ stack_output() {
   echo "${value}"
 }
 
+# Prints the stack's status, or NONE when it does not exist.
+stack_status() {
+  local status
+  status="$(awsr cloudformation describe-stacks --stack-name "$1" \
+    --query 'Stacks[0].StackStatus' --output text 2>/dev/null)" || status="NONE"
+  echo "${status:-NONE}"
+}
+
+# Asks a yes/no question on the terminal (or stdin); --yes answers yes.
+confirm() {
+  local question="$1" answer=""
+  [[ "${assume_yes}" == "true" ]] && return 0
+  read -r -p "${question} Type 'yes' to continue: " answer || true
+  [[ "${answer}" == "yes" ]]
+}
+
+# A stack whose first create failed stays in ROLLBACK_COMPLETE, which CloudFormation can only
+# delete: after confirmation it is deleted here so that deploy_stack creates it again.
+recreate_if_rolled_back() {
+  local stack="$1"
+  [[ "$(stack_status "${stack}")" == "ROLLBACK_COMPLETE" ]] || return 0
+  err "stack ${stack} is in ROLLBACK_COMPLETE: its first create failed (see its events in the CloudFormation console) and it can only be deleted and created again"
+  confirm "Delete ${stack} (it holds no resources) and create it again?" \
+    || die "not confirmed; ${stack} left as it is (re-run with --yes, or delete it yourself)"
+  log "Deleting ${stack} (ROLLBACK_COMPLETE)"
+  awsr cloudformation delete-stack --stack-name "${stack}"
+  awsr cloudformation wait stack-delete-complete --stack-name "${stack}"
+}
+
 # Creates or updates one layer's stack; "no changes" is success.
 deploy_stack() {
   local layer="$1"
   shift
+  recreate_if_rolled_back "$(stack_name "${layer}")"
   local -a args=(cloudformation deploy
     --stack-name "$(stack_name "${layer}")"
     --template-file "${TEMPLATE_DIR}/${layer}.yaml"
@@ -159,18 +216,26 @@ deploy_stack() {
   awsr "${args[@]}"
 }
 
-# Tasks that fit on one instance: min(vCPUs * 1024 / task CPU, (memory - reserved) / task memory).
-compute_slots_per_instance() {
-  local vcpus memory_mib by_cpu by_memory
+# Reads the instance type's vCPUs and nominal memory into `vcpus` and `memory_mib`.
+read_instance_type() {
   read -r vcpus memory_mib < <(awsr ec2 describe-instance-types --instance-types "${instance_type}" \
-    --query 'InstanceTypes[0].[VCpuInfo.DefaultVCpus, MemoryInfo.SizeInMiB]' --output text) \
-    || die "unknown instance type ${instance_type} in ${region}"
+    --query 'InstanceTypes[0].[VCpuInfo.DefaultVCpus, MemoryInfo.SizeInMiB]' --output text 2>/dev/null) \
+    && [[ "${vcpus}" =~ ^[0-9]+$ ]]
+}
+
+# Tasks that fit on one instance: min(vCPUs * 1024 / task CPU, registered memory / task memory),
+# where the agent registers what Windows reports (REPORTED_MEMORY_PERCENT of nominal) minus
+# ECS_RESERVED_MEMORY.
+compute_slots_per_instance() {
+  local vcpus memory_mib registered_mib by_cpu by_memory
+  read_instance_type || die "unknown instance type ${instance_type} in ${region}"
+  registered_mib=$((memory_mib * REPORTED_MEMORY_PERCENT / 100 - reserved_memory_mib))
   by_cpu=$((vcpus * 1024 / task_cpu))
-  by_memory=$(((memory_mib - reserved_memory_mib) / task_memory_mib))
+  by_memory=$((registered_mib / task_memory_mib))
   slots_per_instance=$((by_cpu < by_memory ? by_cpu : by_memory))
   ((slots_per_instance >= 1)) \
-    || die "a task (${task_cpu} CPU units, ${task_memory_mib} MiB) does not fit on ${instance_type}"
-  log "${instance_type}: ${vcpus} vCPUs, ${memory_mib} MiB -> ${slots_per_instance} tasks per instance"
+    || die "a task (${task_cpu} CPU units, ${task_memory_mib} MiB) does not fit on ${instance_type} (about ${registered_mib} MiB registered)"
+  log "${instance_type}: ${vcpus} vCPUs, ${memory_mib} MiB (about ${registered_mib} MiB registered for tasks) -> ${slots_per_instance} tasks per instance"
 }
 
 # Uploads a file only when its content differs from the object's (MD5 = ETag for SSE-S3 single
@@ -206,6 +271,39 @@ upload_code() {
   upload_if_changed "${REQUIREMENTS_FILE}" "${bucket}" "${REQUIREMENTS_KEY}"
 }
 
+# Zips plugins/ flat (MWAA unpacks plugins.zip into /usr/local/airflow/plugins) with fixed
+# timestamps and order: the same sources give the same bytes, so the version stays on a re-run.
+build_plugins_zip() {
+  local archive="$1"
+  python3 - "${PLUGINS_DIR}" "${archive}" <<'PY'
+import pathlib, sys, zipfile
+
+root, archive = pathlib.Path(sys.argv[1]), sys.argv[2]
+with zipfile.ZipFile(archive, "w") as zf:
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
+        if "__pycache__/" in name or name.endswith(".pyc"):
+            continue
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, path.read_bytes())
+PY
+}
+
+# Builds and uploads plugins.zip; without a plugins/ folder the environment has no plugins.
+upload_plugins() {
+  local bucket="$1" archive
+  if [[ ! -d "${PLUGINS_DIR}" ]]; then
+    log "No plugins/ directory: the Results view is not deployed"
+    return 0
+  fi
+  archive="$(mktemp)"
+  build_plugins_zip "${archive}"
+  upload_if_changed "${archive}" "${bucket}" "${PLUGINS_KEY}"
+  rm -f "${archive}"
+}
+
 # A tag derived from docker/'s content: the same sources give the same tag and no rebuild.
 source_tag() {
   (
@@ -215,55 +313,266 @@ source_tag() {
   ) | sha256sum | cut -c1-16 | sed 's/^/src-/'
 }
 
-print_build_log_tail() {
-  local build_id="$1" group stream
-  read -r group stream < <(awsr codebuild batch-get-builds --ids "${build_id}" \
-    --query 'builds[0].logs.[groupName, streamName]' --output text)
-  if [[ -z "${group}" || "${group}" == "None" ]]; then
-    err "the build left no CloudWatch log"
-    return 0
-  fi
-  err "last lines of the build log (${group} ${stream}):"
-  awsr logs get-log-events --log-group-name "${group}" --log-stream-name "${stream}" \
-    --limit 40 --no-start-from-head --query 'events[].message' --output text >&2 || true
+image_exists() {
+  local repository="$1" tag="$2"
+  awsr ecr describe-images --repository-name "${repository}" --image-ids "imageTag=${tag}" \
+    >/dev/null 2>&1
 }
 
-# Builds docker/ with the image stack's CodeBuild project unless that tag already exists; prints
-# the tag (the only line on stdout; progress goes to stderr).
-build_image_with_codebuild() {
-  local mwaa_bucket="$1" repository project tag archive version build_id status
-  repository="$(stack_output "$(stack_name image)" RepositoryName)"
-  project="$(stack_output "$(stack_name image)" BuildProjectName)"
+# The tail of every output stream (stdout, stderr) the build command left in CloudWatch Logs.
+print_build_log_tail() {
+  local group="$1" command_id="$2" stream
+  local -a streams
+  mapfile -t streams < <(awsr logs describe-log-streams --log-group-name "${group}" \
+    --log-stream-name-prefix "${command_id}/" --query 'logStreams[].logStreamName' \
+    --output text 2>/dev/null | tr '\t' '\n' | grep -v '^None$' || true)
+  if [[ "${#streams[@]}" -eq 0 ]]; then
+    err "the build left no output in log group ${group}"
+    return 0
+  fi
+  for stream in "${streams[@]}"; do
+    err "last lines of ${group} ${stream}:"
+    awsr logs get-log-events --log-group-name "${group}" --log-stream-name "${stream}" \
+      --limit 40 --no-start-from-head --query 'events[].message' --output text >&2 || true
+  done
+}
+
+builder_instance=""
+
+terminate_builder() {
+  if [[ -n "${builder_instance}" ]]; then
+    awsr ec2 terminate-instances --instance-ids "${builder_instance}" >/dev/null 2>&1 || true
+    echo "build host ${builder_instance} terminated" >&2
+    builder_instance=""
+  fi
+}
+
+# Build hosts a previous, interrupted run left behind (they also end themselves after the timeout).
+terminate_leftover_builders() {
+  local name="$1" instance
+  for instance in $(awsr ec2 describe-instances \
+    --filters "Name=tag:Name,Values=${name}" "Name=instance-state-name,Values=pending,running" \
+    --query 'Reservations[].Instances[].InstanceId' --output text); do
+    [[ "${instance}" != "None" ]] || continue
+    echo "terminating build host ${instance} left by an earlier run" >&2
+    awsr ec2 terminate-instances --instance-ids "${instance}" >/dev/null
+  done
+}
+
+# SSM document parameters as JSON from NAME=VALUE arguments (the values carry no quotes or
+# backslashes: the document's allowedPatterns exclude them).
+document_parameters() {
+  local pair json=""
+  for pair in "$@"; do
+    json+="${json:+,}\"${pair%%=*}\":[\"${pair#*=}\"]"
+  done
+  echo "{${json}}"
+}
+
+# Sends the build document to the instance, retrying while its SSM agent has not registered yet.
+send_build_command() {
+  local document="$1" instance="$2" group="$3" timeout_s="$4"
+  shift 4
+  local deadline=$((SECONDS + BUILDER_REGISTER_TIMEOUT_SECONDS)) output errors
+  errors="$(mktemp)"
+  while true; do
+    if output="$(awsr ssm send-command --document-name "${document}" --instance-ids "${instance}" \
+      --parameters "$(document_parameters "$@" "TimeoutSeconds=${timeout_s}")" \
+      --cloud-watch-output-config "CloudWatchOutputEnabled=true,CloudWatchLogGroupName=${group}" \
+      --query Command.CommandId --output text 2>"${errors}")"; then
+      rm -f "${errors}"
+      echo "${output}"
+      return 0
+    fi
+    grep -q InvalidInstanceId "${errors}" || die "cannot start the build: $(cat "${errors}")"
+    ((SECONDS < deadline)) \
+      || die "build host ${instance} did not register with SSM within ${BUILDER_REGISTER_TIMEOUT_SECONDS} s"
+    echo "waiting for build host ${instance} to boot and register with SSM" >&2
+    sleep "${BUILD_POLL_SECONDS}"
+  done
+}
+
+# Builds docker/ on a short-lived Windows Server 2022 instance unless the image of these sources
+# already exists; prints the tag (the only line on stdout; progress goes to stderr).
+build_image_on_windows_host() {
+  local mwaa_bucket="$1" subnet="$2" image_stack repository repository_uri template document
+  local group timeout_min tag archive version command_id status
+  image_stack="$(stack_name image)"
+  repository="$(stack_output "${image_stack}" RepositoryName)"
+  repository_uri="$(stack_output "${image_stack}" RepositoryUri)"
   tag="$(source_tag)"
-  if awsr ecr describe-images --repository-name "${repository}" \
-    --image-ids "imageTag=${tag}" >/dev/null 2>&1; then
+  if image_exists "${repository}" "${tag}"; then
     log "Image ${repository}:${tag} already built from these sources" >&2
     echo "${tag}"
     return 0
   fi
-  log "Building ${repository}:${tag} with CodeBuild project ${project}" >&2
+  template="$(stack_output "${image_stack}" BuilderLaunchTemplateId)"
+  document="$(stack_output "${image_stack}" BuildDocumentName)"
+  group="$(stack_output "${image_stack}" BuildLogGroupName)"
+  timeout_min="$(stack_output "${image_stack}" BuildTimeoutInMinutes)"
+  log "Building ${repository}:${tag} on a Windows Server 2022 build host" >&2
   archive="$(mktemp -d)/docker-source.zip"
   (cd "${DOCKER_DIR}" && zip -q -r -X "${archive}" . -x '*/__pycache__/*' '*.pyc' '*.egg-info/*')
   awsr s3 cp --only-show-errors "${archive}" "s3://${mwaa_bucket}/${SOURCE_KEY}" >&2
   rm -f "${archive}"
   version="$(object_version "${mwaa_bucket}" "${SOURCE_KEY}")"
-  build_id="$(awsr codebuild start-build --project-name "${project}" --source-version "${version}" \
-    --environment-variables-override "name=IMAGE_TAG,value=${tag},type=PLAINTEXT" \
-    --query build.id --output text)"
+  terminate_leftover_builders "${image_stack}-builder"
+  trap terminate_builder EXIT
+  builder_instance="$(awsr ec2 run-instances --launch-template "LaunchTemplateId=${template},Version=\$Latest" \
+    --subnet-id "${subnet}" --count 1 --query 'Instances[0].InstanceId' --output text)"
+  echo "build host ${builder_instance} launched" >&2
+  command_id="$(send_build_command "${document}" "${builder_instance}" "${group}" "$((timeout_min * 60))" \
+    "SourceBucket=${mwaa_bucket}" "SourceKey=${SOURCE_KEY}" "SourceVersion=${version}" \
+    "ImageUri=${repository_uri}:${tag}")"
+  # Run Command stops the script at its own timeout; this deadline only guards against a lost host.
+  local deadline=$((SECONDS + timeout_min * 60 + 600))
   while true; do
-    status="$(awsr codebuild batch-get-builds --ids "${build_id}" \
-      --query 'builds[0].buildStatus' --output text)"
-    [[ "${status}" == "IN_PROGRESS" ]] || break
-    echo "build ${build_id}: ${status}" >&2
+    # Right after SendCommand the invocation may not exist yet (InvocationDoesNotExist).
+    status="$(awsr ssm get-command-invocation --command-id "${command_id}" \
+      --instance-id "${builder_instance}" --query Status --output text 2>/dev/null || echo Pending)"
+    [[ "${status}" == "Pending" || "${status}" == "InProgress" || "${status}" == "Delayed" ]] || break
+    ((SECONDS < deadline)) || { status="TimedOut (deploy.sh gave up waiting)"; break; }
+    echo "build ${command_id}: ${status}" >&2
     sleep "${BUILD_POLL_SECONDS}"
   done
-  if [[ "${status}" != "SUCCEEDED" ]]; then
-    err "image build ${build_id} ended ${status}"
-    print_build_log_tail "${build_id}"
+  if [[ "${status}" != "Success" ]]; then
+    err "image build ${command_id} on ${builder_instance} ended ${status}"
+    print_build_log_tail "${group}" "${command_id}"
     exit 1
   fi
+  terminate_builder
+  image_exists "${repository}" "${tag}" \
+    || die "the build reported success but ${repository}:${tag} is not in the repository; see log group ${group}"
   log "Image ${repository}:${tag} built" >&2
   echo "${tag}"
+}
+
+# --- Preflight: one line per check; a BLOCKER stops the deploy before anything is created. ---
+
+blockers=0
+
+report() {
+  local check="$1" state="$2" detail="$3"
+  printf '  %-28s %-8s %s\n' "${check}" "${state}" "${detail}"
+  if [[ "${state}" == "BLOCKER" ]]; then
+    blockers=$((blockers + 1))
+  fi
+}
+
+# Regions that offer every service in REQUIRED_SERVICES, from AWS's public region table.
+regions_offering_all() {
+  local service
+  local -a lists=()
+  for service in "${REQUIRED_SERVICES[@]}"; do
+    lists+=("$(awsr ssm get-parameters-by-path \
+      --path "/aws/service/global-infrastructure/services/${service}/regions" \
+      --query 'Parameters[].Value' --output text 2>/dev/null | tr '\t' '\n' | sort -u)")
+  done
+  local common="${lists[0]}" list
+  for list in "${lists[@]:1}"; do
+    common="$(comm -12 <(echo "${common}") <(echo "${list}"))"
+  done
+  echo "${common}" | paste -sd' ' -
+}
+
+# One GetParameters call (it takes up to 10 names): a region offers a service when AWS's public
+# region table has /aws/service/global-infrastructure/services/<service>/regions/<region>.
+check_region() {
+  local service answer
+  local -a names=("${WINDOWS_AMI_PARAMETER}") missing=()
+  for service in "${REQUIRED_SERVICES[@]}"; do
+    names+=("/aws/service/global-infrastructure/services/${service}/regions/${region}")
+  done
+  answer="$(awsr ssm get-parameters --names "${names[@]}" --query 'InvalidParameters' --output text)"
+  for service in "${REQUIRED_SERVICES[@]}"; do
+    [[ "${answer}" != *"/services/${service}/regions/"* ]] || missing+=("${service}")
+  done
+  if [[ "${#missing[@]}" -eq 0 ]]; then
+    report "region ${region}" ok "offers ${REQUIRED_SERVICES[*]}"
+  else
+    report "region ${region}" BLOCKER "does not offer ${missing[*]}; use one of: $(regions_offering_all)"
+  fi
+  if [[ "${answer}" != *"${WINDOWS_AMI_PARAMETER}"* ]]; then
+    report "Windows Server 2022 ECS AMI" ok "published in ${region} (hosts and the image build host)"
+  else
+    report "Windows Server 2022 ECS AMI" BLOCKER "not published in ${region} (${WINDOWS_AMI_PARAMETER}); choose another region"
+  fi
+}
+
+check_vcpu_quota() {
+  local vcpus memory_mib needed quota builder=0
+  if ! read_instance_type; then
+    report "instance type" BLOCKER "${instance_type} is not offered in ${region}"
+    return 0
+  fi
+  [[ "${build_image}" == "true" ]] && builder="${vcpus}"
+  needed=$((max_instances * vcpus + builder))
+  if [[ ! "${instance_type}" =~ ^[acdhimrtz] ]]; then
+    report "vCPU quota" warn "${instance_type} is not a Standard family; check its On-Demand vCPU quota yourself (${needed} needed)"
+    return 0
+  fi
+  quota="$(awsr service-quotas get-service-quota --service-code ec2 \
+    --quota-code "${STANDARD_VCPU_QUOTA_CODE}" --query Quota.Value --output text 2>/dev/null)" \
+    || quota=""
+  if [[ ! "${quota}" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+    report "vCPU quota" warn "could not read quota ${STANDARD_VCPU_QUOTA_CODE} (Service Quotas); ${needed} vCPUs needed"
+  elif ((${quota%.*} < needed)); then
+    report "vCPU quota" BLOCKER "${quota%.*} On-Demand Standard vCPUs < ${needed} needed (${max_instances} x ${instance_type}); lower --max-instances or request an increase of ${STANDARD_VCPU_QUOTA_CODE} in Service Quotas"
+  else
+    report "vCPU quota" ok "${quota%.*} On-Demand Standard vCPUs >= ${needed} needed (${max_instances} x ${instance_type})"
+  fi
+}
+
+check_stacks() {
+  local layer stack status listed
+  listed="$(awsr cloudformation describe-stacks \
+    --query "Stacks[?starts_with(StackName, '${prefix}-')].[StackName, StackStatus]" --output text)"
+  for layer in storage network image ecs mwaa; do
+    stack="$(stack_name "${layer}")"
+    status="$(awk -v name="${stack}" '$1 == name { print $2 }' <<<"${listed}")"
+    status="${status:-NONE}"
+    case "${status}" in
+      NONE) report "stack ${stack}" ok "not created yet" ;;
+      ROLLBACK_COMPLETE)
+        report "stack ${stack}" warn "ROLLBACK_COMPLETE: deploy deletes and recreates it (asks first; --yes)" ;;
+      *_IN_PROGRESS) report "stack ${stack}" BLOCKER "${status}: wait until it finishes" ;;
+      *_FAILED) report "stack ${stack}" BLOCKER "${status}: see its events; fix or delete it" ;;
+      *) report "stack ${stack}" ok "${status}" ;;
+    esac
+  done
+}
+
+check_image() {
+  local repository tag
+  if [[ -n "${image_uri}" ]]; then
+    report "image" ok "--image-uri ${image_uri}"
+    return 0
+  fi
+  repository="${prefix}/bersim"
+  tag="$(source_tag)"
+  if image_exists "${repository}" "${tag}"; then
+    report "image" ok "${repository}:${tag} (built from the current docker/)"
+  elif [[ "${build_image}" == "true" ]]; then
+    report "image" ok "${repository}:${tag} will be built (--build-image)"
+  elif skipped ecs; then
+    report "image" ok "ECS stack skipped"
+  else
+    report "image" BLOCKER "no image ${repository}:${tag} built from the current docker/; add --build-image (builds it on AWS) or --image-uri URI"
+  fi
+}
+
+preflight() {
+  log "Preflight (changes nothing)"
+  report "credentials" ok "${caller_arn} (account $(awsr sts get-caller-identity --query Account --output text))"
+  check_region
+  check_vcpu_quota
+  check_stacks
+  check_image
+  if ((blockers > 0)); then
+    err "preflight: ${blockers} blocker(s) above; nothing was changed"
+    return 1
+  fi
+  echo "preflight: ok"
 }
 
 print_next_steps() {
@@ -286,6 +595,11 @@ main() {
   parse_args "$@"
   validate_args
   check_prerequisites
+  if [[ "${check_only}" == "true" ]]; then
+    preflight
+    return
+  fi
+  preflight || exit 1
 
   local storage network image ecs mwaa
   storage="$(stack_name storage)"
@@ -307,16 +621,23 @@ main() {
   mwaa_sg="$(stack_output "${network}" MwaaSecurityGroupId)"
 
   skipped image || deploy_stack image \
-    "RepositoryName=${prefix}/bersim" "SourceBucketName=${mwaa_bucket}" "SourceObjectKey=${SOURCE_KEY}"
+    "RepositoryName=${prefix}/bersim" "SourceBucketName=${mwaa_bucket}" "SourceObjectKey=${SOURCE_KEY}" \
+    "BuilderSecurityGroupId=${instance_sg}"
 
   if ! skipped ecs; then
+    # Never point the task definition at an image that does not exist (preflight refused that).
     local -a image_args=()
     local tag
-    if [[ "${build_image}" == "true" ]]; then
-      tag="$(build_image_with_codebuild "${mwaa_bucket}")"
-      image_args=("ImageTag=${tag}" "ImageUri=")
-    elif [[ -n "${image_uri}" ]]; then
+    if [[ -n "${image_uri}" ]]; then
       image_args=("ImageUri=${image_uri}")
+    elif [[ "${build_image}" == "true" ]]; then
+      tag="$(build_image_on_windows_host "${mwaa_bucket}" "${subnets%%,*}")"
+      image_args=("ImageTag=${tag}" "ImageUri=")
+    else
+      tag="$(source_tag)"
+      image_exists "${prefix}/bersim" "${tag}" \
+        || die "no image ${prefix}/bersim:${tag}; add --build-image or --image-uri URI"
+      image_args=("ImageTag=${tag}" "ImageUri=")
     fi
     [[ -n "${slots_per_instance}" ]] || compute_slots_per_instance
     deploy_stack ecs \
@@ -330,9 +651,15 @@ main() {
   fi
 
   skipped upload || upload_code "${mwaa_bucket}"
-  local requirements_version
+  skipped upload || upload_plugins "${mwaa_bucket}"
+  local requirements_version plugins_args=()
   requirements_version="$(object_version "${mwaa_bucket}" "${REQUIREMENTS_KEY}")"
   echo "requirements version: ${requirements_version}"
+  if [[ -d "${PLUGINS_DIR}" ]]; then
+    plugins_args=("PluginsS3Path=${PLUGINS_KEY}"
+      "PluginsS3ObjectVersion=$(object_version "${mwaa_bucket}" "${PLUGINS_KEY}")")
+    echo "plugins version: ${plugins_args[1]#*=}"
+  fi
 
   if skipped mwaa; then
     log "MWAA skipped (--skip mwaa); nothing else to do"
@@ -353,7 +680,8 @@ main() {
     "SlotsPerInstance=$(stack_output "${ecs}" SlotsPerInstance)" \
     "MaxClusterSize=${max_instances}" \
     "TaskRoleArn=$(stack_output "${ecs}" TaskRoleArn)" \
-    "TaskExecutionRoleArn=$(stack_output "${ecs}" TaskExecutionRoleArn)"
+    "TaskExecutionRoleArn=$(stack_output "${ecs}" TaskExecutionRoleArn)" \
+    "${plugins_args[@]}"
   print_next_steps "$(stack_output "${mwaa}" EnvironmentName)"
 }
 

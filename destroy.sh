@@ -2,7 +2,10 @@
 #
 # Removes what deploy.sh created: deletes the stacks <prefix>-mwaa, -ecs, -image, -network and
 # -storage in that order, waiting for each, after emptying the storage stack's buckets (every
-# object version and delete marker: the MWAA bucket is versioned). Asks first unless --yes.
+# object version and delete marker: the MWAA bucket is versioned). Before the ECS stack it scales
+# the group to 0 and waits until no container instance is left in the cluster (a cluster with
+# instances still registered cannot be deleted); after it, it deletes the log groups ECS and MWAA
+# create themselves. Asks first unless --yes.
 
 set -euo pipefail
 
@@ -13,13 +16,21 @@ readonly PROGRAM="destroy.sh"
 source "${SCRIPT_DIR}/scripts/aws_common.sh"
 
 readonly LAYERS_IN_DELETE_ORDER=(mwaa ecs image network storage)
+# What bills while no study runs (MWAA, NAT gateway); storage (buckets, results, DAG code) and
+# image (the built image) stay, so ./deploy.sh resumes without a rebuild.
+readonly LAYERS_PAUSED=(mwaa ecs network)
 readonly BUCKET_OUTPUTS=(ResultsBucketName MwaaBucketName AccessLogsBucketName)
 # Log records can still arrive while the buckets are deleted; the storage stack is retried.
 readonly STORAGE_DELETE_ATTEMPTS=3
+# MWAA can take longer to delete than the CLI's stack-delete-complete waiter (60 minutes).
+readonly STACK_DELETE_TIMEOUT_SECONDS="${DESTROY_STACK_DELETE_TIMEOUT_SECONDS:-10800}"
+readonly DRAIN_TIMEOUT_SECONDS="${DESTROY_DRAIN_TIMEOUT_SECONDS:-1800}"
+readonly POLL_SECONDS="${DESTROY_POLL_SECONDS:-30}"
 
 region=""
 prefix="windows-batch"
 assume_yes="false"
+pause="false"
 
 usage() {
   cat <<EOF
@@ -27,11 +38,19 @@ Usage: ./destroy.sh [options]
 
 Deletes the stacks deploy.sh created (<prefix>-mwaa, -ecs, -image, -network, -storage), after
 emptying the buckets of the storage stack, including every object version. This deletes all
-study results. Asks for confirmation unless --yes is given.
+study results. Before the ECS stack the instance group is scaled to 0 and the cluster drained;
+the log groups ECS and MWAA created themselves go too. Waits for each stack up to
+DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3 hours; MWAA alone can exceed an hour).
+Asks for confirmation unless --yes is given.
+
+--pause deletes only what bills while no study runs (<prefix>-mwaa, -ecs, -network: MWAA and
+the NAT gateway) and keeps the buckets (results, DAGs) and the image; ./deploy.sh with the same
+options resumes, without rebuilding the image.
 
 Options:
   --region REGION   AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)
   --prefix PREFIX   stack-name prefix used with deploy.sh (default: ${prefix})
+  --pause           delete only the billing-while-idle stacks; keep buckets and image
   -y, --yes         do not ask for confirmation
   -h, --help        show this help
 EOF
@@ -43,6 +62,7 @@ parse_args() {
       --region) region="${2:?--region needs a value}"; shift 2 ;;
       --prefix) prefix="${2:?--prefix needs a value}"; shift 2 ;;
       -y | --yes) assume_yes="true"; shift ;;
+      --pause) pause="true"; shift ;;
       -h | --help) usage; exit 0 ;;
       *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -82,17 +102,74 @@ empty_bucket() {
   echo "emptied s3://${bucket} (${deleted} batch(es) deleted)"
 }
 
-delete_stack() {
-  local stack="$1"
-  log "Deleting stack ${stack}"
-  awsr cloudformation delete-stack --stack-name "${stack}"
-  awsr cloudformation wait stack-delete-complete --stack-name "${stack}"
+# Prints one output of a stack, or nothing.
+stack_output() {
+  local value
+  value="$(awsr cloudformation describe-stacks --stack-name "$1" \
+    --query "Stacks[0].Outputs[?OutputKey=='$2'].OutputValue | [0]" --output text 2>/dev/null)" \
+    || return 0
+  [[ "${value}" == "None" ]] || echo "${value}"
 }
 
-# MWAA creates its log groups (airflow-<environment>-*) itself; the stack does not own them.
-delete_mwaa_log_groups() {
+# Deletes a stack and polls until it is gone, with a deadline of our own: the CLI's waiter gives
+# up after 60 minutes, and an MWAA environment can take longer to delete.
+delete_stack() {
+  local stack="$1" status deadline=$((SECONDS + STACK_DELETE_TIMEOUT_SECONDS))
+  log "Deleting stack ${stack}"
+  awsr cloudformation delete-stack --stack-name "${stack}"
+  while true; do
+    status="$(awsr cloudformation describe-stacks --stack-name "${stack}" \
+      --query 'Stacks[0].StackStatus' --output text 2>/dev/null)" || return 0
+    case "${status}" in
+      DELETE_COMPLETE) return 0 ;;
+      DELETE_FAILED)
+        err "deleting ${stack} failed; its events say why"
+        return 1
+        ;;
+    esac
+    ((SECONDS < deadline)) \
+      || die "${stack} is still ${status} after ${STACK_DELETE_TIMEOUT_SECONDS} s; run destroy.sh again later"
+    echo "${stack}: ${status}"
+    sleep "${POLL_SECONDS}"
+  done
+}
+
+# Scales the group to 0 and waits until its instances are gone and no container instance is left
+# registered: DeleteCluster refuses a cluster that still has active or draining instances, and a
+# terminated instance leaves the cluster only some time after it is gone.
+drain_cluster() {
+  local stack="${prefix}-ecs" group cluster count deadline=$((SECONDS + DRAIN_TIMEOUT_SECONDS))
+  group="$(stack_output "${stack}" AutoScalingGroupName)"
+  cluster="$(stack_output "${stack}" ClusterName)"
+  [[ -n "${group}" && -n "${cluster}" ]] || return 0
+  log "Scaling ${group} to 0 and draining ${cluster}"
+  awsr autoscaling update-auto-scaling-group --auto-scaling-group-name "${group}" \
+    --min-size 0 --desired-capacity 0
+  while true; do
+    count="$(awsr autoscaling describe-auto-scaling-groups --auto-scaling-group-names "${group}" \
+      --query 'length(AutoScalingGroups[0].Instances)' --output text)"
+    [[ "${count}" == "0" || "${count}" == "None" ]] && break
+    ((SECONDS < deadline)) || die "${group} still has ${count} instance(s) after ${DRAIN_TIMEOUT_SECONDS} s"
+    echo "${group}: waiting for ${count} instance(s) to terminate"
+    sleep "${POLL_SECONDS}"
+  done
+  local instance status
+  for status in ACTIVE DRAINING; do
+    for instance in $(awsr ecs list-container-instances --cluster "${cluster}" --status "${status}" \
+      --query 'containerInstanceArns[]' --output text); do
+      [[ "${instance}" != "None" ]] || continue
+      # Its EC2 instance is terminated; ECS has not noticed yet.
+      awsr ecs deregister-container-instance --cluster "${cluster}" \
+        --container-instance "${instance}" --force >/dev/null
+      echo "deregistered ${instance##*/} (instance already terminated)"
+    done
+  done
+}
+
+# Deletes every log group whose name starts with $1.
+delete_log_groups() {
   local group
-  for group in $(awsr logs describe-log-groups --log-group-name-prefix "airflow-${prefix}-mwaa-" \
+  for group in $(awsr logs describe-log-groups --log-group-name-prefix "$1" \
     --query 'logGroups[].logGroupName' --output text); do
     [[ "${group}" != "None" ]] || continue
     awsr logs delete-log-group --log-group-name "${group}"
@@ -102,8 +179,8 @@ delete_mwaa_log_groups() {
 
 confirm() {
   local -a stacks=("$@")
-  local -a buckets
-  mapfile -t buckets < <(storage_buckets)
+  local -a buckets=()
+  [[ "${pause}" == "true" ]] || mapfile -t buckets < <(storage_buckets)
   echo "This deletes, in region ${region}:"
   printf '  stack  %s\n' "${stacks[@]}"
   if [[ "${#buckets[@]}" -gt 0 ]]; then
@@ -120,9 +197,10 @@ main() {
   check_aws_prerequisites
   log "Signed in as ${caller_arn}; looking for stacks ${prefix}-* in ${region}"
 
-  local -a stacks=()
+  local -a stacks=() layers=("${LAYERS_IN_DELETE_ORDER[@]}")
   local layer
-  for layer in "${LAYERS_IN_DELETE_ORDER[@]}"; do
+  [[ "${pause}" == "false" ]] || layers=("${LAYERS_PAUSED[@]}")
+  for layer in "${layers[@]}"; do
     if stack_exists "${prefix}-${layer}"; then
       stacks+=("${prefix}-${layer}")
     fi
@@ -133,10 +211,18 @@ main() {
   fi
   confirm "${stacks[@]}"
 
-  local stack attempt bucket
+  local stack attempt bucket cluster
   for stack in "${stacks[@]}"; do
+    if [[ "${stack}" == "${prefix}-ecs" ]]; then
+      cluster="$(stack_output "${stack}" ClusterName)"
+      drain_cluster
+      delete_stack "${stack}" || die "could not delete ${stack}; see its events"
+      # Container Insights creates this group itself; the stack does not own it.
+      delete_log_groups "/aws/ecs/containerinsights/${cluster:-${prefix}-ecs-cluster}/"
+      continue
+    fi
     if [[ "${stack}" != "${prefix}-storage" ]]; then
-      delete_stack "${stack}"
+      delete_stack "${stack}" || die "could not delete ${stack}; see its events"
       continue
     fi
     for ((attempt = 1; ; attempt++)); do
@@ -150,7 +236,12 @@ main() {
       err "deleting ${stack} failed (attempt ${attempt}); emptying the buckets again"
     done
   done
-  delete_mwaa_log_groups
+  # MWAA creates its log groups (airflow-<environment>-*) itself; the stack does not own them.
+  delete_log_groups "airflow-${prefix}-mwaa-"
+  if [[ "${pause}" == "true" ]]; then
+    log "Paused: buckets and image kept; ./deploy.sh with the same options resumes"
+    return 0
+  fi
   log "Done: everything deploy.sh created with prefix ${prefix} is gone"
 }
 

@@ -3,11 +3,14 @@
 Runs scripts/run_local.py exactly as `make run` does (no CONF: 200 tasks, laptop bit budget)
 on a free port, then reads the run's task instances from the local SQLite metadata database and
 the kernel times from the task results, and splits the time:
-- kernel: the Octave simulation loop (`elapsed_s` in each task result);
-- bersim start-up: Python + numpy + oct2py + Octave start, measured here with a 1-bit task;
+- kernel: the Octave simulation loop: the run's bits at the kernel's CPU rate, measured here;
+- bersim start-up: Python + numpy + oct2py + Octave start, the CPU time of a 1-bit task;
 - Airflow: everything else a task costs (scheduling, task process, DAG parse, XCom, logs),
   in core-seconds per task: (simulate phase x cores - kernel - start-ups) / tasks, idle
-  cores included (gaps between one task's end and the next one's start).
+  cores included (gaps between one task's end and the next one's start), and so is whatever
+  else ran on the machine meanwhile.
+Kernel and start-up are CPU seconds (user + sys of the child processes), not wall time: on a
+shared machine wall time also counts waiting for a core, and would be charged twice.
 Takes a few minutes; not part of `make test`.
 
     python -m benchmarks local_run
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -35,33 +39,39 @@ sys.path.insert(0, str(REPO / "scripts"))
 import local_airflow  # noqa: E402
 
 
-def bersim_costs(repeats: int = 5) -> tuple[float, float]:
-    """(start-up s, kernel bit/s) of `python -m bersim simulate`, measured alone on one core.
+def _child_cpu_s() -> float:
+    """CPU seconds (user + sys) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
-    Start-up: median wall time of a 1-bit task. Kernel rate: a 50-million-bit task's bits over
-    its kernel time. Measured here, not taken from the run: under a busy scheduler the kernel's
-    own clock also counts the time it waits for a core.
+
+def bersim_costs(repeats: int = 5) -> tuple[float, float, float]:
+    """(start-up CPU s, start-up wall s, kernel bit per CPU s) of `python -m bersim simulate`.
+
+    Start-up: medians over 1-bit tasks. Kernel rate: a 50-million-bit task's bits over its
+    CPU time beyond the start-up.
     """
     env = {**os.environ, "OCTAVE_EXECUTABLE": "octave-cli", "OCTAVE_HISTFILE": "/dev/null"}
 
-    def simulate(max_bits: str, seed: int, output: str) -> None:
+    def simulate(max_bits: str, seed: int, output: str) -> tuple[float, float]:
+        """Run one task; return its (CPU s, wall s)."""
         argv = ["--ebn0-db", "4", "--max-bits", max_bits, "--seed", str(seed), "--output", output]
+        cpu_s, started = _child_cpu_s(), time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "bersim", "simulate", *argv],
             env=env,
             check=True,
             capture_output=True,
         )
+        return _child_cpu_s() - cpu_s, time.perf_counter() - started
 
-    times = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(repeats):
-            started = time.perf_counter()
-            simulate("1", i, f"{tmp}/t{i}.json")
-            times.append(time.perf_counter() - started)
-        simulate("5e7", 1, f"{tmp}/rate.json")
-        doc = json.loads(Path(f"{tmp}/rate.json").read_text())
-    return statistics.median(times), int(doc["bits"]) / float(doc["elapsed_s"])
+        small = [simulate("1", i, f"{tmp}/t{i}.json") for i in range(repeats)]
+        large_cpu_s, _ = simulate("5e7", 1, f"{tmp}/rate.json")
+        bits = int(json.loads(Path(f"{tmp}/rate.json").read_text())["bits"])
+    startup_cpu_s = statistics.median(cpu for cpu, _ in small)
+    startup_wall_s = statistics.median(wall for _, wall in small)
+    return startup_cpu_s, startup_wall_s, bits / (large_cpu_s - startup_cpu_s)
 
 
 def _ts(text: str | None) -> float:
@@ -85,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallelism", type=int, default=None)
     args = parser.parse_args(argv if argv is not None else [])
     cores = os.cpu_count() or 1
-    startup, rate = bersim_costs()
+    startup, startup_wall_s, rate = bersim_costs()
     print(
-        f"bersim alone: start-up (python, numpy, oct2py, Octave; 1 bit) {startup:.2f} s median, "
-        f"kernel {rate:.3g} bit/s; {cores} cores"
+        f"bersim alone: start-up (python, numpy, oct2py, Octave; 1 bit) {startup:.2f} CPU s "
+        f"median ({startup_wall_s:.2f} s wall), kernel {rate:.3g} bit per CPU s; {cores} cores"
     )
 
     port = local_airflow.free_port()
@@ -147,10 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         f"  task instance durations  {ti_total:7.0f} s in all, {ti_total / n:.2f} s mean "
         f"(wall, includes waiting for a core)"
     )
-    sequential = n * (startup + 0.1) + kernel
+    # A lower bound from this run's own figures: no orchestration cost at all, one core.
+    sequential = n * startup + kernel
     print(
-        f"for comparison, one task at a time (`airflow dags test`, ~0.1 s/task measured in "
-        f"REFERENCE.md) would need about {sequential:.0f} s for the simulate phase"
+        f"for comparison, the same tasks one at a time on one core, with no orchestration at "
+        f"all, would need at least {sequential:.0f} s (= tasks x start-up + kernel): "
+        f"{sequential / phase:.2f}x this run's simulate phase"
     )
 
 

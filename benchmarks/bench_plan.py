@@ -7,7 +7,8 @@ hardest point's share rather than by stragglers.
 Figures per allocation, from the planner's own task list (dags/windows_batch/plan.py):
 - expected: bits and errors from theory (BER of BPSK/AWGN; Poisson/negative binomial counts);
 - simulated: the same tasks drawn with numpy (negative binomial bits-to-target, binomial
-  errors, the kernel's 2**20-bit chunks), 30 replicates: mean and 5th percentile;
+  errors, early stop on the kernel's chunk boundaries: bersim.kernel.DEFAULT_CHUNK_BITS), 30
+  replicates: mean and 5th percentile;
 - makespan: the longest task (bits) and a longest-first list schedule over the cluster's slots
   (6 instances x 4 slots), in bits of the busiest slot.
 """
@@ -22,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bersim.kernel import DEFAULT_CHUNK_BITS
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
 from windows_batch import plan
 from windows_batch.params import DEFAULTS
 
-CHUNK_BITS = 2**20
 SLOTS = 6 * 4
 REPLICATES = 30
 
@@ -72,7 +74,7 @@ def simulate_task(task: plan.TaskSpec, rng: np.random.Generator) -> tuple[int, i
     # Bits until the target-th error: `target` successes of a Bernoulli(ber) sequence.
     to_target = int(rng.negative_binomial(target, ber)) + target
     if to_target <= cap:
-        bits = min(cap, math.ceil(to_target / CHUNK_BITS) * CHUNK_BITS)
+        bits = min(cap, math.ceil(to_target / DEFAULT_CHUNK_BITS) * DEFAULT_CHUNK_BITS)
         return bits, target + int(rng.binomial(bits - to_target, ber))
     # Cap reached first: fewer than `target` errors in `cap` bits.
     while True:

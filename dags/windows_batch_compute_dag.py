@@ -5,13 +5,15 @@ Trigger it with **Trigger DAG w/ config** and fill in the form (the defaults run
 
 1. **plan_tasks** checks the form and splits the study into `num_tasks` simulations
    (refusing bad input with a message that names the field, before anything starts on AWS).
+   It prints the estimated time and cost, and picks the cluster size if `cluster_size` is auto.
 2. **scale_out** starts `cluster_size` Windows instances and waits until they are ready.
 3. **simulate** runs one GNU Octave Monte Carlo simulation per task, each writing
    `<task results folder>/<run id>/task-<index>.json`.
 4. **aggregate** sums them into `results.csv`, `results.json` and the plot `results.png`
    under `<aggregate folder>/<run id>/`, even if some simulations failed (those are listed, and
    the run is marked failed). Its **Results plot** link and the run's note lead to the plot.
-5. **scale_in** stops the instances again, whatever happened before.
+5. **scale_in** stops the instances again, whatever happened before, and logs where the time
+   and money went (instance-hours, cost, boot, pull and compute time), also in the run's note.
 6. **finish** gives the verdict: the run is green only if no task failed and scale_in
    brought the cluster back to zero (also when a person marked the run failed).
 
@@ -33,8 +35,8 @@ import airflow.sdk.definitions.decorators  # noqa: F401
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from windows_batch import cost_report, task_result, verdict
 from windows_batch import settings as settings_mod
-from windows_batch import task_result, verdict
 from windows_batch.params import StudyError, form, validate_study
 from windows_batch.plan import plan_study
 
@@ -76,16 +78,26 @@ with DAG(
                 params,
                 conf=dag_run.conf if dag_run is not None else None,
                 max_cluster_size=SETTINGS.max_cluster_size,
+                results_bucket_only=SETTINGS.results_bucket_only,
             )
         except StudyError as exc:
             raise AirflowFailException(f"Invalid input: {exc}") from None
         plan = plan_study(study, str(run_id))
+        rate = SETTINGS.cost
+        sizing = cost_report.plan_estimate(
+            SETTINGS,
+            task_s=[rate.task_start_s + b / rate.task_bits_per_s for b in plan.expected_task_bits],
+            requested=cluster_size,
+        )
         summary = (
             f"{len(plan.tasks)} tasks over {len(study.ebn0_db)} Eb/N0 points "
             f"({study.allocation} allocation), about {plan.expected_bits:.3g} bits, "
-            f"cluster of {cluster_size}; results under {plan.output_prefix_uri}"
+            f"cluster of {sizing.size}; results under {plan.output_prefix_uri}"
         )
         print(summary)
+        print(sizing.line())
+        ti.xcom_push(key=cost_report.CLUSTER_SIZE_KEY, value=sizing.size)
+        ti.xcom_push(key=cost_report.ESTIMATE_KEY, value=sizing.line())
         ti.xcom_push(key="aggregate_command", value=plan.aggregate_command)
         return plan.simulate_commands
 

@@ -1,11 +1,13 @@
 # Entrypoint of the Windows bersim image.
 #
-# 1. Adds the routes a Windows container on ECS needs, in the default (NAT) network mode, to reach
-#    the task credential endpoint (169.254.170.2) and the instance metadata (169.254.169.254):
-#    without them boto3 finds no credentials for the task IAM role. These are the commands of
-#    AWS's "IAM roles for task container bootstrap script" (Amazon ECS Developer Guide, Windows
-#    IAM roles for tasks), made idempotent and non-fatal so the image also runs outside ECS.
-#    Set BERSIM_SKIP_ECS_ROUTES=1 to skip them (e.g. awsvpc mode, or a laptop).
+# 1. Adds the route a Windows container on ECS needs, in the default (NAT) network mode, to reach
+#    the task credential endpoint (169.254.170.2): without it boto3 finds no credentials for the
+#    task IAM role. This is the credentials half of AWS's "IAM roles for task container bootstrap
+#    script" (Amazon ECS Developer Guide, Windows IAM roles for tasks), made idempotent and
+#    non-fatal so the image also runs outside ECS. Set BERSIM_SKIP_ECS_ROUTES=1 to skip it.
+#    No route to the instance metadata service (169.254.169.254): through it a container could
+#    read the instance role's credentials, which can do far more than the task role, and bersim
+#    needs nothing from it (the task definition gives the region as AWS_REGION).
 # 2. Runs `python -m bersim` with the container's arguments (ECS: the command override) and exits
 #    with its exit code: 0 ok, 1 runtime failure, 2 bad input, 3 aggregate wrote its outputs but
 #    tasks were missing.
@@ -20,19 +22,18 @@ function Add-EcsTaskRoutes {
     $adapter = Get-NetAdapter -InterfaceDescription 'Hyper-V Virtual Ethernet*' -ErrorAction SilentlyContinue |
         Sort-Object -Property ifIndex | Select-Object -First 1
     if (-not $defaultRoute -or -not $adapter) {
-        Write-Warning 'bersim: no default gateway or Hyper-V adapter found; ECS task routes not added'
+        Write-Warning 'bersim: no default gateway or Hyper-V adapter found; ECS task credentials route not added'
         return
     }
     $gateway = $defaultRoute.NextHop
     $ifIndex = $adapter.ifIndex
-    # credentials API, then metadata API
-    foreach ($prefix in @('169.254.170.2/32', '169.254.169.254/32')) {
-        if (Get-NetRoute -DestinationPrefix $prefix -ErrorAction SilentlyContinue) {
-            continue
-        }
-        New-NetRoute -DestinationPrefix $prefix -InterfaceIndex $ifIndex -NextHop $gateway `
-            -PolicyStore ActiveStore | Out-Null
+    # The task credentials endpoint only; see the header for why not the metadata service.
+    $prefix = '169.254.170.2/32'
+    if (Get-NetRoute -DestinationPrefix $prefix -ErrorAction SilentlyContinue) {
+        return
     }
+    New-NetRoute -DestinationPrefix $prefix -InterfaceIndex $ifIndex -NextHop $gateway `
+        -PolicyStore ActiveStore | Out-Null
 }
 
 if ($env:BERSIM_SKIP_ECS_ROUTES -ne '1') {

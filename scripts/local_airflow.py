@@ -33,9 +33,9 @@ VENV_BIN = REPO / ".venv" / "bin"
 DEFAULT_HOME = REPO / ".local" / "airflow"
 DEFAULT_LOCAL_ROOT = REPO / ".local" / "buckets"
 # Four tasks per core: most of a local task is starting processes (Airflow's task process,
-# Python, Octave), so overlapping them keeps the cores busy. Measured on 2 cores with the
-# 200-task study (benchmarks/bench_local_run.py): parallelism 2: 353 s, 4: 239 s, 6: 208 s,
-# 8: 191 s. Each slot costs a few hundred MB of memory; 16 is Airflow's per-DAG default anyway.
+# Python, Octave), so overlapping them keeps the cores busy; compare settings with
+# `python benchmarks/bench_local_run.py --parallelism N`. Each slot costs memory; 16 is
+# Airflow's per-DAG default anyway.
 DEFAULT_PARALLELISM = min(16, 4 * (os.cpu_count() or 2))
 _SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -54,7 +54,8 @@ def airflow_env(
     :param home: AIRFLOW_HOME (config, SQLite metadata database, logs); default `.local/airflow`.
     :param port: TCP port of the API server / UI on 127.0.0.1.
     :param local_root: directory that stands in for S3 (one sub-directory per bucket).
-    :param parallelism: task processes the LocalExecutor runs at once; default the CPU count.
+    :param parallelism: task processes the LocalExecutor runs at once; default
+        DEFAULT_PARALLELISM.
     """
     home = (home or DEFAULT_HOME).resolve()
     local_root = (local_root or DEFAULT_LOCAL_ROOT).resolve()
@@ -69,6 +70,8 @@ def airflow_env(
         {
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            # The Results view (a FastAPI app and a run tab), as plugins.zip carries it to MWAA.
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(parallelism or DEFAULT_PARALLELISM),

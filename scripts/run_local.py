@@ -6,8 +6,9 @@
 
 `make run` starts `airflow standalone` (SQLite metadata database and logs under .local/airflow,
 the LocalExecutor running tasks in parallel on every core), triggers one run through the REST
-API, shows progress as tasks finish, stops Airflow again and prints the path of results.png as
-its last line. Results go to .local/buckets/<bucket>/<prefix>/<run id>/ (the local stand-in
+API, shows progress as tasks finish, stops Airflow again and prints the run's Results view (the
+"Results" tab of the run's page, open while `make ui` runs) and the path of results.png as its
+last line. Results go to .local/buckets/<bucket>/<prefix>/<run id>/ (the local stand-in
 for S3, same keys as on AWS).
 """
 
@@ -23,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dags"))
 
 import local_airflow
+
+from windows_batch.results import results_view_path
 
 DAG_ID = "windows-batch-compute-dag"
 # The form's defaults are sized for a cluster (4e9 bits per task); on a laptop the same study
@@ -206,6 +210,10 @@ def run_study(
     if png is None or not png.exists():
         print("No results.png was produced (see the failed tasks above).", flush=True)
         return 1
+    view = f"{base_url}/{results_view_path(dag_id=DAG_ID, run_id=run_id)}"
+    print(
+        f"Results view (plot, table, downloads; open it while `make ui` runs): {view}", flush=True
+    )
     print(png, flush=True)
     return 0 if state == "success" else 1
 
@@ -220,7 +228,11 @@ def run_ui(*, port: int) -> int:
         print(
             "Open it, then 'Trigger' (the form). No login needed. Ctrl-C stops Airflow.", flush=True
         )
-        print(f"Results: {env['AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT']}", flush=True)
+        print(
+            "Results: the Results tab of each run's page; files under "
+            f"{env['AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT']}",
+            flush=True,
+        )
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -1,9 +1,11 @@
 """deploy.sh against a moto server on 127.0.0.1, run twice to show the re-run is a no-op.
 
-moto has no CloudFormation support for AWS::MWAA::Environment or AWS::CodeBuild::Project, so the
-test deploys with `--skip mwaa` (storage, network, image and ECS stacks, then the uploads) and
-does not build an image. The server is tests/cloudformation/moto_server.py: moto with the change
-set, bucket versioning and VPC deletion behaviour of AWS (see its docstring).
+moto has no CloudFormation support for AWS::MWAA::Environment, so the tests deploy with
+`--skip mwaa` (storage, network, image and ECS stacks, then the uploads). The server is
+tests/cloudformation/moto_server.py: moto with the change set, rollback, bucket versioning and
+VPC deletion behaviour of AWS, a vCPU quota, and a simulated Windows build host (see its
+docstring), so `--build-image` runs its whole AWS side: upload, launch, Run Command, wait,
+terminate, and the log tail on failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
+# The AWS CLI v1 has its own venv (scripts/bootstrap.sh): it cannot share MWAA's pins.
+AWSCLI_BIN = REPO / ".venv-awscli" / "bin"
 REGION = "us-east-1"
 PREFIX = "wbc"
 LAYERS = ("storage", "network", "image", "ecs")
@@ -39,17 +43,17 @@ def copy_project(destination: Path) -> Path:
     for name in ("deploy.sh", "destroy.sh", "requirements-mwaa.txt", "scripts/aws_common.sh"):
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, destination / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "cloudformation", destination / "cloudformation", ignore=ignore)
-    shutil.copytree(REPO / "dags", destination / "dags", ignore=ignore)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for directory in ("cloudformation", "dags", "docker"):
+        shutil.copytree(REPO / directory, destination / directory, ignore=ignore)
     return destination
 
 
 def aws_env(endpoint: str | None, home: Path) -> dict[str, str]:
-    """Fake credentials, no user AWS config, the venv's AWS CLI v1 first on PATH."""
+    """Fake credentials, no user AWS config, the AWS CLI v1 of .venv-awscli first on PATH."""
     (home / "aws-config").write_text("")
     env = {
-        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "PATH": f"{AWSCLI_BIN}:{VENV_BIN}:/usr/bin:/bin",
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -58,6 +62,8 @@ def aws_env(endpoint: str | None, home: Path) -> dict[str, str]:
         "AWS_CONFIG_FILE": str(home / "aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-config"),
         "AWS_EC2_METADATA_DISABLED": "true",
+        "DEPLOY_BUILD_POLL_SECONDS": "0.2",
+        "DESTROY_POLL_SECONDS": "0.2",
     }
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
@@ -112,12 +118,21 @@ def snapshot(url: str) -> dict[str, Any]:
     return state
 
 
-def test_deploy_twice_then_change_one_setting(tmp_path: Path, moto_url: str) -> None:
+def running_instances(url: str) -> list[str]:
+    reservations = client("ec2", url).describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    )["Reservations"]
+    return [i["InstanceId"] for r in reservations for i in r["Instances"]]
+
+
+def test_deploy_builds_the_image_then_reruns_without_changes(tmp_path: Path, moto_url: str) -> None:
     project = copy_project(tmp_path)
     env = aws_env(moto_url, tmp_path)
 
-    first = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    first = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--build-image")
     assert first.returncode == 0, first.stderr + first.stdout
+    assert "build host i-" in first.stderr
+    assert running_instances(moto_url) == []
     before = snapshot(moto_url)
 
     storage = before[f"{PREFIX}-storage outputs"]
@@ -134,14 +149,23 @@ def test_deploy_twice_then_change_one_setting(tmp_path: Path, moto_url: str) -> 
     }
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="dags/").get("Contents", [])
     assert {item["Key"] for item in listed} == local_dags
-    assert (
-        ecs["SlotsPerInstance"] == "4"
-    )  # c5.xlarge: 4 vCPUs, 8 GiB, 1024 units and 1.5 GiB a task
-    assert ecs["ImageUri"] == f"{before[f'{PREFIX}-image outputs']['RepositoryUri']}:latest"
+    # MWAA gets requirements-mwaa.txt only; the local lock is never uploaded.
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {key.split("/")[0] for key in keys} == {"dags", "requirements", "build"}
+    assert not any("constraints" in key for key in keys)
+    # c5.xlarge: 8192 MiB nominal, 95 % reported, 2048 reserved -> 5734 MiB: 3 tasks of 1536.
+    assert ecs["SlotsPerInstance"] == "3"
+    repository_uri = before[f"{PREFIX}-image outputs"]["RepositoryUri"]
+    repository, tag = ecs["ImageUri"].removeprefix(repository_uri.split("/")[0] + "/").split(":")
+    assert ecs["ImageUri"].startswith(f"{repository_uri}:src-")
+    images = client("ecr", moto_url).describe_images(repositoryName=repository)["imageDetails"]
+    assert [image["imageTags"] for image in images] == [[tag]]
     assert f"requirements version: {requirements['VersionId']}" in first.stdout
 
+    # Without --build-image the image of the same sources is found and nothing is rebuilt.
     second = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
     assert second.returncode == 0, second.stderr + second.stdout
+    assert "build host" not in second.stderr
     assert second.stdout.count("No changes to deploy") == len(LAYERS)
     assert "unchanged: s3://" in second.stdout
     assert snapshot(moto_url) == before
@@ -160,10 +184,118 @@ def test_deploy_twice_then_change_one_setting(tmp_path: Path, moto_url: str) -> 
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 7, 0)
 
 
+def stacks_of(url: str, prefix: str, region: str = REGION) -> dict[str, str]:
+    cloudformation = boto3.client(
+        "cloudformation",
+        endpoint_url=url,
+        region_name=region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return {
+        stack["StackName"]: stack["StackStatus"]
+        for stack in cloudformation.describe_stacks()["Stacks"]
+        if stack["StackName"].startswith(f"{prefix}-")
+    }
+
+
+def test_deploy_without_an_image_is_refused_before_any_stack(tmp_path: Path, moto_url: str) -> None:
+    project = copy_project(tmp_path)
+    result = run(project / "deploy.sh", aws_env(moto_url, tmp_path), "--prefix", "wbn")
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert "add --build-image (builds it on AWS) or --image-uri URI" in result.stdout
+    assert "1 blocker(s)" in result.stderr
+    assert stacks_of(moto_url, "wbn") == {}
+
+
+def test_check_prints_the_preflight_and_changes_nothing(tmp_path: Path, moto_url: str) -> None:
+    project = copy_project(tmp_path)
+    env = aws_env(moto_url, tmp_path)
+    args = ("--prefix", "wbk", "--image-uri", "example.com/bersim:1", "--check")
+    fits = run(project / "deploy.sh", env, *args)
+    assert fits.returncode == 0, fits.stderr + fits.stdout
+    lines = fits.stdout.splitlines()
+    for check in ("credentials", f"region {REGION}", "Windows Server 2022 ECS AMI", "vCPU quota"):
+        assert any(line.split()[:1] and check in line and " ok " in line for line in lines), check
+    assert "64 On-Demand Standard vCPUs >= 40 needed (10 x c5.xlarge)" in fits.stdout
+    assert "stack wbk-storage" in fits.stdout
+    too_many = run(project / "deploy.sh", env, *args, "--max-instances", "20")
+    assert too_many.returncode == 1
+    assert "64 On-Demand Standard vCPUs < 80 needed" in too_many.stdout
+    assert stacks_of(moto_url, "wbk") == {}
+
+
+def test_a_region_without_mwaa_is_refused_with_the_regions_that_work(
+    tmp_path: Path, moto_url: str
+) -> None:
+    project = copy_project(tmp_path)
+    result = run(
+        project / "deploy.sh",
+        aws_env(moto_url, tmp_path),
+        *("--prefix", "wbg", "--region", "mx-central-1", "--image-uri", "example.com/b:1"),
+    )
+    assert result.returncode == 1, result.stderr + result.stdout
+    region_line = next(line for line in result.stdout.splitlines() if "region mx-central-1" in line)
+    assert region_line.split()[2:7] == ["BLOCKER", "does", "not", "offer", "mwaa;"]
+    assert " us-east-1 " in region_line + " "
+    assert "mx-central-1" not in region_line.split("use one of:")[1]
+    ami_line = next(line for line in result.stdout.splitlines() if "ECS AMI" in line)
+    assert "BLOCKER" in ami_line.split()
+    assert stacks_of(moto_url, "wbg", region="mx-central-1") == {}
+
+
+def test_a_stack_left_in_rollback_complete_is_recreated_after_confirmation(
+    tmp_path: Path, moto_url: str
+) -> None:
+    project = copy_project(tmp_path)
+    env = aws_env(moto_url, tmp_path)
+    args = ("--prefix", "wbr", "--skip", "ecs,mwaa")
+    ecr = client("ecr", moto_url)
+    ecr.create_repository(repositoryName="wbr/bersim")  # the image stack cannot create it
+    failed = run(project / "deploy.sh", env, *args)
+    assert failed.returncode != 0
+    assert stacks_of(moto_url, "wbr")["wbr-image"] == "ROLLBACK_COMPLETE"
+    ecr.delete_repository(repositoryName="wbr/bersim")
+
+    refused = run(project / "deploy.sh", env, *args, stdin="no\n")
+    assert refused.returncode == 1
+    assert "wbr-image is in ROLLBACK_COMPLETE" in refused.stderr
+    assert "not confirmed; wbr-image left as it is" in refused.stderr
+    assert stacks_of(moto_url, "wbr")["wbr-image"] == "ROLLBACK_COMPLETE"
+
+    recreated = run(project / "deploy.sh", env, *args, "--yes")
+    assert recreated.returncode == 0, recreated.stderr + recreated.stdout
+    assert "Deleting wbr-image (ROLLBACK_COMPLETE)" in recreated.stdout
+    assert stacks_of(moto_url, "wbr")["wbr-image"] == "CREATE_COMPLETE"
+
+
+def test_a_failed_build_prints_the_log_tail_and_terminates_the_host(tmp_path: Path) -> None:
+    with moto_server.running_server(
+        tmp_path / "server.log", REGION, env={"MOTO_IMAGE_BUILD_OUTCOME": "Failed"}
+    ) as url:
+        project = copy_project(tmp_path)
+        result = run(
+            project / "deploy.sh",
+            aws_env(url, tmp_path),
+            *("--prefix", "wbf", "--skip", "mwaa", "--build-image"),
+        )
+        assert result.returncode == 1, result.stderr + result.stdout
+        assert "ended Failed" in result.stderr
+        tail = result.stderr.split("last lines of", 1)[1]
+        assert moto_server.BUILD_FAILURE_LINE in tail
+        assert "Step 59/12" in tail
+        assert "Step 1/12 " not in tail  # the tail, not the head
+        assert running_instances(url) == []
+        assert "wbf-ecs" not in stacks_of(url, "wbf")
+
+
 def test_help(tmp_path: Path) -> None:
     result = run(REPO / "deploy.sh", aws_env(None, tmp_path), "--help")
     assert result.returncode == 0
-    for option in ("--region", "--prefix", "--instance-type", "--image-uri", "--build-image"):
+    for option in (
+        *("--region", "--prefix", "--instance-type", "--image-uri", "--build-image"),
+        *("--check", "--yes"),
+    ):
         assert option in result.stdout
 
 

@@ -1,4 +1,5 @@
-"""destroy.sh against a moto server: asks first, empties every object version, deletes in order.
+"""destroy.sh against a moto server: asks first, empties every object version, deletes in order,
+drains the cluster before its stack goes, and removes the log groups ECS creates itself.
 
 The stacks come from deploy.sh `--skip mwaa` (moto cannot create the MWAA environment).
 """
@@ -6,6 +7,7 @@ The stacks come from deploy.sh `--skip mwaa` (moto cannot create the MWAA enviro
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,9 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
 ) -> None:
     project = helpers.copy_project(tmp_path)
     env = helpers.aws_env(moto_url, tmp_path)
-    deployed = helpers.run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    deployed = helpers.run(
+        project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--build-image"
+    )
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
 
     cloudformation = helpers.client("cloudformation", moto_url)
@@ -61,6 +65,37 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
         s3.put_object(
             Bucket=results_bucket, Key=f"sim/task_results/r/task-{index:05d}.json", Body=b"{}"
         )
+    # A container instance still registered (its instance going away), as ECS leaves it for a
+    # while after the group terminates the instance; and Container Insights' own log group.
+    ecs_outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in cloudformation.describe_stacks(StackName=f"{PREFIX}-ecs")["Stacks"][0]["Outputs"]
+    }
+    cluster = ecs_outputs["ClusterName"]
+    helpers.client("autoscaling", moto_url).set_desired_capacity(
+        AutoScalingGroupName=ecs_outputs["AutoScalingGroupName"], DesiredCapacity=1
+    )
+    instance = helpers.client("ec2", moto_url).describe_instances(
+        InstanceIds=helpers.running_instances(moto_url)[:1]
+    )["Reservations"][0]["Instances"][0]
+    zone = instance["Placement"]["AvailabilityZone"]
+    # The instance identity document the agent sends (what moto's register reads from it).
+    document = {
+        "instanceId": instance["InstanceId"],
+        "instanceType": instance["InstanceType"],
+        "imageId": instance["ImageId"],
+        "availabilityZone": zone,
+        "region": zone[:-1],
+        "privateIp": instance.get("PrivateIpAddress"),
+        "accountId": "123456789012",
+        "architecture": "x86_64",
+    }
+    helpers.client("ecs", moto_url).register_container_instance(
+        cluster=cluster, instanceIdentityDocument=json.dumps(document)
+    )
+    insights = f"/aws/ecs/containerinsights/{cluster}/performance"
+    logs = helpers.client("logs", moto_url)
+    logs.create_log_group(logGroupName=insights)
     listed = s3.list_object_versions(Bucket=mwaa_bucket)
     assert len(listed["DeleteMarkers"]) == 1
     expected = {f"{PREFIX}-{layer}" for layer in helpers.LAYERS}
@@ -83,6 +118,45 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
         with pytest.raises(ClientError, match=r"NoSuchBucket|Not Found|404"):
             s3.head_bucket(Bucket=bucket)
 
+    assert "deregistered " in destroyed.stdout
+    assert logs.describe_log_groups(logGroupNamePrefix=insights)["logGroups"] == []
+    assert helpers.running_instances(moto_url) == []
+
     again = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
     assert again.returncode == 0
     assert "nothing to delete" in again.stdout
+
+
+def test_pause_keeps_results_and_image_and_deploy_resumes_without_a_rebuild(
+    tmp_path: Path, moto_url: str
+) -> None:
+    prefix = "wbp"
+    project = helpers.copy_project(tmp_path)
+    env = helpers.aws_env(moto_url, tmp_path)
+    args = ("--prefix", prefix, "--skip", "mwaa")
+    deployed = helpers.run(project / "deploy.sh", env, *args, "--build-image")
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    cloudformation = helpers.client("cloudformation", moto_url)
+
+    def outputs(layer: str) -> dict[str, str]:
+        stack = cloudformation.describe_stacks(StackName=f"{prefix}-{layer}")["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    image_uri = outputs("ecs")["ImageUri"]
+    results = outputs("storage")["ResultsBucketName"]
+    s3 = helpers.client("s3", moto_url)
+    s3.put_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv", Body=b"ebn0_db\n")
+
+    paused = helpers.run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
+    assert paused.returncode == 0, paused.stderr + paused.stdout
+    assert "bucket " not in paused.stdout  # nothing is emptied
+    assert {s for s in stack_names(cloudformation) if s.startswith(f"{prefix}-")} == {
+        f"{prefix}-storage",
+        f"{prefix}-image",
+    }
+    assert s3.get_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv")
+
+    resumed = helpers.run(project / "deploy.sh", env, *args)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "build host" not in resumed.stderr
+    assert outputs("ecs")["ImageUri"] == image_uri

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
+from windows_batch import cost_report
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -172,7 +174,10 @@ class ScaleOutSensor(_ClusterSensor):
             f"{_lifecycle_summary(group['instances'])}"
         )
         self.log.info("%s", self.seen)
-        return counts["ready"] >= desired
+        if counts["ready"] >= desired:
+            cost_report.remember_instances(self.settings, context, ecs)
+            return True
+        return False
 
 
 class ScaleInSensor(_ClusterSensor):
@@ -196,7 +201,10 @@ class ScaleInSensor(_ClusterSensor):
             f"{_lifecycle_summary(group['instances'])}"
         )
         self.log.info("%s", self.seen)
-        return not group["instances"]
+        if group["instances"]:
+            return False
+        cost_report.report_usage(self.settings, context)
+        return True
 
 
 def _lifecycle_summary(states: list[str]) -> str:

@@ -53,6 +53,7 @@ from windows_batch.cluster import (
     ScaleOutSensor,
     run_task_group,
 )
+from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
 from windows_batch.deadline import (
     DEADLINE_STATUS,
     DeadlineTaskDoneTrigger,
@@ -500,7 +501,7 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
 def scale_out(settings: Settings) -> BaseOperator:
     return ScaleOutSensor(
         task_id="scale_out",
-        desired="{{ params.cluster_size }}",
+        desired=CLUSTER_SIZE_TEMPLATE,
         timeout_s="{{ params.scale_out_timeout_s }}",
         settings=settings,
     )

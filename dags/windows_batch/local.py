@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
 from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
 from windows_batch.results import PublishResultsMixin, local_path
 
@@ -144,9 +145,7 @@ class ScaleNoopOperator(BaseOperator):
 
 
 def scale_out(settings: Settings) -> BaseOperator:
-    return ScaleNoopOperator(
-        task_id="scale_out", desired="{{ params.cluster_size }}", settings=settings
-    )
+    return ScaleNoopOperator(task_id="scale_out", desired=CLUSTER_SIZE_TEMPLATE, settings=settings)
 
 
 def scale_in(settings: Settings) -> BaseOperator:

@@ -17,8 +17,9 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from windows_batch.cost import AUTO
 from windows_batch.plan import ALLOCATIONS, SEED_MAX, Study
-from windows_batch.settings import Settings
+from windows_batch.settings import RESULTS_PREFIX, Settings
 
 MAX_TASKS = 1024
 """Airflow maps at most `[core] max_map_length` (1024) task instances."""
@@ -81,6 +82,27 @@ def whole_range(low: int, high: int) -> dict[str, Any]:
     a message that names the field ("Invalid input for param num_tasks: ...").
     """
     return {"type": "integer", "exclusiveMinimum": low - 1, "exclusiveMaximum": high + 1}
+
+
+def cluster_size_schema(settings: Settings) -> dict[str, Any]:
+    """JSON schema of cluster_size: "auto" or a whole number from 1 to the group's maximum.
+
+    A list of choices renders as a drop-down in Airflow 3.3's form, which submits the chosen
+    entry with its JSON type (the number 4, the string "auto"); a number input could not take
+    "auto", and a free-text field of two types would be a six-line text box.
+    """
+    choices: list[Any] = [AUTO, *range(1, settings.max_cluster_size + 1)]
+    return {
+        "type": ["string", "integer"],
+        "enum": choices,
+        "values_display": {
+            AUTO: f"auto (cheapest within {settings.cost.auto_slowdown:g}x of the fastest)",
+            **{
+                str(n): f"{n} ({n * settings.slots_per_instance} tasks at a time)"
+                for n in choices[1:]
+            },
+        },
+    }
 
 
 class StudyError(ValueError):
@@ -184,13 +206,16 @@ def form(settings: Settings) -> dict[str, Param]:
             section=SECTION_PRECISION,
         ),
         "cluster_size": Param(
-            settings.default_cluster_size,
-            **whole_range(1, settings.max_cluster_size),
+            AUTO,
+            **cluster_size_schema(settings),
             title="Cluster size (instances)",
             description=(
-                f"Windows instances started for this run (1 to {settings.max_cluster_size}); "
-                f"each runs {settings.slots_per_instance} tasks at a time. They are stopped "
-                "again at the end, whatever happened."
+                f"Windows instances started for this run: auto, or 1 to "
+                f"{settings.max_cluster_size}; each runs {settings.slots_per_instance} tasks at "
+                f"a time. auto takes the size with the lowest estimated cost among those "
+                f"finishing within {settings.cost.auto_slowdown:g}x the fastest size's time "
+                "(plan_tasks logs the estimate). They are stopped again at the end, whatever "
+                "happened."
             ),
             section=SECTION_ADVANCED,
         ),
@@ -332,16 +357,41 @@ def _points(points: object, num_tasks: int) -> list[float]:
     return ebn0
 
 
+def _check_results_location(
+    bucket: str, task_prefix: str, aggregate_prefix: str, results_bucket: str
+) -> None:
+    """Refuse what the ECS task role could not write, before anything starts on AWS."""
+    if bucket != results_bucket:
+        raise StudyError(
+            "s3_bucket",
+            f"{bucket!r} is not this deployment's results bucket; the ECS tasks may write only "
+            f"to {results_bucket!r} (leave the field at its default)",
+        )
+    for field, prefix in (
+        ("s3_prefix_task_results", task_prefix),
+        ("s3_prefix_aggregate_results", aggregate_prefix),
+    ):
+        if prefix != RESULTS_PREFIX and not prefix.startswith(RESULTS_PREFIX + "/"):
+            raise StudyError(
+                field,
+                f"{prefix!r} is outside {RESULTS_PREFIX}/; the ECS tasks may write only under "
+                f"{RESULTS_PREFIX}/ in {results_bucket!r} (e.g. {RESULTS_PREFIX}/my_results)",
+            )
+
+
 def validate_study(
     params: Mapping[str, Any],
     *,
     conf: Mapping[str, Any] | None = None,
     max_cluster_size: int = 1000,
-) -> tuple[Study, int]:
-    """Check the trigger input; return the Study and the cluster size, or raise StudyError.
+    results_bucket_only: str | None = None,
+) -> tuple[Study, int | str]:
+    """Check the trigger input; return the Study and the cluster size (or "auto"), or raise.
 
     params: the run's params (form defaults merged with the trigger's conf);
-    conf: the trigger's conf as given, checked for unknown (misspelt) fields.
+    conf: the trigger's conf as given, checked for unknown (misspelt) fields;
+    results_bucket_only: the one bucket the tasks' role may write (Settings.results_bucket_only),
+    whose RESULTS_PREFIX the prefixes must stay under; None: any bucket and prefix.
     """
     unknown = sorted(set(conf or {}) - set(PARAM_NAMES))
     if unknown:
@@ -366,7 +416,13 @@ def validate_study(
             "allocation", f"{allocation!r} is not one of {', '.join(repr(a) for a in ALLOCATIONS)}"
         )
     seed = _whole(params, "seed", *WHOLE_BOUNDS["seed"])
-    cluster_size = _whole(params, "cluster_size", 1, max_cluster_size)
+    cluster_size: int | str = AUTO
+    if params.get("cluster_size") != AUTO:
+        if isinstance(params.get("cluster_size"), str):
+            raise StudyError(
+                "cluster_size", f"{params['cluster_size']!r}: use auto or a whole number"
+            )
+        cluster_size = _whole(params, "cluster_size", 1, max_cluster_size)
     for field in ("scale_out_timeout_s", "scale_in_timeout_s"):
         _whole(params, field, *WHOLE_BOUNDS[field])
     task_prefix = _prefix(params, "s3_prefix_task_results")
@@ -378,6 +434,8 @@ def validate_study(
             f"{aggregate_prefix!r} overlaps s3_prefix_task_results {task_prefix!r}; the "
             "aggregate would read its own outputs as task results: use separate folders",
         )
+    if results_bucket_only is not None:
+        _check_results_location(bucket, task_prefix, aggregate_prefix, results_bucket_only)
     study = Study(
         s3_bucket=bucket,
         num_tasks=num_tasks,

@@ -110,6 +110,11 @@ class Plan:
     expected_errors: dict[float, float] = field(default_factory=dict)
 
     @property
+    def expected_task_bits(self) -> list[float]:
+        """Each task's expected simulated bits, in task order (for the time and cost estimate)."""
+        return [expected_task_bits(task) for task in self.tasks]
+
+    @property
     def simulate_commands(self) -> list[list[str]]:
         return [task.argv for task in self.tasks]
 
@@ -251,6 +256,15 @@ def expected_counted(mu: float, target: int) -> float:
         cdf += math.exp(j * log_mu - mu - math.lgamma(j + 1))
         total += max(0.0, 1.0 - cdf)
     return total
+
+
+def expected_task_bits(task: TaskSpec) -> float:
+    """Bits a task is expected to simulate: until its early-stop target, at most its cap."""
+    ber = ber_theory(task.ebn0_db)
+    if task.target_errors <= 0 or ber <= 0:
+        return float(task.max_bits)
+    counted = expected_counted(task.max_bits * ber, task.target_errors)
+    return min(float(task.max_bits), counted / ber)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,18 @@
-"""The run's results one click away: an extra link to results.png and a run note with a summary.
+"""The run's results one click away: the Results view, an extra link, and a run note.
 
+- Results view: plugins/windows_batch_results adds a "Results" tab to every run's page in the
+  Airflow UI (plot, table, missing tasks, downloads), served by the API server from where the
+  run wrote its results. `results_view_path` is that tab's address.
 - Extra link: the `aggregate` task carries the operator link "Results plot (results.png)". Airflow
   computes it when the task finishes (success or failure) and stores it in XCom; the UI shows it
-  on the task instance. It needs no plugin: the API server reads the stored URL back. On AWS it
-  is the S3 console URL of the object; in the local backend the file's `file://` URL.
+  on the task instance. On AWS it is the S3 console URL of the object; in the local backend the
+  file's `file://` URL (which browsers do not open from a web page: the view is the way there).
 - Run note: a task cannot set its run's note through the Task SDK, so `aggregate` sets it
   through the REST API's bulk endpoint `PATCH /api/v2/dags/{dag_id}/dagRuns`: the local
   Airflow's own API (`RUN_NOTE=api`, what `make ui`/`make run` use: no login there) or, on MWAA,
-  `mwaa:InvokeRestApi` (`RUN_NOTE=mwaa` with `MWAA_ENVIRONMENT`; the execution role needs
-  `airflow:InvokeRestApi`). Any failure to set the note is logged and ignored: the results and
-  the link do not depend on it.
+  the provider's `MwaaHook.invoke_rest_api` (`RUN_NOTE=mwaa` with `MWAA_ENVIRONMENT`; the
+  execution role needs `airflow:InvokeRestApi`). The note's link opens the Results view. Any
+  failure to set the note is logged and ignored: the results and the links do not depend on it.
 """
 
 from __future__ import annotations
@@ -69,6 +72,20 @@ def results_link(uri: str, *, backend: str, local_root: Path, region: str | None
     return s3_console_url(uri, region)
 
 
+RESULTS_VIEW_ROUTE = "results"
+"""The Results tab's `url_route` (plugins/windows_batch_results/app.py, VIEW)."""
+
+
+def results_view_path(*, dag_id: str, run_id: str) -> str:
+    """The run's Results tab, relative to the Airflow UI's base URL (no leading slash).
+
+    Relative, so a link in the run note works wherever the UI is served (it resolves against the
+    UI's <base href>); `make run` prefixes it with the local base URL.
+    """
+    dag, run = (urllib.parse.quote(v, safe="") for v in (dag_id, run_id))
+    return f"dags/{dag}/runs/{run}/plugin/{RESULTS_VIEW_ROUTE}"
+
+
 def output_prefix_of(command: list[str] | tuple[str, ...]) -> str | None:
     """The `--output` prefix of a `bersim aggregate` command."""
     args = list(command)
@@ -98,7 +115,7 @@ def summary_line(document: Mapping[str, Any]) -> str:
 
 
 def note_text(*, link: str, location: str, summary: str | None, partial: bool) -> str:
-    """The run note (Markdown): the link, where the plot is (S3 URI or local path), the summary."""
+    """The run note (Markdown): the link (to the Results view), where the plot is, the summary."""
     head = "Results (partial: some tasks failed)" if partial else "Results"
     lines = [f"**{head}:** [results.png]({link})", "", f"`{location}`"]
     if summary:
@@ -158,13 +175,18 @@ def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> 
             if not settings.mwaa_environment:
                 log.warning("RUN_NOTE=mwaa needs MWAA_ENVIRONMENT: run note not set")
                 return False
-            from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook  # noqa: PLC0415
+            from airflow.providers.amazon.aws.hooks.mwaa import MwaaHook  # noqa: PLC0415
 
-            client: Any = AwsBaseHook(
-                aws_conn_id=settings.aws_conn_id, client_type="mwaa", region_name=settings.region
-            ).conn
-            answer = client.invoke_rest_api(
-                Name=settings.mwaa_environment, Path=path, Method="PATCH", Body=body
+            # The hook falls back to a web login token when the role lacks InvokeRestApi; it
+            # needs the Airflow major version for that (Airflow 3: /api/v2, a JWT).
+            answer = MwaaHook(
+                aws_conn_id=settings.aws_conn_id, region_name=settings.region
+            ).invoke_rest_api(
+                env_name=settings.mwaa_environment,
+                path=path,
+                method="PATCH",
+                body=body,
+                airflow_version=3,
             )
             status = int(answer.get("RestApiStatusCode", 0))
             return 200 <= status < 300 and _bulk_succeeded(
@@ -260,8 +282,11 @@ class PublishResultsMixin:
         document = self.read_results_json()
         summary = summary_line(document) if document else None
         partial = partial or bool(document and document.get("missing_tasks"))
-        link = self.results_url
-        log.info("Results plot: %s", link)
+        run_id = str(context["run_id"])
+        dag_id = str(context["dag"].dag_id)
+        link = results_view_path(dag_id=dag_id, run_id=run_id)
+        log.info("Results plot: %s", self.results_url)
+        log.info("Results view: <Airflow UI>/%s", link)
         if summary:
             log.info("Summary: %s", summary)
         location = (
@@ -270,8 +295,11 @@ class PublishResultsMixin:
             else png
         )
         note = note_text(link=link, location=location, summary=summary, partial=partial)
-        run_id = str(context["run_id"])
-        dag_id = str(context["dag"].dag_id)
+        # The estimate plan_tasks made; scale_in appends the measured time and cost to this note.
+        estimate = context["ti"].xcom_pull(task_ids="plan_tasks", key="cost_estimate")
+        if estimate:
+            note += f"\n\n{estimate}"
+        context["ti"].xcom_push(key="run_note", value=note)
         if self.settings.run_note != "off" and set_run_note(
             self.settings, dag_id=dag_id, run_id=run_id, note=note
         ):

@@ -13,7 +13,8 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - CONTAINER_NAME [bersim]: the container in the task definition.
 - LOG_GROUP [empty: logs not fetched]: CloudWatch log group of the container.
 - LOG_STREAM_PREFIX [bersim]: the container's awslogs-stream-prefix.
-- S3_BUCKET [empty; local: bersim-local]: the form's default bucket.
+- S3_BUCKET [empty; local: bersim-local]: the form's default bucket; on the ECS backend the only
+  bucket a study may use (the task role may write nothing else), under RESULTS_PREFIX.
 - SLOTS_PER_INSTANCE [4]: tasks that fit on one instance at once.
 - MAX_CLUSTER_SIZE [10]: the largest cluster_size the form allows (the group's MaxSize).
 - MAX_PARALLEL_TASKS [MAX_CLUSTER_SIZE x SLOTS_PER_INSTANCE]: simulations started at once.
@@ -29,6 +30,8 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - RUN_NOTE [off; local: api]: how `aggregate` sets the run note: `api` (this Airflow's REST
   API at AIRFLOW__API__BASE_URL), `mwaa` (mwaa:InvokeRestApi), `off`.
 - MWAA_ENVIRONMENT [empty]: the MWAA environment's name, for RUN_NOTE=mwaa.
+- Cost and estimate (INSTANCE_TYPES, PURCHASE_OPTION, PRICES, BOOT_S, PULL_S, ...): see
+  windows_batch/cost.py, which reads them.
 """
 
 from __future__ import annotations
@@ -38,8 +41,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from windows_batch.cost import CostSettings, CostSettingsError, load_cost_settings
+
 PREFIX = "AIRFLOW__WINDOWS_BATCH__"
 BACKENDS = ("ecs", "local")
+# The key prefix the ECS task role may read and write (cloudformation/ecs.yaml, TaskRole).
+RESULTS_PREFIX = "sim"
 RUN_NOTE_MODES = ("off", "api", "mwaa")
 # dags/windows_batch/settings.py -> the repository root (only meaningful in a checkout).
 _REPO = Path(__file__).resolve().parent.parent.parent
@@ -75,11 +82,14 @@ class Settings:
     retry_delay_s: int
     run_note: str
     mwaa_environment: str
+    cost: CostSettings
 
     @property
-    def default_cluster_size(self) -> int:
-        """The form's default number of instances: 6, or fewer if the group allows fewer."""
-        return min(6, self.max_cluster_size)
+    def results_bucket_only(self) -> str | None:
+        """The one bucket a study may write on this backend: ECS tasks run with a task role
+        that may write only the deployment's results bucket under RESULTS_PREFIX; None (any
+        bucket) for the local backend."""
+        return self.s3_bucket if self.backend == "ecs" else None
 
     @property
     def log_stream_prefix_for_operator(self) -> str:
@@ -147,4 +157,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         retry_delay_s=_int(env, "RETRY_DELAY_S", 60, low=0, high=24 * 3600),
         run_note=run_note,
         mwaa_environment=_str(env, "MWAA_ENVIRONMENT", ""),
+        cost=_cost(env, backend),
     )
+
+
+def _cost(env: Mapping[str, str], backend: str) -> CostSettings:
+    try:
+        return load_cost_settings(env, backend=backend)
+    except CostSettingsError as exc:
+        raise SettingsError(str(exc)) from None

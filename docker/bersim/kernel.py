@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,25 @@ _MAX_EXACT = 2**53
 """Octave hands counts back as doubles, exact up to 2**53."""
 
 
+def _default_chunk_bits() -> int:
+    """The kernel's default chunk size (bits), read from the .m file that sets it."""
+    source = (OCTAVE_DIR / f"{KERNEL_FUNCTION}.m").read_text()
+    match = re.search(r"^\s*chunk_bits = 2\^(\d+);", source, re.MULTILINE)
+    if match is None:
+        raise KernelError(f"no default chunk_bits = 2^N; in {KERNEL_FUNCTION}.m")
+    return 2 ** int(match.group(1))
+
+
 class KernelError(RuntimeError):
     """The Octave kernel could not be started, failed, or returned something unusable."""
+
+
+DEFAULT_CHUNK_BITS = _default_chunk_bits()
+"""Bits per chunk when the caller gives none: early stop happens on these boundaries.
+
+Read from bersim_kernel.m, the one place that sets it, so planners, tests and benchmarks that
+model the kernel cannot drift from it.
+"""
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,37 @@ AWS there in three ways this module corrects, in the server process only:
   an SSM-typed parameter passed back that way keeps its resolved value (moto would look the
   resolved AMI ID up as a parameter name and fail).
 - A stack created or updated by executing a change set keeps its old (empty) outputs and never
-  registers its exports (deleting it then fails with a KeyError).
-- `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned).
+  registers its exports (deleting it then fails with a KeyError). A create that fails (a resource
+  CloudFormation cannot create, e.g. a repository name already taken) raises from
+  ExecuteChangeSet; AWS accepts the call and the stack ends in ROLLBACK_COMPLETE.
+- `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned), and
+  `AWS::ECR::Repository` ignores `EmptyOnDelete` (deleting the stack of a repository with images
+  then fails).
+- A stack's AWS::ECS::Cluster is never deleted with the stack; AWS deletes it, and refuses while
+  container instances are still registered (ClusterContainsContainerInstancesException). A
+  resource that cannot be deleted makes DeleteStack raise; AWS accepts the call and the stack
+  ends in DELETE_FAILED.
 - Deleting a stack leaves its route tables, NAT gateways, gateway endpoints, internet gateway and
   flow logs in place (their models cannot be deleted through CloudFormation), so its VPC cannot
   be deleted. Deleting the VPC here first deletes what CloudFormation would have deleted before.
 
 It also seeds the public SSM parameter of the ECS-optimized Windows Server 2022 AMI, which AWS
-publishes and moto does not know. Run as `python moto_server.py --port N`.
+publishes and moto does not know, and the EC2 On-Demand Standard vCPU quota (Service Quotas
+L-1216C47A; moto models only VPC quotas) as MOTO_EC2_STANDARD_VCPU_QUOTA (default 64).
+
+The Windows image build host is simulated, since no Windows instance runs here: SendCommand
+refuses an instance that is not running (InvalidInstanceId, as for an instance whose SSM agent
+has not registered), and the build document's invocation ends as MOTO_IMAGE_BUILD_OUTCOME says:
+Success (default; the image appears in ECR under the ImageUri parameter) or Failed (the output
+streams in the command's CloudWatch log group end with "docker build failed").
+Run as `python moto_server.py --port N`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -71,11 +88,153 @@ def _normalise(value: Any) -> str:
     return str(value)
 
 
+BUILD_DOCUMENT_SUFFIX = "-build-windows-image"
+BUILD_FAILURE_LINE = "docker build failed"
+
+
 def apply_patches() -> None:
     """Make moto behave like AWS in the ways the module docstring lists."""
     _patch_change_sets()
     _patch_bucket_versioning()
+    _patch_repository_empty_on_delete()
     _patch_vpc_deletion()
+    _patch_cluster_deletion()
+    _patch_service_quotas()
+    _patch_build_host()
+
+
+def _patch_cluster_deletion() -> None:
+    from moto.cloudformation.models import CloudFormationBackend
+    from moto.ecs.exceptions import ECSException
+    from moto.ecs.models import Cluster, EC2ContainerServiceBackend, ecs_backends
+
+    delete_cluster = EC2ContainerServiceBackend.delete_cluster
+    delete_stack = CloudFormationBackend.delete_stack
+
+    def delete_with_the_stack(self: Any, account_id: str, region_name: str) -> None:
+        ecs_backends[account_id][region_name].delete_cluster(self.name)
+
+    def delete_or_fail(self: Any, name_or_stack_id: str) -> None:
+        stacks = [
+            stack
+            for stack in self.stacks.values()
+            if name_or_stack_id in (stack.stack_id, stack.name)
+        ]
+        try:
+            delete_stack(self, name_or_stack_id)
+        except Exception as error:
+            for stack in stacks:
+                self.stacks[stack.stack_id] = stack
+                self.deleted_stacks.pop(stack.stack_id, None)
+                stack.status = "DELETE_FAILED"
+                stack._add_stack_event("DELETE_FAILED", resource_status_reason=str(error))
+
+    def delete_only_an_empty_cluster(self: Any, cluster_str: str) -> Any:
+        cluster = self._get_cluster(cluster_str)
+        registered = [
+            instance
+            for instance in self.container_instances.get(cluster.name, {}).values()
+            if instance.status in ("ACTIVE", "DRAINING")
+        ]
+        if registered:
+            raise ECSException(
+                "ClusterContainsContainerInstancesException",
+                "The Cluster cannot be deleted while Container Instances are active or draining.",
+            )
+        return delete_cluster(self, cluster_str)
+
+    EC2ContainerServiceBackend.delete_cluster = delete_only_an_empty_cluster  # type: ignore[method-assign]
+    Cluster.delete = delete_with_the_stack  # type: ignore[attr-defined]
+    CloudFormationBackend.delete_stack = delete_or_fail  # type: ignore[method-assign]
+
+
+def _patch_service_quotas() -> None:
+    from moto.servicequotas.models import ServiceQuotasBackend
+
+    get_service_quota = ServiceQuotasBackend.get_service_quota
+
+    def get_with_ec2_vcpus(self: Any, service_code: str, quota_code: str) -> dict[str, Any]:
+        if (service_code, quota_code) == ("ec2", "L-1216C47A"):
+            return {
+                "ServiceCode": "ec2",
+                "QuotaCode": quota_code,
+                "QuotaName": "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+                "Value": float(os.environ.get("MOTO_EC2_STANDARD_VCPU_QUOTA", "64")),
+                "Unit": "None",
+                "Adjustable": True,
+                "GlobalQuota": False,
+            }
+        return get_service_quota(self, service_code, quota_code)
+
+    ServiceQuotasBackend.get_service_quota = get_with_ec2_vcpus  # type: ignore[method-assign]
+
+
+def _patch_build_host() -> None:
+    from moto.ec2.models import ec2_backends
+    from moto.ecr.models import ecr_backends
+    from moto.logs.models import logs_backends
+    from moto.ssm.exceptions import SSMException
+    from moto.ssm.models import SimpleSystemManagerBackend
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    send_command = SimpleSystemManagerBackend.send_command
+    respond_to_send_command = SimpleSystemManagerResponse.send_command
+    # moto's response handler drops CloudWatchOutputConfig; the backend patch needs it.
+    output_config: dict[str, Any] = {}
+
+    def keep_output_config(self: Any) -> Any:
+        output_config.clear()
+        output_config.update(self._get_param("CloudWatchOutputConfig") or {})
+        return respond_to_send_command(self)
+
+    def send_to_the_build_host(self: Any, **kwargs: Any) -> Any:
+        ec2 = ec2_backends[self.account_id][self.region_name]
+        running = {
+            instance.id
+            for reservation in ec2.describe_instances()
+            for instance in reservation.instances
+            if instance.state == "running"
+        }
+        unknown = set(kwargs.get("instance_ids") or []) - running
+        if unknown:
+            message = f"Instances {sorted(unknown)} not in a valid state"
+            raise SSMException("InvalidInstanceId", message)
+        command = send_command(self, **kwargs)
+        if not str(kwargs.get("document_name", "")).endswith(BUILD_DOCUMENT_SUFFIX):
+            return command
+        image_uri = kwargs["parameters"]["ImageUri"][0]
+        repository, tag = image_uri.split("/", 1)[1].rsplit(":", 1)
+        outcome = os.environ.get("MOTO_IMAGE_BUILD_OUTCOME", "Success")
+        for invocation in command.invocations:
+            invocation.update(Status=outcome, StatusDetails=outcome, PluginName="BuildAndPush")
+            invocation["ResponseCode"] = 0 if outcome == "Success" else 1
+        if outcome == "Success":
+            ecr_backends[self.account_id][self.region_name].put_image(
+                repository,
+                json.dumps({"schemaVersion": 2, "built": image_uri}),
+                tag,
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            return command
+        group_name = output_config.get("CloudWatchLogGroupName")
+        if group_name:
+            logs = logs_backends[self.account_id][self.region_name]
+            for instance_id in kwargs["instance_ids"]:
+                for name, lines in (
+                    ("stdout", [f"Step {n}/12 : RUN ..." for n in range(1, 60)]),
+                    ("stderr", [BUILD_FAILURE_LINE]),
+                ):
+                    stream = f"{command.command_id}/{instance_id}/BuildAndPush/{name}"
+                    logs.ensure_log_stream(group_name, stream)
+                    logs.put_log_events(
+                        group_name,
+                        stream,
+                        [{"timestamp": int(time.time() * 1000), "message": line} for line in lines],
+                    )
+        return command
+
+    SimpleSystemManagerBackend.send_command = send_to_the_build_host  # type: ignore[method-assign]
+    SimpleSystemManagerResponse.send_command = keep_output_config  # type: ignore[method-assign]
 
 
 def _patch_change_sets() -> None:
@@ -103,9 +262,21 @@ def _patch_change_sets() -> None:
     def execute_and_refresh_outputs(
         self: Any, change_set_name: str, stack_name: str | None = None
     ) -> None:
-        execute_change_set(self, change_set_name=change_set_name, stack_name=stack_name)
         change_set = self.describe_change_set(change_set_name)
         stack = self.stacks[change_set.stack_id]
+        try:
+            execute_change_set(self, change_set_name=change_set_name, stack_name=stack_name)
+        except Exception as error:
+            if change_set.change_set_type != "CREATE":
+                raise
+            # AWS rolls a failed create back (deleting what it created) and keeps the stack.
+            stack._add_stack_event("CREATE_FAILED", resource_status_reason=str(error))
+            with contextlib.suppress(Exception):
+                stack.resource_map.delete()
+            stack.status = "ROLLBACK_COMPLETE"
+            stack._add_stack_event("ROLLBACK_COMPLETE")
+            change_set.execution_status = "EXECUTE_FAILED"
+            return
         stack._parse_template()
         stack.output_map = stack._create_output_map()
         for name in [
@@ -160,6 +331,28 @@ def _patch_bucket_versioning() -> None:
     FakeBucket.create_from_cloudformation_json = classmethod(create_bucket_with_versioning)  # type: ignore[method-assign,assignment]
 
 
+def _patch_repository_empty_on_delete() -> None:
+    from moto.ecr.models import Repository, ecr_backends
+
+    create_repository = Repository.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_remembering_empty_on_delete(
+        cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        repository = create_repository(cls, resource_name, cloudformation_json, *args, **kwargs)
+        properties = cloudformation_json.get("Properties", {})
+        repository.empty_on_delete = str(properties.get("EmptyOnDelete")).lower() == "true"
+        return repository
+
+    def delete(self: Any, account_id: str, region_name: str) -> None:
+        ecr_backends[account_id][region_name].delete_repository(
+            self.name, force=getattr(self, "empty_on_delete", False)
+        )
+
+    Repository.create_from_cloudformation_json = classmethod(create_remembering_empty_on_delete)  # type: ignore[method-assign,assignment]
+    Repository.delete = delete  # type: ignore[method-assign]
+
+
 def _patch_vpc_deletion() -> None:
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.vpcs import VPC
@@ -206,12 +399,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_path: Path, region: str = "us-east-1") -> Iterator[str]:
-    """Run this module as a moto server on a free port; yield its URL; stop it in any case."""
+def running_server(
+    log_path: Path, region: str = "us-east-1", env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run this module as a moto server on a free port; yield its URL; stop it in any case.
+
+    `env` adds environment variables to the server's (MOTO_IMAGE_BUILD_OUTCOME and the like).
+    """
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, __file__, "--port", str(port), "--region", region],
+            env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

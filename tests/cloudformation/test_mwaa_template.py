@@ -22,6 +22,8 @@ RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
     "cloudwatch:PutMetricData": None,  # no resource type
     "autoscaling:DescribeAutoScalingGroups": None,  # Describe* take no resource
     "autoscaling:DescribeScalingActivities": None,  # Describe* take no resource
+    "ec2:DescribeInstances": None,  # EC2 Describe* take no resource
+    "ec2:DescribeSpotPriceHistory": None,  # EC2 Describe* take no resource
     "ecs:ListTasks": "ecs:cluster",  # takes no cluster ARN as resource: pinned by condition
 }
 # Partial wildcards: only the read-only set the MWAA user guide documents for the environment's
@@ -206,3 +208,59 @@ def test_requirements_pin_the_airflow_constraints() -> None:
         '--constraint "https://raw.githubusercontent.com/apache/airflow/'
         'constraints-3.3.1/constraints-3.12.txt"'
     ]
+
+
+def resolve(value: Any, template: dict[str, Any], parameters: dict[str, Any]) -> Any:
+    """Evaluate Ref, Fn::If and Fn::Equals the way CloudFormation does, for the given parameters."""
+    if isinstance(value, dict) and len(value) == 1:
+        (function, argument), *_ = value.items()
+        if function == "Ref":
+            return parameters.get(argument, template["Parameters"][argument].get("Default"))
+        if function == "Fn::Equals":
+            left, right = (resolve(item, template, parameters) for item in argument)
+            return str(left) == str(right)
+        if function == "Fn::If":
+            condition, when_true, when_false = argument
+            chosen = resolve(template["Conditions"][condition], template, parameters)
+            return resolve(when_true if chosen else when_false, template, parameters)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("environment_class", "expected"),
+    [
+        # MWAA user guide (environment class): mw1.micro runs one scheduler and one worker.
+        pytest.param("mw1.micro", (1, 1, 1), id="micro"),
+        pytest.param("mw1.small", (2, 1, 2), id="small-defaults"),
+        pytest.param("mw1.large", (2, 1, 2), id="large-defaults"),
+    ],
+)
+def test_schedulers_and_workers_are_what_the_environment_class_takes(
+    template: dict[str, Any], environment_class: str, expected: tuple[int, int, int]
+) -> None:
+    environment = template["Resources"]["Environment"]["Properties"]
+    parameters = {"EnvironmentClass": environment_class}
+    sizing = tuple(
+        int(resolve(environment[key], template, parameters))
+        for key in ("Schedulers", "MinWorkers", "MaxWorkers")
+    )
+    assert sizing == expected
+    # Any class but mw1.micro takes 2 to 5 schedulers: the parameter cannot ask for fewer.
+    schedulers = template["Parameters"]["Schedulers"]
+    assert (schedulers["MinValue"], schedulers["MaxValue"]) == (2, 5)
+
+
+def test_log_reader_may_list_the_environment_log_streams(
+    statements: list[dict[str, Any]],
+) -> None:
+    """Airflow's CloudWatch task log reader lists streams (triggerer logs of deferred tasks)."""
+    resources = [
+        resource
+        for statement in statements
+        if "logs:DescribeLogStreams" in as_list(statement["Action"])
+        for resource in as_list(statement["Resource"])
+    ]
+    assert {
+        "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:"
+        "airflow-${AWS::StackName}-*"
+    } in resources

@@ -2,8 +2,8 @@
 
 moto 5.2.5's CloudFormation creates S3 buckets (encryption only), IAM roles and their policies,
 the VPC pieces, ECR, the ECS cluster and task definition (family and container definitions only),
-the launch template, the Auto Scaling group and log groups. It skips AWS::S3::BucketPolicy,
-AWS::EC2::SecurityGroupEgress, AWS::CodeBuild::Project and AWS::MWAA::Environment, and ignores
+the launch template, the Auto Scaling group, log groups and SSM documents. It skips
+AWS::S3::BucketPolicy, AWS::EC2::SecurityGroupEgress and AWS::MWAA::Environment, and ignores
 bucket public access blocks, versioning and lifecycle rules, cluster settings and task role ARNs:
 those are asserted on the template itself.
 """
@@ -14,12 +14,12 @@ import ast
 import base64
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-import yaml
 from cfnlint.decode import decode_str
 from moto import mock_aws
 
@@ -208,7 +208,7 @@ def test_rdp_only_with_a_cidr_and_mwaa_group_references_itself() -> None:
 # --- Image --------------------------------------------------------------------------------------
 
 
-def test_image_repository_and_windows_build_project() -> None:
+def test_image_repository_and_a_build_host_that_cannot_outlive_its_build() -> None:
     resources = load("image")["Resources"]
     repository = resources["Repository"]["Properties"]
     assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
@@ -217,23 +217,62 @@ def test_image_repository_and_windows_build_project() -> None:
     rule = json.loads(lifecycle.replace("${ImagesToKeep}", "5"))["rules"][0]
     assert rule["selection"]["countType"] == "imageCountMoreThan"
     assert rule["selection"]["countNumber"] == 5
-    project = resources["BuildProject"]["Properties"]
-    assert project["Environment"]["Type"] == "WINDOWS_SERVER_2022_CONTAINER"
-    assert project["Source"]["Type"] == "S3"
-    buildspec = yaml.safe_load(project["Source"]["BuildSpec"])
-    commands = [c for phase in buildspec["phases"].values() for c in phase["commands"]]
-    assert any(c.startswith("docker build --file Dockerfile") for c in commands)
-    assert any(c.startswith("docker push") for c in commands)
+    # No CodeBuild: its Windows environments run builds inside a container, without Docker.
+    assert not resources_of_type(load("image"), "AWS::CodeBuild::Project")
+    data = resources["BuilderLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    user_data = data["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert "shutdown.exe /s /t ((${BuildTimeoutInMinutes} + 30) * 60)" in user_data
+    role = resources["BuilderRole"]["Properties"]
+    assert [arn["Fn::Sub"].rsplit("/", 1)[1] for arn in role["ManagedPolicyArns"]] == [
+        "AmazonSSMManagedInstanceCore"
+    ]
 
 
-def test_image_stack_creates_the_repository_in_moto(aws: Any) -> None:
+def test_build_document_builds_the_dockerfile_and_pushes_the_tag_it_is_given() -> None:
+    document = load("image")["Resources"]["BuildDocument"]["Properties"]
+    assert document["DocumentType"] == "Command"
+    content = document["Content"]
+    step = content["mainSteps"][0]
+    assert step["action"] == "aws:runPowerShellScript"
+    commands = step["inputs"]["runCommand"]
+    assert all(isinstance(command, str) for command in commands)
+    build = next(c for c in commands if c.startswith("docker build"))
+    assert "--file \"$work\\src\\Dockerfile\" --tag '{{ImageUri}}'" in build
+    push = commands.index("docker push '{{ImageUri}}'")
+    assert commands[push + 1].startswith("if ($LASTEXITCODE -ne 0) { throw")
+    assert commands.index(build) < push
+    # Every parameter the script substitutes is declared and pattern-checked.
+    used = set(re.findall(r"\{\{(\w+)\}\}", json.dumps(step)))
+    assert used == set(content["parameters"])
+    assert all(p["allowedPattern"].startswith("^") for p in content["parameters"].values())
+
+
+def test_image_stack_creates_repository_build_host_template_and_document_in_moto(
+    aws: Any,
+) -> None:
+    network = create_stack(aws, "network", "t-network")
     created = create_stack(
-        aws, "image", "t-image", SourceBucketName="some-bucket", RepositoryName="t/bersim"
+        aws,
+        "image",
+        "t-image",
+        SourceBucketName="some-bucket",
+        RepositoryName="t/bersim",
+        BuilderSecurityGroupId=network["EcsInstanceSecurityGroupId"],
     )
     ecr = boto3.client("ecr", region_name=REGION)
     repository = ecr.describe_repositories(repositoryNames=["t/bersim"])["repositories"][0]
     assert created["RepositoryUri"] == repository["repositoryUri"]
-    assert created["BuildProjectName"] == "t-image-windows-image"
+    ec2 = boto3.client("ec2", region_name=REGION)
+    template = ec2.describe_launch_template_versions(
+        LaunchTemplateId=created["BuilderLaunchTemplateId"]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert template["ImageId"] == moto_server.FAKE_WINDOWS_AMI_ID
+    assert template["SecurityGroupIds"] == [network["EcsInstanceSecurityGroupId"]]
+    ssm = boto3.client("ssm", region_name=REGION)
+    document = ssm.get_document(Name=created["BuildDocumentName"], DocumentFormat="YAML")
+    assert "docker push '{{ImageUri}}'" in document["Content"]
+    assert created["BuildTimeoutInMinutes"] == "90"
 
 
 # --- ECS ----------------------------------------------------------------------------------------
@@ -263,7 +302,7 @@ def test_ecs_stack_outputs_what_the_dag_needs(ecs_stack: dict[str, str]) -> None
     assert ecs_stack["ContainerName"] == "bersim"
     assert ecs_stack["LogGroupName"] == "/ecs/t-ecs/bersim"
     assert ecs_stack["LogStreamPrefix"] == "bersim"
-    assert ecs_stack["SlotsPerInstance"] == "4"
+    assert ecs_stack["SlotsPerInstance"] == "3"
     ecs = boto3.client("ecs", region_name=REGION)
     assert ecs.describe_clusters(clusters=["t-ecs-cluster"])["clusters"][0]["status"] == "ACTIVE"
 
@@ -281,6 +320,8 @@ def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert data["ImageId"] == moto_server.FAKE_WINDOWS_AMI_ID
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    # A token needs one hop more than the host: containers get no instance-role credentials.
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
     assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
     user_data = base64.b64decode(data["UserData"]).decode()
     pull = user_data.index('"ECS_IMAGE_PULL_BEHAVIOR", "prefer-cached", "Machine"')
@@ -359,3 +400,71 @@ def test_task_definition_is_ec2_default_network_with_both_roles() -> None:
         "AmazonEC2ContainerServiceforEC2Role",
         "AmazonSSMManagedInstanceCore",
     ]
+
+
+# What a Windows container instance must be started with to advertise the capabilities each
+# task definition feature needs (Amazon ECS Developer Guide: "Windows IAM roles for tasks",
+# "Using the awslogs log driver", container agent configuration; amazon-ecs-agent README).
+# Each entry: feature -> (machine environment variable settings, Initialize-ECSAgent flags).
+AGENT_SETTINGS_FOR_FEATURE: dict[str, tuple[dict[str, str], list[str]]] = {
+    # ecs.capability.task-iam-role: the credential proxy on Windows is enabled by this flag.
+    "task role": ({}, ["-EnableTaskIAMRole"]),
+    # com.amazonaws.ecs.capability.logging-driver.awslogs: the driver must be listed as available.
+    "awslogs": ({}, ["-LoggingDrivers", "awslogs"]),
+    # ecs.capability.execution-role-awslogs: Windows advertises it only with this set first.
+    "awslogs with an execution role": (
+        {"ECS_ENABLE_AWSLOGS_EXECUTIONROLE_OVERRIDE": "true"},
+        [],
+    ),
+}
+
+
+def task_definition_features(properties: dict[str, Any]) -> set[str]:
+    features = set()
+    if properties.get("TaskRoleArn"):
+        features.add("task role")
+    for container in properties["ContainerDefinitions"]:
+        if container.get("LogConfiguration", {}).get("LogDriver") == "awslogs":
+            features.add("awslogs")
+            if properties.get("ExecutionRoleArn"):
+                features.add("awslogs with an execution role")
+    return features
+
+
+def test_user_data_starts_the_agent_with_every_capability_the_task_definition_needs(
+    ecs_stack: dict[str, str],
+) -> None:
+    template = load("ecs")
+    definitions = resources_of_type(template, "AWS::ECS::TaskDefinition")
+    features = set().union(
+        *(task_definition_features(d["Properties"]) for d in definitions.values())
+    )
+    assert features == set(AGENT_SETTINGS_FOR_FEATURE)
+    group = boto3.client("autoscaling", region_name=REGION).describe_auto_scaling_groups(
+        AutoScalingGroupNames=[ecs_stack["AutoScalingGroupName"]]
+    )["AutoScalingGroups"][0]
+    data = boto3.client("ec2", region_name=REGION).describe_launch_template_versions(
+        LaunchTemplateId=group["LaunchTemplate"]["LaunchTemplateId"]
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    user_data = base64.b64decode(data["UserData"]).decode()
+    initialize = next(line for line in user_data.splitlines() if "Initialize-ECSAgent" in line)
+    before = user_data[: user_data.index(initialize)]
+    machine = dict(re.findall(r'SetEnvironmentVariable\("(\w+)", "([^"]*)", "Machine"\)', before))
+    for feature in sorted(features):
+        variables, flags = AGENT_SETTINGS_FOR_FEATURE[feature]
+        for name, value in variables.items():
+            assert machine.get(name) == value, f"{feature}: {name}={value} before Initialize"
+        for flag in flags:
+            assert flag in initialize, f"{feature}: Initialize-ECSAgent needs {flag}"
+
+
+def test_default_slots_fit_in_what_a_windows_instance_registers() -> None:
+    """The agent registers what Windows reports minus ECS_RESERVED_MEMORY (agent source,
+    ecsclient.getResources); Windows reports less than nominal. Plan with 95 % of nominal."""
+    parameters = load("ecs")["Parameters"]
+    nominal_mib = 8192  # c5.xlarge, the default InstanceType
+    assert parameters["InstanceType"]["Default"] == "c5.xlarge"
+    registered_mib = nominal_mib * 95 // 100 - parameters["ReservedMemoryInMiB"]["Default"]
+    slots = parameters["SlotsPerInstance"]["Default"]
+    planned_mib = slots * parameters["TaskMemoryInMiB"]["Default"]
+    assert planned_mib <= registered_mib

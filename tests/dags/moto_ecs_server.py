@@ -551,6 +551,9 @@ def requests_of(iam_request: Any) -> list[Any]:
             for k, v in (iam_request._data or {}).items()
         }
         return _requests_autoscaling(action, form)
+    if service == "ec2" and action.startswith("Describe"):
+        # EC2's Describe* actions have no resource-level permissions: only "*" grants them.
+        return [iam_policy.Request(f"ec2:{action}", "*")]
     return []
 
 

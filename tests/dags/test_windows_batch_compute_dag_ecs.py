@@ -196,6 +196,13 @@ def test_runs_every_planned_task_in_its_container_aggregates_and_scales_in(
     assert f"Summary: {summary_line(results)}" in outcome["log"]
     link = outcome["xcom"]["aggregate._link_ResultsPlotLink"]
     assert link.startswith(f"https://s3.console.aws.amazon.com/s3/object/{bucket}?region=")
+    # plan_tasks estimated the run; scale_in read its instances and tasks back and logged where
+    # the time went.
+    assert "cluster_size 2; estimate: 2 instances, about " in outcome["log"]
+    usage = [line for line in outcome["log"].splitlines() if "cluster: " in line]
+    assert usage, "scale_in logged no cluster line"
+    assert "instance-hours (on-demand c5.xlarge), about $" in usage[-1]
+    assert f"; 2 instances, {STUDY['num_tasks'] + 1} tasks, " in usage[-1]
 
     # Every call was allowed by its role's policy, and the check saw them all.
     actions = check_iam(deployment)

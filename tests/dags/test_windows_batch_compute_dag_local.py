@@ -59,6 +59,15 @@ def test_small_study_produces_a_plot_and_a_table_that_agree_with_theory(
         == (out / "results.png").resolve().as_uri()
     )
     assert outcome["xcom"]["aggregate.return_value"].startswith("4 Eb/N0 points, ")
+    # cluster_size auto (the default): plan_tasks estimated, chose 1 instance (6 short tasks
+    # fill 1.5 instances; a second one would not save a quarter of the time), scale_out used it.
+    estimate = outcome["xcom"]["plan_tasks.cost_estimate"]
+    assert estimate.startswith("cluster_size auto -> 1 (cheapest within 1.25x of the fastest")
+    assert "estimate: 1 instance, about " in estimate
+    assert estimate in outcome["log"]
+    assert outcome["xcom"]["plan_tasks.cluster_size"] == 1
+    assert "Auto Scaling group 'windows-batch' to 1 and wait" in outcome["log"]
+    assert outcome["xcom"]["aggregate.run_note"].endswith(f"\n\n{estimate}")
 
 
 @pytest.mark.octave

@@ -10,6 +10,7 @@ work on this machine). `--screenshots-dir DIR` (make screenshots) saves the READ
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 import urllib.parse
@@ -171,3 +172,69 @@ def screenshots_dir(pytestconfig: pytest.Config) -> Path | None:
         path = pytestconfig.invocation_params.dir / path
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# A small study Octave finishes in seconds (4 tasks over 4 points), for tests that need results.
+RESULTS_STUDY: dict[str, Any] = {
+    "s3_bucket": "ui-test-results",
+    "num_tasks": 4,
+    "ebn0_db": [0, 2, 4, 6],
+    "max_bits_per_task": 200_000,
+}
+RESULTS_RUN_TIMEOUT_S = 300.0
+# Modules that read a finished run rather than make one: they run after the others, so they
+# find the run test_trigger_form.py's small study finished and need no study of their own.
+_READERS_OF_FINISHED_RUNS = ("test_results_view.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    readers = [i for i in items if i.path.name in _READERS_OF_FINISHED_RUNS]
+    if readers:
+        items[:] = [i for i in items if i not in readers] + readers
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A successful run of the DAG and the local folder holding its results."""
+
+    run_id: str
+    results_dir: Path
+
+
+def _results_dir(ui: AirflowUI, run_id: str) -> Path | None:
+    """Where a run published its results (from the aggregate command it planned), if it did."""
+    status, entry = ui.api(
+        "GET", f"{ui.run_path(run_id)}/taskInstances/plan_tasks/xcomEntries/aggregate_command"
+    )
+    command = entry.get("value") if status == 200 and isinstance(entry, dict) else None
+    if isinstance(command, str):
+        command = json.loads(command)
+    if not isinstance(command, list) or "--output" not in command:
+        return None
+    bucket, _, key = command[command.index("--output") + 1][len("s3://") :].partition("/")
+    folder = ui.local_root / bucket / key
+    return folder if (folder / "results.json").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def finished_run(airflow_ui: AirflowUI) -> FinishedRun:
+    """A successful run with results: one that already finished, or a small study run now."""
+    for run in sorted(airflow_ui.runs(), key=lambda r: r.get("run_after") or "", reverse=True):
+        if run["state"] == "success" and (folder := _results_dir(airflow_ui, run["dag_run_id"])):
+            return FinishedRun(run_id=run["dag_run_id"], results_dir=folder)
+    status, run = airflow_ui.api(
+        "POST", f"dags/{DAG_ID}/dagRuns", {"conf": RESULTS_STUDY, "logical_date": None}
+    )
+    assert status == 200, f"triggering the small study: HTTP {status}: {run}"
+    run_id = run["dag_run_id"]
+    deadline = time.monotonic() + RESULTS_RUN_TIMEOUT_S
+    state = ""
+    while time.monotonic() < deadline:
+        state = airflow_ui.get(airflow_ui.run_path(run_id))["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(2)
+    assert state == "success", f"run {run_id} ended {state!r}\n{airflow_ui.log_tail()}"
+    folder = _results_dir(airflow_ui, run_id)
+    assert folder is not None, f"run {run_id} succeeded but published no results.json"
+    return FinishedRun(run_id=run_id, results_dir=folder)

@@ -10,8 +10,8 @@ function [bits, errors, elapsed_s] = bersim_kernel (ebn0_db, max_bits, seed, tar
   %   target_errors  stop after the first chunk that brings the error count to at
   %                  least this many (0 = no early stop; default 0).
   %   chunk_bits     bits per chunk; bounds memory (default 2^18 bits: 2 MiB of
-  %                  doubles, cache-friendly; 2^15..2^18 measured fastest here,
-  %                  2^22 and up ~20 % slower).
+  %                  doubles). benchmarks/bench_kernel.py prints the throughput at
+  %                  each chunk size, which this default is chosen from.
   %   mode           "fast" (default): all-+1 transmission, see below;
   %                  "explicit": random bits, +/-1 mapping, noise, hard decision.
   %

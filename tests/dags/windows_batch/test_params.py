@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
+from airflow.serialization.serialized_objects import BaseSerialization
 
 from windows_batch import settings as settings_mod
 from windows_batch.params import (
@@ -43,6 +44,9 @@ SCHEMA_REFUSALS = [
     pytest.param({"target_errors": -1}, "target_errors", id="negative-target"),
     pytest.param({"cluster_size": 9}, "cluster_size", id="cluster-above-max"),
     pytest.param({"cluster_size": 0}, "cluster_size", id="cluster-zero"),
+    pytest.param({"cluster_size": "big"}, "cluster_size", id="cluster-other-string"),
+    pytest.param({"cluster_size": "4"}, "cluster_size", id="cluster-number-as-string"),
+    pytest.param({"cluster_size": 2.5}, "cluster_size", id="cluster-fractional"),
     pytest.param({"num_tasks": 1025}, "num_tasks", id="too-many-tasks"),
     pytest.param({"seed": -1}, "seed", id="negative-seed"),
     pytest.param({"s3_prefix_task_results": "/sim//x/"}, "s3_prefix_task_results", id="bad-prefix"),
@@ -91,8 +95,10 @@ def test_form_input_types() -> None:
     assert fields["allocation"].schema["enum"] == ["adaptive", "equal"]
     assert set(fields["allocation"].schema["values_display"]) == {"adaptive", "equal"}
     assert fields["s3_bucket"].value == "my-results"
-    assert fields["cluster_size"].value == 6
-    assert fields["cluster_size"].schema["exclusiveMaximum"] == 9
+    # cluster_size: a drop-down of auto and 1..MAX_CLUSTER_SIZE, submitted with its JSON type.
+    assert fields["cluster_size"].value == "auto"
+    assert fields["cluster_size"].schema["enum"] == ["auto", *range(1, 9)]
+    assert set(fields["cluster_size"].schema["values_display"]) == {"auto", *map(str, range(1, 9))}
     # No plain minimum/maximum on whole numbers: the UI would clamp instead of refusing.
     for name, param in fields.items():
         if param.schema.get("type") == "integer":
@@ -104,7 +110,13 @@ def test_defaults_are_valid() -> None:
     study, cluster = validate_study(params_with({}), conf={})
     assert study.num_tasks == 200
     assert study.ebn0_db == (0, 2, 4, 6, 8, 10, 11, 12)
-    assert cluster == 6
+    assert cluster == "auto"
+
+
+@pytest.mark.parametrize("size", ["auto", 1, 4, 8], ids=str)
+def test_cluster_size_takes_auto_or_a_whole_number(size: int | str) -> None:
+    _, cluster = validate_study(params_with({"cluster_size": size}), conf={"cluster_size": size})
+    assert cluster == size
 
 
 @pytest.mark.parametrize(("conf", "field"), SCHEMA_REFUSALS)
@@ -122,11 +134,27 @@ def test_plan_tasks_refuses_bad_input_naming_the_field(conf: dict[str, Any], fie
     assert str(caught.value).startswith(f"{field}: ")
 
 
-def test_plan_only_refusals_pass_the_schema() -> None:
-    """These are exactly what the schema cannot catch, hence plan_tasks' checks."""
-    for case in PLAN_ONLY_REFUSALS:
-        conf = case.values[0]
-        params_with({k: v for k, v in conf.items() if k in PARAM_NAMES})
+def params_of_a_new_run(conf: dict[str, Any]) -> dict[str, Any]:
+    """The params Airflow validates when it creates a run with `conf` (REST API, UI, CLI).
+
+    As DAG.create_dagrun does it (airflow/serialization/definitions/dag.py): the DAG's params
+    as the DAG processor serialized them, `deep_merge(conf)`, `validate()`. Keys the form does
+    not have are kept, without a schema.
+    """
+    stored = BaseSerialization._serialize_params_dict(ParamsDict(form(SETTINGS)))
+    params = BaseSerialization._deserialize_params_dict(stored).deep_merge(conf)
+    return params.validate()
+
+
+@pytest.mark.parametrize(("conf", "field"), PLAN_ONLY_REFUSALS)
+def test_plan_only_refusals_pass_the_schema(conf: dict[str, Any], field: str) -> None:
+    """What the schema cannot catch reaches plan_tasks unchanged, and plan_tasks refuses it."""
+    params = params_of_a_new_run(conf)
+
+    assert {k: params[k] for k in conf} == conf
+    with pytest.raises(StudyError) as caught:
+        validate_study(params, conf=conf, max_cluster_size=SETTINGS.max_cluster_size)
+    assert caught.value.field == field
 
 
 def test_unknown_field_suggests_the_right_one() -> None:
@@ -161,3 +189,46 @@ def test_invalid_bucket_names(name: str) -> None:
         check_bucket(name)
     with pytest.raises(ParamValidationError, match="s3_bucket"):
         params_with({"s3_bucket": name})
+
+
+# The ECS task role may write only the results bucket under sim/ (cloudformation/ecs.yaml).
+OUTSIDE_THE_TASK_ROLE = [
+    pytest.param({"s3_bucket": "someone-elses"}, "s3_bucket", id="other-bucket"),
+    pytest.param(
+        {"s3_prefix_task_results": "results/tasks"}, "s3_prefix_task_results", id="task-prefix"
+    ),
+    pytest.param(
+        {"s3_prefix_aggregate_results": "simulations/agg"},
+        "s3_prefix_aggregate_results",
+        id="aggregate-prefix-sharing-letters",
+    ),
+]
+
+
+@pytest.mark.parametrize(("conf", "field"), OUTSIDE_THE_TASK_ROLE)
+def test_ecs_backend_refuses_what_the_task_role_cannot_write(
+    conf: dict[str, Any], field: str
+) -> None:
+    assert SETTINGS.results_bucket_only == "my-results"
+    with pytest.raises(StudyError) as refused:
+        validate_study(
+            params_with(conf), conf=conf, results_bucket_only=SETTINGS.results_bucket_only
+        )
+    assert refused.value.field == field
+    # The local backend writes to local folders: any bucket and prefix will do.
+    local = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "local"})
+    assert local.results_bucket_only is None
+    validate_study(params_with(conf), conf=conf, results_bucket_only=local.results_bucket_only)
+
+
+def test_ecs_backend_accepts_the_results_bucket_under_the_role_prefix() -> None:
+    conf = {"s3_prefix_task_results": "sim/mine/tasks", "s3_prefix_aggregate_results": "sim/agg"}
+    study, _ = validate_study(params_with(conf), conf=conf, results_bucket_only="my-results")
+    assert study.s3_prefix_task_results == "sim/mine/tasks"
+
+
+def test_the_checked_prefix_is_the_one_the_task_role_allows() -> None:
+    template = (settings_mod._REPO / "cloudformation" / "ecs.yaml").read_text()
+    prefix = settings_mod.RESULTS_PREFIX
+    assert f"s3:::${{ResultsBucketName}}/{prefix}/*'" in template
+    assert f"- {prefix}/*" in template  # the ListBucket condition

@@ -143,8 +143,9 @@ def test_note_text_links_the_plot_and_carries_the_summary() -> None:
 
 
 def test_mwaa_note_goes_through_invoke_rest_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The MWAA transport, with botocore's Stubber checking the exact InvokeRestApi request."""
+    """The MWAA transport is MwaaHook.invoke_rest_api; Stubber checks the exact request."""
     import boto3
+    from airflow.providers.amazon.aws.hooks.mwaa import MwaaHook
     from botocore.stub import Stubber
 
     client = boto3.client(
@@ -160,14 +161,10 @@ def test_mwaa_note_goes_through_invoke_rest_api(monkeypatch: pytest.MonkeyPatch)
                 "update": {"success": [f"windows-batch-compute-dag.{RUN_ID}"], "errors": []}
             },
         },
-        {"Name": "wb-env", "Path": path, "Method": "PATCH", "Body": body},
+        {"Name": "wb-env", "Path": path, "Method": "PATCH", "Body": body, "QueryParameters": {}},
     )
-
-    class Hook:
-        def __init__(self, **kwargs: Any) -> None:
-            self.conn = client
-
-    monkeypatch.setattr("airflow.providers.amazon.aws.hooks.base_aws.AwsBaseHook", Hook)
+    # The hook's boto3 client is this stubbed one (MwaaHook.conn is a cached property).
+    monkeypatch.setattr(MwaaHook, "conn", client)
     settings = settings_mod.load(
         {
             "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "mwaa",
@@ -179,3 +176,10 @@ def test_mwaa_note_goes_through_invoke_rest_api(monkeypatch: pytest.MonkeyPatch)
             settings, dag_id="windows-batch-compute-dag", run_id=RUN_ID, note="n"
         )
         stub.assert_no_pending_responses()
+
+
+def test_results_view_path_is_relative_and_encodes_the_run_id() -> None:
+    path = results.results_view_path(dag_id="windows-batch-compute-dag", run_id=RUN_ID)
+    assert not path.startswith("/")
+    run = RUN_ID.replace(":", "%3A").replace("+", "%2B")
+    assert path == f"dags/windows-batch-compute-dag/runs/{run}/plugin/results"

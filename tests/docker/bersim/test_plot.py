@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 
+import matplotlib.image
 import numpy as np
 import pytest
 
@@ -109,6 +111,18 @@ def test_png_is_a_real_png_of_the_declared_size() -> None:
     assert data.endswith(b"IEND\xaeB`\x82")
 
 
+def pixels(data: bytes) -> np.ndarray:
+    """The PNG's decoded pixels (rows x columns x RGBA)."""
+    return np.asarray(matplotlib.image.imread(io.BytesIO(data), format="png"))
+
+
 def test_render_is_deterministic_for_the_same_figure_content() -> None:
-    summary = summary_of(STUDY)
-    assert png_size(render_png(make_figure(summary))) == png_size(figure_png(summary))
+    """Two renders of the same summary are the same pixels; other data are other pixels."""
+    first = pixels(figure_png(summary_of(STUDY)))
+    again = pixels(render_png(make_figure(summary_of(STUDY))))
+    np.testing.assert_array_equal(again, first)
+
+    # One count more at 8 dB moves only that point and its interval: the comparison sees data.
+    moved = pixels(figure_png(summary_of([*STUDY[:2], (2, 8.0, 4_000_000, 900)])))
+    assert moved.shape == first.shape
+    assert (moved != first).any()
