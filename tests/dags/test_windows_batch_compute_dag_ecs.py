@@ -334,11 +334,14 @@ def test_scale_out_failing_half_way_skips_the_study_and_still_scales_in(
     assert groups[0]["Instances"] == []
 
 
-def terminate_host_after_result(deployment: EcsDeployment, key: str, stop: threading.Event) -> None:
+STOPPED_BY_A_PERSON = "Stopped by a person in the ECS console"
+
+
+def stop_task_after_result(deployment: EcsDeployment, key: str, stop: threading.Event) -> None:
     """Once the container writing `key` has written it (and is frozen: MOTO_FREEZE_ON_PUT),
-    terminate the instance it runs on."""
+    stop its ECS task from outside Airflow, as a person in the ECS console would."""
     bucket = deployment.outputs["storage"]["ResultsBucketName"]
-    s3, ecs, ec2 = (deployment.client(s) for s in ("s3", "ecs", "ec2"))
+    s3, ecs = deployment.client("s3"), deployment.client("ecs")
     while not stop.wait(0.1):
         frozen = deployment.events("container_frozen")
         if not frozen:
@@ -348,23 +351,22 @@ def terminate_host_after_result(deployment: EcsDeployment, key: str, stop: threa
         except s3.exceptions.ClientError:
             continue
         cluster = deployment.outputs["ecs"]["ClusterName"]
-        task = ecs.describe_tasks(cluster=cluster, tasks=[frozen[0]["task_arn"]])["tasks"][0]
-        instance = ecs.describe_container_instances(
-            cluster=cluster, containerInstances=[task["containerInstanceArn"]]
-        )["containerInstances"][0]["ec2InstanceId"]
-        ec2.terminate_instances(InstanceIds=[instance])
+        ecs.stop_task(cluster=cluster, task=frozen[0]["task_arn"], reason=STOPPED_BY_A_PERSON)
         return
 
 
 def test_a_simulation_that_failed_after_writing_its_result_fails_the_run(
     airflow_env: dict[str, str], run_dag: RunDag, ecs_deployment: Deploy
 ) -> None:
-    """Its host went away just after the container wrote its result: every result is there,
-    the aggregate succeeds, but the run must not be green."""
+    """Its task was stopped from outside Airflow just after the container wrote its result, with
+    no retry left: every result is there, the aggregate succeeds, but the run must not be green.
+    (A host that went away instead runs the task again without a retry, which then reports the
+    result it finds: tests/dags/test_windows_batch_compute_dag_ecs_deadlines.py.)"""
     key = f"sim/task_results/{RUN_ID}/task-00001.json"
-    deployment = ecs_deployment(MOTO_FREEZE_ON_PUT=key)
+    # The frozen container ignores SIGTERM until it is killed: keep ECS's stop timeout short.
+    deployment = ecs_deployment(MOTO_FREEZE_ON_PUT=key, MOTO_CONTAINER_STOP_TIMEOUT_S="2")
     stop = threading.Event()
-    watcher = threading.Thread(target=terminate_host_after_result, args=(deployment, key, stop))
+    watcher = threading.Thread(target=stop_task_after_result, args=(deployment, key, stop))
     watcher.start()
     try:
         env = dag_env(airflow_env, deployment, AIRFLOW__WINDOWS_BATCH__RETRIES="0")
@@ -373,7 +375,7 @@ def test_a_simulation_that_failed_after_writing_its_result_fails_the_run(
         stop.set()
         watcher.join(timeout=30)
     assert outcome["tasks"]["simulate[1]"] == "failed"
-    assert "host instance terminated" in outcome["log"]
+    assert STOPPED_BY_A_PERSON in outcome["log"]
     assert outcome["tasks"]["simulate[0]"] == "success"
     results = read_json(deployment, f"{output_prefix(outcome)}/results.json")
     assert results["missing_tasks"] == []
