@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, socket, statistics, sys, time
 sys.path.insert(0, sys.argv[1] + "/dags")
+sys.path.insert(0, sys.argv[1] + "/plugins")
 t0 = time.perf_counter()
 import airflow.sdk
 from airflow.dag_processing.dagbag import DagBag

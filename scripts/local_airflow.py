@@ -93,11 +93,6 @@ def airflow_env(
             "OCTAVE_HISTFILE": "/dev/null",
             "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "/usr/bin:/bin")]),
             "PYTHONUNBUFFERED": "1",
-            # The triggerer imports the DAG's own trigger (windows_batch.deadline) by module
-            # path, and Airflow 3.3 does not put the DAG folder on its sys.path.
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO / "dags"), env.get("PYTHONPATH")) if p
-            ),
         }
     )
     return env

@@ -46,6 +46,13 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError, WaiterError
+from windows_batch_triggers.deadline import (
+    DEADLINE_STATUS,
+    DeadlineTaskDoneTrigger,
+    deadline_reason,
+    deadline_text,
+    try_deadline_ts,
+)
 
 from windows_batch.cluster import (
     ADAPTIVE_RETRIES,
@@ -54,13 +61,6 @@ from windows_batch.cluster import (
     run_task_group,
 )
 from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
-from windows_batch.deadline import (
-    DEADLINE_STATUS,
-    DeadlineTaskDoneTrigger,
-    deadline_reason,
-    deadline_text,
-    try_deadline_ts,
-)
 from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
 from windows_batch.results import PublishResultsMixin, split_s3_uri
 
@@ -97,9 +97,9 @@ class ResultCheck(Protocol):
 
 
 def _trigger_not_importable(next_kwargs: dict[str, Any] | None) -> bool:
-    """True if the trigger failed because the triggerer could not import windows_batch."""
+    """True if the trigger failed because the triggerer could not import our trigger package."""
     traceback = "\n".join((next_kwargs or {}).get("traceback") or [])
-    return "No module named 'windows_batch'" in traceback
+    return "No module named 'windows_batch_triggers'" in traceback
 
 
 def placement_failure_kind(failures: list[dict[str, Any]]) -> str:
@@ -219,7 +219,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
     def _wait_on_this_worker(self, context: Context) -> Any:
         """Our trigger could not be imported in the triggerer: wait here, until the deadline.
 
-        Airflow 3.3's triggerer does not put the DAG folder on sys.path (apache/airflow#65455).
+        The trigger lives in plugins/ (on every component's sys.path); this covers a deployment
+        whose triggerer does not have it, e.g. plugins.zip not installed.
         Waiting on the worker (the provider's boto3 waiter) needs no triggerer and keeps the
         deadline, and a person marking the task failed reaches the provider's `on_kill`.
         """
@@ -227,8 +228,9 @@ class BersimEcsOperator(EcsRunTaskOperator):
         if not running or time.time() >= self._deadline:
             return None
         self.log.error(
-            "The triggerer cannot import windows_batch.deadline (put the DAG folder on its "
-            "PYTHONPATH); waiting for the ECS task on this worker until the deadline"
+            "The triggerer cannot import windows_batch_triggers.deadline (deploy plugins/ as "
+            "plugins.zip, or put it on the triggerer's PYTHONPATH); waiting for the ECS task "
+            "on this worker until the deadline"
         )
         self.arn = running[0]
         attempts = max(int((self._deadline - time.time()) // self.waiter_delay), 1)

@@ -27,7 +27,8 @@ DAGS = REPO / "dags"
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
-for path in (DAGS, REPO / "scripts"):
+# plugins/: the DAG imports its trigger from there, as Airflow puts that folder on sys.path.
+for path in (DAGS, REPO / "plugins", REPO / "scripts"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 # In-process imports of airflow.sdk must not create ~/airflow.

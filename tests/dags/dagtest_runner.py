@@ -21,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "dags"))
+# Airflow puts its plugins folder on sys.path; the DAG imports its trigger from there.
+sys.path.insert(0, str(REPO / "plugins"))
 
 
 def main() -> int:

@@ -19,6 +19,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "windows_batch_compute_dag.py"
 sys.path.insert(0, str(REPO / "dags"))
+# Airflow puts its plugins folder on sys.path; the DAG imports its trigger from there.
+sys.path.insert(0, str(REPO / "plugins"))
 
 import airflow.sdk  # noqa: E402, F401  (Airflow's own import, before the network goes away)
 import botocore.client  # noqa: E402

@@ -17,10 +17,10 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
+from windows_batch_triggers.deadline import DeadlineTaskDoneTrigger
 
 from windows_batch import task_result
 from windows_batch.cluster import run_task_group
-from windows_batch.deadline import DeadlineTaskDoneTrigger
 from windows_batch.ecs import (
     TRIGGER_GRACE_S,
     BersimEcsOperator,
@@ -247,7 +247,7 @@ def test_the_container_wait_is_bounded_by_the_same_deadline(
         TIMEOUT_S - 100 + TRIGGER_GRACE_S, abs=5
     )
     classpath, kwargs = trigger.serialize()
-    assert classpath == "windows_batch.deadline.DeadlineTaskDoneTrigger"
+    assert classpath == "windows_batch_triggers.deadline.DeadlineTaskDoneTrigger"
     assert kwargs["deadline_ts"] == trigger.deadline_ts
 
 
@@ -406,7 +406,7 @@ def test_a_triggerer_that_cannot_import_our_trigger_waits_on_the_worker_until_th
     )
     failed = {
         "error": "Trigger failure",
-        "traceback": ["ModuleNotFoundError: No module named 'windows_batch'\n"],
+        "traceback": ["ModuleNotFoundError: No module named 'windows_batch_triggers'\n"],
     }
     with pytest.raises(AirflowException, match="reached its deadline"):
         op.resume_execution("__fail__", failed, context(started))

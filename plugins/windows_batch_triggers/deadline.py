@@ -14,8 +14,8 @@ presence keeps the try's start date on resume, routes/task_instances.py `ti_run`
 - `on_kill`, which Airflow 3.3's triggerer calls only when a person marks the deferred task
   failed or success or clears it (triggers/base.py `BaseTrigger.on_kill`), stops the ECS task;
 - an error while forwarding CloudWatch log lines is a warning, not the end of the wait.
-The triggerer imports it as `windows_batch.deadline.DeadlineTaskDoneTrigger`, so `dags/` must
-be importable there (MWAA syncs dags/ to every component; locally PYTHONPATH=dags).
+The triggerer imports it as `windows_batch_triggers.deadline.DeadlineTaskDoneTrigger` from the
+plugins folder, which Airflow puts on every component's sys.path (see the package docstring).
 """
 
 from __future__ import annotations
