@@ -550,12 +550,14 @@ def test_more_points_than_tasks_fails_in_plan_tasks(page: Any, airflow_ui: Airfl
     tis = airflow_ui.get(f"{airflow_ui.run_path(run_id)}/taskInstances?limit=100")
     states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in tis["task_instances"]}
     assert states[("plan_tasks", -1)] == "failed", states
-    # scale_in is the teardown: it runs whatever happened (setting the cluster to 0 is safe).
+    # The teardowns run whatever happened: scale_in (setting the cluster to 0 is safe) and
+    # finish, the run's verdict, which touches nothing and fails because plan_tasks did.
+    assert states.get(("finish", -1)) == "failed", states
     started = {"success", "running", "failed", "queued", "deferred", "up_for_retry"}
     ran = {
         key: state
         for key, state in states.items()
-        if key[0] not in {"plan_tasks", "scale_in"} and state in started
+        if key[0] not in {"plan_tasks", "scale_in", "finish"} and state in started
     }
     assert not ran, f"tasks ran although the input was invalid: {ran}"
     log = airflow_ui.get(
