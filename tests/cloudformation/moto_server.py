@@ -23,6 +23,8 @@ AWS there in three ways this module corrects, in the server process only:
 - Deleting a stack leaves its route tables, NAT gateways, gateway endpoints, internet gateway and
   flow logs in place (their models cannot be deleted through CloudFormation), so its VPC cannot
   be deleted. Deleting the VPC here first deletes what CloudFormation would have deleted before.
+- `AWS::AutoScaling::AutoScalingGroup` keeps an `AWS::NoValue` item of a list as None (AWS leaves
+  it out: ecs.yaml's empty InstanceType2-4 overrides) and drops `CapacityRebalance`.
 
 It also seeds the public SSM parameter of the ECS-optimized Windows Server 2022 AMI, which AWS
 publishes and moto does not know, and the EC2 On-Demand Standard vCPU quota (Service Quotas
@@ -96,6 +98,7 @@ def apply_patches() -> None:
     """Make moto behave like AWS in the ways the module docstring lists."""
     _patch_change_sets()
     _patch_bucket_versioning()
+    _patch_mixed_instances_group()
     _patch_repository_empty_on_delete()
     _patch_vpc_deletion()
     _patch_cluster_deletion()
@@ -329,6 +332,38 @@ def _patch_bucket_versioning() -> None:
         return bucket
 
     FakeBucket.create_from_cloudformation_json = classmethod(create_bucket_with_versioning)  # type: ignore[method-assign,assignment]
+
+
+def mixed_instances_group_patch() -> Any:
+    """FakeAutoScalingGroup.create_from_cloudformation_json as CloudFormation creates a group:
+    without the NoValue overrides, with CapacityRebalance (a test may monkeypatch it in)."""
+    from moto.autoscaling.models import FakeAutoScalingGroup
+
+    create = FakeAutoScalingGroup.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_like_cloudformation(
+        cls: Any,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        properties = cloudformation_json.get("Properties", {})
+        template = (properties.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
+        if template.get("Overrides") is not None:
+            template["Overrides"] = [item for item in template["Overrides"] if item is not None]
+        group = create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        group.capacity_rebalance = str(properties.get("CapacityRebalance", False)).lower() == "true"
+        return group
+
+    return classmethod(create_like_cloudformation)
+
+
+def _patch_mixed_instances_group() -> None:
+    from moto.autoscaling.models import FakeAutoScalingGroup
+
+    FakeAutoScalingGroup.create_from_cloudformation_json = mixed_instances_group_patch()  # type: ignore[method-assign]
 
 
 def _patch_repository_empty_on_delete() -> None:

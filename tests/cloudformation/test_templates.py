@@ -68,6 +68,12 @@ def create_stack(cloudformation: Any, layer: str, stack: str, **parameters: str)
     return outputs(cloudformation, stack)
 
 
+def group_launch_template_id(group: dict[str, Any]) -> str:
+    """The launch template of a group with a mixed-instances policy (ecs.yaml's)."""
+    policy = group["MixedInstancesPolicy"]["LaunchTemplate"]
+    return str(policy["LaunchTemplateSpecification"]["LaunchTemplateId"])
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
@@ -316,7 +322,7 @@ def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
     assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (0, 0, 6)
     ec2 = boto3.client("ec2", region_name=REGION)
     data = ec2.describe_launch_template_versions(
-        LaunchTemplateId=group["LaunchTemplate"]["LaunchTemplateId"]
+        LaunchTemplateId=group_launch_template_id(group)
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert data["ImageId"] == moto_server.FAKE_WINDOWS_AMI_ID
     assert data["MetadataOptions"]["HttpTokens"] == "required"
@@ -444,7 +450,7 @@ def test_user_data_starts_the_agent_with_every_capability_the_task_definition_ne
         AutoScalingGroupNames=[ecs_stack["AutoScalingGroupName"]]
     )["AutoScalingGroups"][0]
     data = boto3.client("ec2", region_name=REGION).describe_launch_template_versions(
-        LaunchTemplateId=group["LaunchTemplate"]["LaunchTemplateId"]
+        LaunchTemplateId=group_launch_template_id(group)
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     user_data = base64.b64decode(data["UserData"]).decode()
     initialize = next(line for line in user_data.splitlines() if "Initialize-ECSAgent" in line)

@@ -236,6 +236,9 @@ def _deploy(deployment: EcsDeployment) -> None:
         "LogStreamPrefix": ecs["LogStreamPrefix"],
         "SlotsPerInstance": ecs["SlotsPerInstance"],
         "MaxClusterSize": str(MAX_INSTANCES),
+        "InstanceTypes": ecs["InstanceTypes"],
+        "PurchaseOption": ecs["PurchaseOption"],
+        "OnDemandBaseCapacity": ecs["OnDemandBaseCapacity"],
         "TaskRoleArn": ecs["TaskRoleArn"],
         "TaskExecutionRoleArn": ecs["TaskExecutionRoleArn"],
     }
