@@ -38,10 +38,17 @@ readonly STANDARD_VCPU_QUOTA_CODE="L-1216C47A"
 # Windows reports less memory than the instance type's nominal figure (firmware, hypervisor); the
 # agent registers what Windows reports minus ECS_RESERVED_MEMORY. Plan with 95 % of nominal.
 readonly REPORTED_MEMORY_PERCENT=95
+# Types of one size that run the Windows Server 2022 ECS AMI; the first is the on-demand priority.
+readonly DEFAULT_INSTANCE_TYPES="c5.xlarge,c5a.xlarge,c6i.xlarge,m5.xlarge"
+# ecs.yaml's InstanceType, InstanceType2, InstanceType3, InstanceType4.
+readonly MAX_INSTANCE_TYPES=4
 
 region=""
 prefix="windows-batch"
-instance_type="c5.xlarge"
+# Empty = keep what the ECS stack has (or the default on the first deploy): resolve_capacity.
+instance_types=""
+purchase_option=""
+on_demand_base=""
 max_instances="10"
 task_cpu="1024"
 task_memory_mib="1536"
@@ -65,12 +72,22 @@ Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-st
 <prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/,
 requirements-mwaa.txt and plugins.zip (plugins/, the Results view) to the MWAA bucket.
 Re-running with nothing changed changes nothing.
-Options not given take their defaults on every run.
+Options not given take their defaults on every run, except the capacity options
+(--instance-types, --spot/--on-demand, --on-demand-base): those keep what the ECS stack has.
 
 Options:
   --region REGION          AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)
   --prefix PREFIX          stack-name prefix, lowercase (default: ${prefix})
-  --instance-type TYPE     ECS container instance type (default: ${instance_type})
+  --instance-types T1,T2   up to ${MAX_INSTANCE_TYPES} ECS container instance types of one size (x86_64, able to
+                           run the Windows Server 2022 ECS AMI); the first has the on-demand priority.
+                           Tasks per instance = the minimum over them. (default on the first
+                           deploy: ${DEFAULT_INSTANCE_TYPES})
+  --instance-type TYPE     one instance type only (same as --instance-types TYPE)
+  --spot                   launch Spot instances above the on-demand base (price-capacity-
+                           optimized over the types, capacity rebalancing); an interruption
+                           costs time, not a retry
+  --on-demand              launch on-demand instances only (the default on the first deploy)
+  --on-demand-base N       with --spot, the first N instances are on-demand (default: 0)
   --max-instances N        upper bound of the Auto Scaling group (default: ${max_instances})
   --task-cpu UNITS         CPU units per task, 1024 = 1 vCPU (default: ${task_cpu})
   --task-memory MIB        memory per task in MiB (default: ${task_memory_mib})
@@ -99,7 +116,11 @@ parse_args() {
     case "$1" in
       --region) region="${2:?--region needs a value}"; shift 2 ;;
       --prefix) prefix="${2:?--prefix needs a value}"; shift 2 ;;
-      --instance-type) instance_type="${2:?--instance-type needs a value}"; shift 2 ;;
+      --instance-types) instance_types="${2:?--instance-types needs a value}"; shift 2 ;;
+      --instance-type) instance_types="${2:?--instance-type needs a value}"; shift 2 ;;
+      --spot) purchase_option="spot"; shift ;;
+      --on-demand) purchase_option="on-demand"; shift ;;
+      --on-demand-base) on_demand_base="${2:?--on-demand-base needs a value}"; shift 2 ;;
       --max-instances) max_instances="${2:?--max-instances needs a value}"; shift 2 ;;
       --task-cpu) task_cpu="${2:?--task-cpu needs a value}"; shift 2 ;;
       --task-memory) task_memory_mib="${2:?--task-memory needs a value}"; shift 2 ;;
@@ -130,6 +151,13 @@ validate_args() {
   for number in "${max_instances}" "${task_cpu}" "${task_memory_mib}" ${slots_per_instance:+"${slots_per_instance}"}; do
     [[ "${number}" =~ ^[1-9][0-9]*$ ]] || die "not a positive whole number: ${number}"
   done
+  [[ -z "${on_demand_base}" || "${on_demand_base}" =~ ^(0|[1-9][0-9]*)$ ]] \
+    || die "--on-demand-base must be a whole number: ${on_demand_base}"
+  [[ -z "${on_demand_base}" || "${purchase_option}" != "on-demand" ]] \
+    || die "--on-demand-base applies to --spot only (with --on-demand every instance is on-demand)"
+  if [[ -n "${instance_types}" ]]; then
+    validate_instance_types
+  fi
   [[ "${webserver_access}" == "PUBLIC_ONLY" || "${webserver_access}" == "PRIVATE_ONLY" ]] \
     || die "--webserver-access must be PUBLIC_ONLY or PRIVATE_ONLY"
   [[ "${nat_gateways}" == "1" || "${nat_gateways}" == "2" ]] || die "--nat-gateways must be 1 or 2"
@@ -138,6 +166,68 @@ validate_args() {
   local layer
   for layer in "${skip_layers[@]}"; do
     [[ " ${LAYERS[*]} " == *" ${layer} "* ]] || die "unknown step for --skip: ${layer} (steps: ${LAYERS[*]})"
+  done
+}
+
+# The list's form only; resolve_capacity checks each type against EC2.
+validate_instance_types() {
+  local -a types
+  local type seen=" "
+  IFS=',' read -r -a types <<<"${instance_types}"
+  ((${#types[@]} >= 1 && ${#types[@]} <= MAX_INSTANCE_TYPES)) \
+    || die "--instance-types takes 1 to ${MAX_INSTANCE_TYPES} types (the template has ${MAX_INSTANCE_TYPES} slots): ${instance_types}"
+  for type in "${types[@]}"; do
+    [[ "${type}" =~ ^[a-z][a-z0-9-]*\.[a-z0-9]+$ ]] \
+      || die "not an EC2 instance type: '${type}' in --instance-types ${instance_types}"
+    [[ "${seen}" != *" ${type} "* ]] || die "instance type ${type} is listed twice in --instance-types"
+    seen+="${type} "
+  done
+}
+
+# A capacity option not given keeps the ECS stack's value (re-running changes nothing), else
+# the default. Reads the stack's parameters, not its outputs: an old stack may have no outputs.
+resolve_capacity() {
+  local stack previous="" name value
+  local -A parameters=()
+  stack="$(stack_name ecs)"
+  if [[ -z "${instance_types}" || -z "${purchase_option}" || -z "${on_demand_base}" ]]; then
+    previous="$(awsr cloudformation describe-stacks --stack-name "${stack}" \
+      --query 'Stacks[0].Parameters[].[ParameterKey, ParameterValue]' --output text 2>/dev/null)" \
+      || previous=""
+  fi
+  while IFS=$'\t' read -r name value; do
+    [[ -n "${name}" ]] && parameters["${name}"]="${value}"
+  done <<<"${previous}"
+  if [[ -z "${instance_types}" && -n "${parameters[InstanceType]:-}" ]]; then
+    instance_types="${parameters[InstanceType]}"
+    for name in InstanceType2 InstanceType3 InstanceType4; do
+      value="${parameters[${name}]:-}"
+      [[ -z "${value}" || "${value}" == "None" ]] || instance_types+=",${value}"
+    done
+    log "Instance types ${instance_types} (kept from stack ${stack})"
+  fi
+  if [[ -z "${purchase_option}" && -n "${parameters[PurchaseOption]:-}" ]]; then
+    purchase_option="${parameters[PurchaseOption]}"
+    log "Purchase option ${purchase_option} (kept from stack ${stack})"
+  fi
+  if [[ -z "${on_demand_base}" && -n "${parameters[OnDemandBaseCapacity]:-}" ]]; then
+    on_demand_base="${parameters[OnDemandBaseCapacity]}"
+  fi
+  instance_types="${instance_types:-${DEFAULT_INSTANCE_TYPES}}"
+  purchase_option="${purchase_option:-on-demand}"
+  on_demand_base="${on_demand_base:-0}"
+  validate_instance_types
+}
+
+# The ECS stack's InstanceType, InstanceType2..4 parameters from the list (empty = unused).
+instance_type_parameters() {
+  local -a types
+  local i name
+  IFS=',' read -r -a types <<<"${instance_types}"
+  for ((i = 0; i < MAX_INSTANCE_TYPES; i++)); do
+    name="InstanceType"
+    ((i == 0)) || name+="$((i + 1))"
+    echo "${name}=${types[i]:-}"
   done
 }
 
@@ -216,26 +306,57 @@ deploy_stack() {
   awsr "${args[@]}"
 }
 
-# Reads the instance type's vCPUs and nominal memory into `vcpus` and `memory_mib`.
+# Reads one instance type's vCPUs, nominal memory and architectures into `vcpus`, `memory_mib`
+# and `architectures`; fails for a type EC2 does not offer in the region.
 read_instance_type() {
-  read -r vcpus memory_mib < <(awsr ec2 describe-instance-types --instance-types "${instance_type}" \
-    --query 'InstanceTypes[0].[VCpuInfo.DefaultVCpus, MemoryInfo.SizeInMiB]' --output text 2>/dev/null) \
-    && [[ "${vcpus}" =~ ^[0-9]+$ ]]
+  local type="$1"
+  # shellcheck disable=SC2016 # the backticks are a JMESPath literal, not a shell expansion
+  read -r vcpus memory_mib architectures < <(awsr ec2 describe-instance-types --instance-types "${type}" \
+    --query 'InstanceTypes[0].[VCpuInfo.DefaultVCpus, MemoryInfo.SizeInMiB, join(`,`, ProcessorInfo.SupportedArchitectures)]' \
+    --output text 2>/dev/null) \
+    && [[ "${vcpus}" =~ ^[0-9]+$ && "${memory_mib}" =~ ^[0-9]+$ ]]
 }
 
-# Tasks that fit on one instance: min(vCPUs * 1024 / task CPU, registered memory / task memory),
-# where the agent registers what Windows reports (REPORTED_MEMORY_PERCENT of nominal) minus
-# ECS_RESERVED_MEMORY.
+# Tasks that fit on every type of the list: per type min(vCPUs * 1024 / task CPU, registered
+# memory / task memory), where the agent registers what Windows reports
+# (REPORTED_MEMORY_PERCENT of nominal) minus ECS_RESERVED_MEMORY; then the minimum over the
+# types, since the group may launch any of them. Sets slots_per_instance (when not given),
+# first_vcpus and slots_detail; on a type that cannot be used sets slots_problem, returns 1.
 compute_slots_per_instance() {
-  local vcpus memory_mib registered_mib by_cpu by_memory
-  read_instance_type || die "unknown instance type ${instance_type} in ${region}"
-  registered_mib=$((memory_mib * REPORTED_MEMORY_PERCENT / 100 - reserved_memory_mib))
-  by_cpu=$((vcpus * 1024 / task_cpu))
-  by_memory=$((registered_mib / task_memory_mib))
-  slots_per_instance=$((by_cpu < by_memory ? by_cpu : by_memory))
-  ((slots_per_instance >= 1)) \
-    || die "a task (${task_cpu} CPU units, ${task_memory_mib} MiB) does not fit on ${instance_type} (about ${registered_mib} MiB registered)"
-  log "${instance_type}: ${vcpus} vCPUs, ${memory_mib} MiB (about ${registered_mib} MiB registered for tasks) -> ${slots_per_instance} tasks per instance"
+  local -a types
+  local type vcpus memory_mib architectures registered_mib by_cpu by_memory slots minimum=""
+  IFS=',' read -r -a types <<<"${instance_types}"
+  first_vcpus=""
+  slots_detail=""
+  for type in "${types[@]}"; do
+    if ! read_instance_type "${type}"; then
+      slots_problem="unknown instance type ${type}: EC2 does not offer it in ${region} (describe-instance-types)"
+      return 1
+    fi
+    if [[ ",${architectures}," != *",x86_64,"* ]]; then
+      slots_problem="${type} is ${architectures}, not x86_64: the Windows Server 2022 ECS-optimized AMI runs on x86_64 only"
+      return 1
+    fi
+    first_vcpus="${first_vcpus:-${vcpus}}"
+    if ((vcpus != first_vcpus)); then
+      slots_problem="instance types must be of one size: ${type} has ${vcpus} vCPUs, ${types[0]} ${first_vcpus}"
+      return 1
+    fi
+    registered_mib=$((memory_mib * REPORTED_MEMORY_PERCENT / 100 - reserved_memory_mib))
+    by_cpu=$((vcpus * 1024 / task_cpu))
+    by_memory=$((registered_mib / task_memory_mib))
+    slots=$((by_cpu < by_memory ? by_cpu : by_memory))
+    if ((slots < 1)); then
+      slots_problem="a task (${task_cpu} CPU units, ${task_memory_mib} MiB) does not fit on ${type} (${vcpus} vCPUs, about ${registered_mib} MiB registered)"
+      return 1
+    fi
+    slots_detail+="${slots_detail:+, }${type} ${slots}"
+    if [[ -z "${minimum}" ]] || ((slots < minimum)); then
+      minimum="${slots}"
+    fi
+  done
+  slots_per_instance="${slots_per_instance:-${minimum}}"
+  slots_detail+=" tasks per instance -> ${slots_per_instance} for every type"
 }
 
 # Uploads a file only when its content differs from the object's (MD5 = ETag for SSE-S3 single
@@ -499,14 +620,31 @@ check_region() {
   fi
 }
 
+# The instance types of the list, and the tasks per instance that hold for all of them.
+check_instance_types() {
+  local purchase="${purchase_option}"
+  [[ "${purchase}" != "spot" ]] || purchase+=" above ${on_demand_base} on-demand"
+  if compute_slots_per_instance; then
+    report "instance types" ok "${purchase}: ${slots_detail}"
+  else
+    report "instance types" BLOCKER "${slots_problem}; choose --instance-types of one x86_64 size"
+  fi
+}
+
 check_vcpu_quota() {
-  local vcpus memory_mib needed quota builder=0
-  if ! read_instance_type; then
-    report "instance type" BLOCKER "${instance_type} is not offered in ${region}"
+  local vcpus memory_mib architectures needed quota builder=0 instance_type on_demand_instances
+  instance_type="${instance_types%%,*}"
+  if ! read_instance_type "${instance_type}"; then
+    report "vCPU quota" BLOCKER "${instance_type} is not offered in ${region}"
     return 0
   fi
+  on_demand_instances="${max_instances}"
+  if [[ "${purchase_option}" == "spot" ]]; then
+    on_demand_instances=$((on_demand_base < max_instances ? on_demand_base : max_instances))
+    report "Spot vCPU quota" warn "Spot instances count against quota L-34B43A08 (All Standard Spot Instance Requests): up to $((max_instances * vcpus)) vCPUs; check it in Service Quotas"
+  fi
   [[ "${build_image}" == "true" ]] && builder="${vcpus}"
-  needed=$((max_instances * vcpus + builder))
+  needed=$((on_demand_instances * vcpus + builder))
   if [[ ! "${instance_type}" =~ ^[acdhimrtz] ]]; then
     report "vCPU quota" warn "${instance_type} is not a Standard family; check its On-Demand vCPU quota yourself (${needed} needed)"
     return 0
@@ -517,9 +655,9 @@ check_vcpu_quota() {
   if [[ ! "${quota}" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
     report "vCPU quota" warn "could not read quota ${STANDARD_VCPU_QUOTA_CODE} (Service Quotas); ${needed} vCPUs needed"
   elif ((${quota%.*} < needed)); then
-    report "vCPU quota" BLOCKER "${quota%.*} On-Demand Standard vCPUs < ${needed} needed (${max_instances} x ${instance_type}); lower --max-instances or request an increase of ${STANDARD_VCPU_QUOTA_CODE} in Service Quotas"
+    report "vCPU quota" BLOCKER "${quota%.*} On-Demand Standard vCPUs < ${needed} needed (${on_demand_instances} x ${instance_type}); lower --max-instances or request an increase of ${STANDARD_VCPU_QUOTA_CODE} in Service Quotas"
   else
-    report "vCPU quota" ok "${quota%.*} On-Demand Standard vCPUs >= ${needed} needed (${max_instances} x ${instance_type})"
+    report "vCPU quota" ok "${quota%.*} On-Demand Standard vCPUs >= ${needed} needed (${on_demand_instances} x ${instance_type})"
   fi
 }
 
@@ -565,6 +703,7 @@ preflight() {
   log "Preflight (changes nothing)"
   report "credentials" ok "${caller_arn} (account $(awsr sts get-caller-identity --query Account --output text))"
   check_region
+  check_instance_types
   check_vcpu_quota
   check_stacks
   check_image
@@ -595,6 +734,7 @@ main() {
   parse_args "$@"
   validate_args
   check_prerequisites
+  resolve_capacity
   if [[ "${check_only}" == "true" ]]; then
     preflight
     return
@@ -639,9 +779,13 @@ main() {
         || die "no image ${prefix}/bersim:${tag}; add --build-image or --image-uri URI"
       image_args=("ImageTag=${tag}" "ImageUri=")
     fi
-    [[ -n "${slots_per_instance}" ]] || compute_slots_per_instance
+    compute_slots_per_instance || die "${slots_problem}"
+    log "${slots_detail}"
+    local -a type_args
+    mapfile -t type_args < <(instance_type_parameters)
     deploy_stack ecs \
-      "InstanceType=${instance_type}" "MaxInstances=${max_instances}" \
+      "${type_args[@]}" "PurchaseOption=${purchase_option}" \
+      "OnDemandBaseCapacity=${on_demand_base}" "MaxInstances=${max_instances}" \
       "TaskCpu=${task_cpu}" "TaskMemoryInMiB=${task_memory_mib}" \
       "ReservedMemoryInMiB=${reserved_memory_mib}" "SlotsPerInstance=${slots_per_instance}" \
       "PrivateSubnetIds=${subnets}" "InstanceSecurityGroupId=${instance_sg}" \
@@ -678,6 +822,9 @@ main() {
     "LogGroupName=$(stack_output "${ecs}" LogGroupName)" \
     "LogStreamPrefix=$(stack_output "${ecs}" LogStreamPrefix)" \
     "SlotsPerInstance=$(stack_output "${ecs}" SlotsPerInstance)" \
+    "InstanceTypes=$(stack_output "${ecs}" InstanceTypes)" \
+    "PurchaseOption=$(stack_output "${ecs}" PurchaseOption)" \
+    "OnDemandBaseCapacity=$(stack_output "${ecs}" OnDemandBaseCapacity)" \
     "MaxClusterSize=${max_instances}" \
     "TaskRoleArn=$(stack_output "${ecs}" TaskRoleArn)" \
     "TaskExecutionRoleArn=$(stack_output "${ecs}" TaskExecutionRoleArn)" \

@@ -356,3 +356,81 @@ def test_runs_without_a_terminal(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+def preflight_line(stdout: str, check: str) -> str:
+    return next(line for line in stdout.splitlines() if line.strip().startswith(check))
+
+
+def test_spot_and_instance_types_are_checked_and_a_rerun_keeps_the_stacks_choice(
+    tmp_path: Path, moto_url: str
+) -> None:
+    """--check resolves the capacity options; the tasks per instance are the minimum over the
+    types (95 % of nominal memory minus 2048 MiB reserved, 1536 MiB and 1024 CPU units a task)."""
+    usage = run(REPO / "deploy.sh", aws_env(None, tmp_path), "--help").stdout
+    for option in ("--instance-types", "--spot", "--on-demand", "--on-demand-base"):
+        assert f"  {option} " in usage, option
+    project = copy_project(tmp_path)
+    env = aws_env(moto_url, tmp_path)
+    check = ("--prefix", "wbs", "--image-uri", "example.com/bersim:1", "--check")
+    spot = run(
+        project / "deploy.sh", env, *check,
+        *("--spot", "--on-demand-base", "1", "--instance-types", "m5.xlarge,c5.xlarge"),
+    )  # fmt: skip
+    assert spot.returncode == 0, spot.stderr + spot.stdout
+    line = preflight_line(spot.stdout, "instance types")
+    assert line.split()[2] == "ok", line
+    # m5.xlarge 16384 MiB -> 13516 registered: 8 by memory, 4 by CPU; c5.xlarge 8192 -> 3.
+    assert "spot above 1 on-demand: m5.xlarge 4, c5.xlarge 3 tasks per instance -> 3" in line
+    assert "needed (1 x m5.xlarge)" in preflight_line(spot.stdout, "vCPU quota")
+
+    refused = {
+        "c5.xlarge,m6g.xlarge": "m6g.xlarge is arm64, not x86_64",
+        "c5.xlarge,c5.2xlarge": "of one size: c5.2xlarge has 8 vCPUs, c5.xlarge 4",
+        "c5.xlarge,c9.bogus": "unknown instance type c9.bogus",
+    }
+    for types, message in refused.items():
+        result = run(project / "deploy.sh", env, *check, "--instance-types", types)
+        assert result.returncode == 1, types
+        assert "BLOCKER" in preflight_line(result.stdout, "instance types").split(), types
+        assert message in result.stdout, result.stdout
+    bad = run(project / "deploy.sh", env, *check, "--on-demand", "--on-demand-base", "2")
+    assert bad.returncode != 0
+    assert "--on-demand-base applies to --spot only" in bad.stderr
+
+    # A stack deployed with Spot: a run without the options keeps its types, option and base.
+    cloudformation = client("cloudformation", moto_url)
+    network = "wbs-network"
+    cloudformation.create_stack(
+        StackName=network, TemplateBody=(REPO / "cloudformation" / "network.yaml").read_text()
+    )
+    outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in cloudformation.describe_stacks(StackName=network)["Stacks"][0]["Outputs"]
+    }
+    parameters = {
+        "InstanceType": "c6i.xlarge",
+        "InstanceType2": "c5a.xlarge",
+        "InstanceType3": "",
+        "InstanceType4": "",
+        "PurchaseOption": "spot",
+        "OnDemandBaseCapacity": "2",
+        "PrivateSubnetIds": outputs["PrivateSubnetIds"],
+        "InstanceSecurityGroupId": outputs["EcsInstanceSecurityGroupId"],
+        "ResultsBucketName": "wbs-results",
+        "ImageUri": "example.com/bersim:1",
+    }
+    cloudformation.create_stack(
+        StackName="wbs-ecs",
+        TemplateBody=(REPO / "cloudformation" / "ecs.yaml").read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    kept = run(project / "deploy.sh", env, *check)
+    assert kept.returncode == 0, kept.stderr + kept.stdout
+    assert "Instance types c6i.xlarge,c5a.xlarge (kept from stack wbs-ecs)" in kept.stdout
+    assert "Purchase option spot (kept from stack wbs-ecs)" in kept.stdout
+    line = preflight_line(kept.stdout, "instance types")
+    assert "spot above 2 on-demand: c6i.xlarge 3, c5a.xlarge 3 tasks per instance -> 3" in line
+    switched = run(project / "deploy.sh", env, *check, "--on-demand")
+    assert "on-demand: c6i.xlarge 3, c5a.xlarge 3" in preflight_line(switched.stdout, "instance")
