@@ -72,7 +72,10 @@ def set_desired_capacity(autoscaling: Any, group: str, desired: int) -> None:
 
 
 def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
-    """The group's desired capacity and its instances' lifecycle states."""
+    """The group's desired capacity, its instances' lifecycle states, the IDs of those InService
+    and Healthy, and those on their way out (`Unhealthy` or `Terminating*`: a failed health
+    check, a reclaimed Spot instance, one that capacity rebalancing terminates once its
+    replacement is in service), with their state."""
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     found = groups.get("AutoScalingGroups", [])
     if not found:
@@ -81,25 +84,47 @@ def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
             "(deployment setting AIRFLOW__WINDOWS_BATCH__ASG_NAME)"
         )
     info = found[0]
+    instances = info.get("Instances", [])
     return {
         "desired": info.get("DesiredCapacity"),
-        "instances": [i.get("LifecycleState", "?") for i in info.get("Instances", [])],
+        "instances": [i.get("LifecycleState", "?") for i in instances],
+        "in_service": {
+            i.get("InstanceId")
+            for i in instances
+            if i.get("LifecycleState") == "InService" and i.get("HealthStatus") != "Unhealthy"
+        },
+        "replacing": {
+            i.get("InstanceId"): f"{i.get('LifecycleState', '?')}, {i.get('HealthStatus', '?')}"
+            for i in instances
+            if i.get("HealthStatus") == "Unhealthy"
+            or str(i.get("LifecycleState", "")).startswith("Terminating")
+        },
     }
 
 
-def container_instances(ecs: Any, cluster: str) -> dict[str, int]:
-    """Container instances of the cluster: ACTIVE with the agent connected, and all ACTIVE."""
+def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
+    """The cluster's ACTIVE container instances: EC2 instance ID -> agent connected.
+
+    DRAINING (a Spot interruption notice) and INACTIVE (deregistered, e.g. its instance was
+    terminated) container instances are not listed.
+    """
     pages = ecs.get_paginator("list_container_instances").paginate(cluster=cluster, status="ACTIVE")
     arns = [arn for page in pages for arn in page.get("containerInstanceArns", [])]
-    connected = 0
+    hosts: dict[str, bool] = {}
     for start in range(0, len(arns), _DESCRIBE_BATCH):
         described = ecs.describe_container_instances(
             cluster=cluster, containerInstances=arns[start : start + _DESCRIBE_BATCH]
         )
-        connected += sum(
-            1 for ci in described.get("containerInstances", []) if ci.get("agentConnected", True)
-        )
-    return {"active": len(arns), "ready": connected}
+        for ci in described.get("containerInstances", []):
+            key = str(ci.get("ec2InstanceId") or ci.get("containerInstanceArn"))
+            hosts[key] = bool(ci.get("agentConnected", True))
+    return hosts
+
+
+def container_instances(ecs: Any, cluster: str) -> dict[str, int]:
+    """Container instances of the cluster: ACTIVE with the agent connected, and all ACTIVE."""
+    hosts = container_hosts(ecs, cluster)
+    return {"active": len(hosts), "ready": sum(hosts.values())}
 
 
 def run_task_group(dag_id: str, run_id: str) -> str:
@@ -156,7 +181,14 @@ class _ClusterSensor(BaseSensorOperator):
 
 
 class ScaleOutSensor(_ClusterSensor):
-    """Set the group's desired capacity to `desired`; done once that many instances are ACTIVE."""
+    """Set the group's desired capacity to `desired`; done once that many container instances
+    are ACTIVE with the agent connected on instances the group has InService and Healthy.
+
+    An instance the group is replacing (terminated, unhealthy, reclaimed, rebalanced) is not
+    counted even while its agent is still connected: the wait goes on, within the timeout,
+    until its replacement registers. More instances than desired (capacity rebalancing launches
+    the replacement first) count as they are.
+    """
 
     _timeout_field = "scale_out_timeout_s"
 
@@ -166,15 +198,17 @@ class ScaleOutSensor(_ClusterSensor):
         ecs = aws_client(self.settings, "ecs")
         set_desired_capacity(autoscaling, self.settings.asg_name, desired)
         group = group_state(autoscaling, self.settings.asg_name)
-        counts = container_instances(ecs, self.settings.cluster_name)
+        hosts = container_hosts(ecs, self.settings.cluster_name)
+        ready = [h for h, connected in hosts.items() if connected and h in group["in_service"]]
         self.seen = (
-            f"{counts['ready']} of {desired} container instances ACTIVE with the agent connected "
-            f"in cluster {self.settings.cluster_name!r} ({counts['active']} ACTIVE); group "
-            f"{self.settings.asg_name!r}: desired {group['desired']}, instances "
-            f"{_lifecycle_summary(group['instances'])}"
+            f"{len(ready)} of {desired} container instances ACTIVE with the agent connected "
+            f"on an InService instance in cluster {self.settings.cluster_name!r} "
+            f"({len(hosts)} ACTIVE); group {self.settings.asg_name!r}: desired "
+            f"{group['desired']}, instances {_lifecycle_summary(group['instances'])}"
+            f"{_replacement_note(group, hosts, desired)}"
         )
         self.log.info("%s", self.seen)
-        if counts["ready"] >= desired:
+        if len(ready) >= desired:
             cost_report.remember_instances(self.settings, context, ecs)
             return True
         return False
@@ -205,6 +239,29 @@ class ScaleInSensor(_ClusterSensor):
             return False
         cost_report.report_usage(self.settings, context)
         return True
+
+
+def _replacement_note(group: dict[str, Any], hosts: dict[str, bool], desired: int) -> str:
+    """What the wait does not count, and why it goes on: instances being replaced and such."""
+    notes = []
+    if group["replacing"]:
+        which = ", ".join(f"{i} ({state})" for i, state in sorted(group["replacing"].items()))
+        notes.append(
+            f"an instance is being replaced: {which}; the group launches a replacement and "
+            "the wait goes on until it registers"
+        )
+    if len(group["instances"]) > desired:
+        notes.append(
+            f"{len(group['instances'])} instances for {desired} desired while one is replaced "
+            "(capacity rebalancing launches the replacement first)"
+        )
+    disconnected = sorted(h for h, connected in hosts.items() if not connected)
+    if disconnected:
+        notes.append(f"not counted, agent disconnected: {', '.join(disconnected)}")
+    leaving = sorted(h for h, c in hosts.items() if c and h not in group["in_service"])
+    if leaving:
+        notes.append(f"not counted, not InService and Healthy in the group: {', '.join(leaving)}")
+    return "".join(f"; {note}" for note in notes)
 
 
 def _lifecycle_summary(states: list[str]) -> str:

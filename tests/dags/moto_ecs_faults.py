@@ -6,6 +6,10 @@
   would not finish by itself) loses its host after MOTO_RECLAIM_AFTER_S (default 2) seconds:
   killed, its task STOPPED with ECS's stoppedReason "Host EC2 (instance i-...) terminated.".
   Later containers of the index run bersim.
+- MOTO_UNHEALTHY_INSTANCES=N: the first N instances of a group fail their health check as
+  their container instance registers (the group marks them Unhealthy, as a failed EC2 status
+  check or a reclaimed Spot instance does); the server's Auto Scaling then replaces each one
+  (see moto_ecs_server.py: Terminating with the agent still connected, terminated, removed).
 - MOTO_LOGS_FAIL=throttle | missing: every GetLogEvents call answers ThrottlingException (as
   CloudWatch Logs does over its rate) or ResourceNotFoundException (a stream that is gone); the
   containers still write their lines.
@@ -33,6 +37,7 @@ server = importlib.util.module_from_spec(_spec)
 sys.modules["moto_ecs_server"] = server
 _spec.loader.exec_module(server)
 
+from moto.autoscaling.models import autoscaling_backends  # noqa: E402
 from moto.core.exceptions import JsonRESTError  # noqa: E402
 from moto.logs.responses import LogsResponse  # noqa: E402
 
@@ -40,7 +45,9 @@ HANG = {int(x) for x in os.environ.get("MOTO_HANG_TASK_INDEXES", "").split(",") 
 LOGS_FAIL = os.environ.get("MOTO_LOGS_FAIL", "")
 RECLAIM = {int(x) for x in os.environ.get("MOTO_RECLAIM_TASK_INDEXES", "").split(",") if x.strip()}
 RECLAIM_AFTER_S = float(os.environ.get("MOTO_RECLAIM_AFTER_S", "2"))
+UNHEALTHY = int(os.environ.get("MOTO_UNHEALTHY_INSTANCES", "0"))
 _reclaimed: set[int] = set()
+_unhealthy: list[str] = []
 
 
 def _hang_entrypoint() -> Path:
@@ -105,7 +112,22 @@ def get_log_events(self: LogsResponse) -> str:
     return _original_get_log_events(self)
 
 
+_original_register = server.EC2ContainerServiceBackend.register_container_instance
+
+
+def register_container_instance(self: Any, cluster_str: str, ec2_instance_id: str) -> Any:
+    """Register; the first UNHEALTHY instances fail their health check right then."""
+    registered = _original_register(self, cluster_str, ec2_instance_id)
+    if len(_unhealthy) < UNHEALTHY:
+        _unhealthy.append(ec2_instance_id)
+        backend = autoscaling_backends[server.ACCOUNT][server.REGION]
+        backend.set_instance_health(ec2_instance_id, "Unhealthy")
+        server.record(server.EVENT_LOG, {"op": "unhealthy", "instance": ec2_instance_id})
+    return registered
+
+
 server.Container.__init__ = container_init  # type: ignore[method-assign]
+server.EC2ContainerServiceBackend.register_container_instance = register_container_instance  # type: ignore[method-assign]
 LogsResponse.get_log_events = get_log_events  # type: ignore[method-assign]
 
 if __name__ == "__main__":

@@ -19,7 +19,17 @@ moto does not), patched IN THE SERVER PROCESS:
   that writes that key right after the write (a test's breakpoint, see freeze_caller).
 - The ECS agent: each Auto Scaling group whose launch template user data names a cluster
   (`Initialize-ECSAgent -Cluster "<name>"`) gets container instances like booting instances:
-  each ListContainerInstances registers at most one more; scaling down deregisters them.
+  each ListContainerInstances registers at most one more of the group's InService instances;
+  an instance that leaves the group is deregistered (moto forgets it), and one terminated
+  while still in it disconnects its agent first.
+- Auto Scaling's health check (moto never replaces an instance): an InService instance that is
+  Unhealthy (SetInstanceHealth, or a fault) or no longer running (terminated from outside, as
+  EC2 reclaims a Spot instance) is replaced one step per ListContainerInstances: it becomes
+  Terminating while a replacement launches (its agent is still connected: the host shuts
+  down), then EC2 terminates it (its tasks stop, its agent disconnects), then it leaves the
+  group and ECS deregisters it ("Health checks for instances in an Auto Scaling group",
+  "View the reason for health check failures"; DeregisterContainerInstance: a terminated
+  container instance is deregistered automatically).
 - Placement: a RunTask that finds no room answers RESOURCE:CPU (moto answers an empty list);
   MOTO_RESOURCE_FAILURES makes the first N RunTask calls answer so, like a momentarily full cluster.
 - CloudFormation's AWS::ECS::TaskDefinition keeps TaskRoleArn, ExecutionRoleArn, NetworkMode and
@@ -34,8 +44,9 @@ moto does not), patched IN THE SERVER PROCESS:
   bucket policies (moto's CloudFormation does not create AWS::S3::BucketPolicy; the calls are
   taken as HTTPS, aws:SecureTransport true, as on AWS), the ECS agent's own calls, trust policies.
 
-Every SetDesiredCapacity, RunTask, StopTask, container start and exit is appended as a JSON line
-to MOTO_EVENT_LOG (with a wall-clock "t").
+Every SetDesiredCapacity, RunTask, StopTask, container start and exit, and each answer of
+ListContainerInstances (with the state of each host in its group) is appended as a JSON line to
+MOTO_EVENT_LOG (with a wall-clock "t").
 
     python tests/dags/moto_ecs_server.py PORT      # prints "READY <port>" when serving
 """
@@ -330,30 +341,76 @@ def cluster_of_group(group: Any) -> str | None:
 _original_list_ci = EC2ContainerServiceBackend.list_container_instances
 
 
+def _running(instance: Any) -> bool:
+    return str(instance.state) in {"pending", "running"}
+
+
+def replace_unhealthy(group: Any) -> None:
+    """One step of Auto Scaling's replacement of unhealthy instances (module docstring)."""
+    for state in list(group.instance_states):
+        if state.lifecycle_state == "InService" and (
+            state.health_status == "Unhealthy" or not _running(state.instance)
+        ):
+            state.health_status = "Unhealthy"
+            state.lifecycle_state = "Terminating"
+            record(EVENT_LOG, {"op": "replace_instance", "instance": state.instance.id})
+            group.replace_autoscaling_group_instances(1, group.get_propagated_tags())
+        elif state.lifecycle_state == "Terminating":
+            if _running(state.instance):
+                group.autoscaling_backend.ec2_backend.terminate_instances([state.instance.id])
+            else:
+                group.instance_states.remove(state)
+
+
 def list_container_instances(
     self: EC2ContainerServiceBackend, cluster_str: str, status: str | None = None
 ) -> list[str]:
     """The ECS agent's part: instances join (one per call) or leave as their group changes."""
     cluster_name = cluster_str.rsplit("/", maxsplit=1)[-1]
+    hosts: dict[str, Any] = {}
     for group in autoscaling_backends[ACCOUNT][REGION].autoscaling_groups.values():
         if cluster_of_group(group) != cluster_name:
             continue
         with _lock:
+            replace_unhealthy(group)
+            hosts.update({state.instance.id: state for state in group.instance_states})
             registered = self.container_instances.get(cluster_name, {})
-            active = [ci for ci in registered.values() if ci.status == "ACTIVE"]
-            desired = int(group.desired_capacity or 0)
-            if len(active) > desired:
-                for ci in active[desired:]:
+            in_group = {state.instance.id: state for state in group.instance_states}
+            for ci in list(registered.values()):
+                if ci.status != "ACTIVE":
+                    continue
+                state = in_group.get(ci.ec2_instance_id)
+                if state is None:
                     self.deregister_container_instance(
                         cluster_name, ci.container_instance_arn, True
                     )
-            elif len(active) < desired:
-                known = {ci.ec2_instance_id for ci in registered.values()}
-                for state in group.instance_states:
-                    if state.instance.id not in known:
-                        self.register_container_instance(cluster_name, state.instance.id)
-                        break
-    return _original_list_ci(self, cluster_str, status)
+                elif not _running(state.instance):
+                    ci.agent_connected = False
+            known = {ci.ec2_instance_id for ci in registered.values()}
+            for state in group.instance_states:
+                if (
+                    state.instance.id not in known
+                    and state.lifecycle_state == "InService"
+                    and _running(state.instance)
+                ):
+                    self.register_container_instance(cluster_name, state.instance.id)
+                    break
+    answer = _original_list_ci(self, cluster_str, status)
+    if hosts:  # what the caller is told, and the state of each host at that moment
+        listed = []
+        for ci in self.container_instances.get(cluster_name, {}).values():
+            if ci.container_instance_arn in answer:
+                host = hosts.get(ci.ec2_instance_id)
+                listed.append(
+                    {
+                        "instance": ci.ec2_instance_id,
+                        "connected": ci.agent_connected,
+                        "lifecycle": host.lifecycle_state if host else None,
+                        "health": host.health_status if host else None,
+                    }
+                )
+        record(EVENT_LOG, {"op": "list_container_instances", "status": status, "listed": listed})
+    return answer
 
 
 _original_terminate = InstanceBackend.terminate_instances
