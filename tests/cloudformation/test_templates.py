@@ -321,9 +321,10 @@ def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
     )["AutoScalingGroups"][0]
     assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (0, 0, 6)
     ec2 = boto3.client("ec2", region_name=REGION)
-    data = ec2.describe_launch_template_versions(
-        LaunchTemplateId=group_launch_template_id(group)
-    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    template_id = group_launch_template_id(group)
+    data = ec2.describe_launch_template_versions(LaunchTemplateId=template_id)[
+        "LaunchTemplateVersions"
+    ][0]["LaunchTemplateData"]
     assert data["ImageId"] == moto_server.FAKE_WINDOWS_AMI_ID
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     # A token needs one hop more than the host: containers get no instance-role credentials.
@@ -449,8 +450,9 @@ def test_user_data_starts_the_agent_with_every_capability_the_task_definition_ne
     group = boto3.client("autoscaling", region_name=REGION).describe_auto_scaling_groups(
         AutoScalingGroupNames=[ecs_stack["AutoScalingGroupName"]]
     )["AutoScalingGroups"][0]
+    template_id = group_launch_template_id(group)
     data = boto3.client("ec2", region_name=REGION).describe_launch_template_versions(
-        LaunchTemplateId=group_launch_template_id(group)
+        LaunchTemplateId=template_id
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     user_data = base64.b64decode(data["UserData"]).decode()
     initialize = next(line for line in user_data.splitlines() if "Initialize-ECSAgent" in line)
