@@ -44,6 +44,9 @@ DAG_SETTINGS = {
     "s3_bucket": {"Ref": "ResultsBucketName"},
     "slots_per_instance": {"Ref": "SlotsPerInstance"},
     "max_cluster_size": {"Ref": "MaxClusterSize"},
+    "instance_types": {"Ref": "InstanceTypes"},
+    "purchase_option": {"Ref": "PurchaseOption"},
+    "on_demand_base": {"Ref": "OnDemandBaseCapacity"},
     "run_note": "mwaa",
     "mwaa_environment": {"Ref": "AWS::StackName"},
 }
