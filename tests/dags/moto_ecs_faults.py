@@ -3,8 +3,10 @@
 - MOTO_HANG_TASK_INDEXES (comma-separated): the container of `simulate ... --task-index I` for
   such an I never exits by itself (it sleeps); only StopTask ends it (SIGTERM, exit 143).
 - MOTO_RECLAIM_TASK_INDEXES (comma-separated): the first container of such an index (one that
-  would not finish by itself) loses its host after MOTO_RECLAIM_AFTER_S (default 2) seconds:
-  killed, its task STOPPED with ECS's stoppedReason "Host EC2 (instance i-...) terminated.".
+  would not finish by itself) loses its host after MOTO_RECLAIM_AFTER_S (default 2) seconds, as
+  when EC2 reclaims a Spot instance: the EC2 instance is terminated, so every container on it is
+  killed and its task STOPPED with ECS's stoppedReason "Host EC2 (instance i-...) terminated.",
+  and the Auto Scaling group replaces the instance (moto_ecs_server.py's health check).
   Later containers of the index run bersim.
 - MOTO_UNHEALTHY_INSTANCES=N: the first N instances of a group fail their health check as
   their container instance registers (the group marks them Unhealthy, as a failed EC2 status
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import stat
 import sys
 import tempfile
@@ -39,6 +40,7 @@ _spec.loader.exec_module(server)
 
 from moto.autoscaling.models import autoscaling_backends  # noqa: E402
 from moto.core.exceptions import JsonRESTError  # noqa: E402
+from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.logs.responses import LogsResponse  # noqa: E402
 
 HANG = {int(x) for x in os.environ.get("MOTO_HANG_TASK_INDEXES", "").split(",") if x.strip()}
@@ -70,14 +72,16 @@ def _task_index(task: Any) -> int | None:
 
 
 def _lose_host(container: Any) -> None:
-    """The instance under the container is terminated: ECS stops the task with this reason."""
-    instance = "i-0unknown"
-    for cis in container.backend.container_instances.values():
-        for ci in cis.values():
-            if ci.container_instance_arn == container.task.container_instance_arn:
-                instance = ci.ec2_instance_id
-    container.task.stopped_reason = f"Host EC2 (instance {instance}) terminated."
-    container.signal(signal.SIGKILL)
+    """The instance under the container is terminated (the server stops its tasks)."""
+    hosts = [
+        ci.ec2_instance_id
+        for cis in container.backend.container_instances.values()
+        for ci in cis.values()
+        if ci.container_instance_arn == container.task.container_instance_arn
+    ]
+    assert hosts, f"no container instance for {container.task.task_arn}"
+    server.record(server.EVENT_LOG, {"op": "reclaim_instance", "instance": hosts[0]})
+    ec2_backends[server.ACCOUNT][server.REGION].terminate_instances(hosts)
 
 
 def container_init(self: Any, backend: Any, task: Any) -> None:

@@ -30,7 +30,10 @@ moto does not), patched IN THE SERVER PROCESS:
   group and ECS deregisters it ("Health checks for instances in an Auto Scaling group",
   "View the reason for health check failures"; DeregisterContainerInstance: a terminated
   container instance is deregistered automatically).
-- Placement: a RunTask that finds no room answers RESOURCE:CPU (moto answers an empty list);
+- Placement: RunTask also takes one step of the agent and health check above (an instance
+  EC2 terminated under a running study is replaced, and its replacement joins, while the DAG
+  keeps calling RunTask), and places nothing on an instance whose agent is disconnected (moto
+  would); a RunTask that finds no room answers RESOURCE:CPU (moto answers an empty list);
   MOTO_RESOURCE_FAILURES makes the first N RunTask calls answer so, like a momentarily full cluster.
 - CloudFormation's AWS::ECS::TaskDefinition keeps TaskRoleArn, ExecutionRoleArn, NetworkMode and
   RequiresCompatibilities (moto drops them).
@@ -265,7 +268,22 @@ def run_task(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> lis
         if _state["resource_failures"] > 0:
             _state["resource_failures"] -= 1
             return []
-        tasks = _original_run_task(self, *args, **kwargs)
+        cluster_str = kwargs.get("cluster_str", args[0] if args else "default")
+        cluster_name = str(cluster_str).rsplit("/", maxsplit=1)[-1]
+        agent_step(self, cluster_name)
+        # ECS places no task on an instance whose agent is disconnected (moto would).
+        hidden = [
+            ci
+            for ci in self.container_instances.get(cluster_name, {}).values()
+            if ci.status == "ACTIVE" and not ci.agent_connected
+        ]
+        for ci in hidden:
+            ci.status = "DISCONNECTED"
+        try:
+            tasks = _original_run_task(self, *args, **kwargs)
+        finally:
+            for ci in hidden:
+                ci.status = "ACTIVE"
         for task in tasks:
             _containers[task.task_arn] = Container(self, task)
         return tasks
@@ -362,11 +380,12 @@ def replace_unhealthy(group: Any) -> None:
                 group.instance_states.remove(state)
 
 
-def list_container_instances(
-    self: EC2ContainerServiceBackend, cluster_str: str, status: str | None = None
-) -> list[str]:
-    """The ECS agent's part: instances join (one per call) or leave as their group changes."""
-    cluster_name = cluster_str.rsplit("/", maxsplit=1)[-1]
+def agent_step(backend: EC2ContainerServiceBackend, cluster_name: str) -> dict[str, Any]:
+    """One step of the agent and the group's health check for a cluster; its hosts' states.
+
+    ListContainerInstances and RunTask take it: Auto Scaling and the agents act on their own
+    clock on AWS, and these are the calls through which a caller can see what they did.
+    """
     hosts: dict[str, Any] = {}
     for group in autoscaling_backends[ACCOUNT][REGION].autoscaling_groups.values():
         if cluster_of_group(group) != cluster_name:
@@ -374,14 +393,14 @@ def list_container_instances(
         with _lock:
             replace_unhealthy(group)
             hosts.update({state.instance.id: state for state in group.instance_states})
-            registered = self.container_instances.get(cluster_name, {})
+            registered = backend.container_instances.get(cluster_name, {})
             in_group = {state.instance.id: state for state in group.instance_states}
             for ci in list(registered.values()):
                 if ci.status != "ACTIVE":
                     continue
                 state = in_group.get(ci.ec2_instance_id)
                 if state is None:
-                    self.deregister_container_instance(
+                    backend.deregister_container_instance(
                         cluster_name, ci.container_instance_arn, True
                     )
                 elif not _running(state.instance):
@@ -393,8 +412,17 @@ def list_container_instances(
                     and state.lifecycle_state == "InService"
                     and _running(state.instance)
                 ):
-                    self.register_container_instance(cluster_name, state.instance.id)
+                    backend.register_container_instance(cluster_name, state.instance.id)
                     break
+    return hosts
+
+
+def list_container_instances(
+    self: EC2ContainerServiceBackend, cluster_str: str, status: str | None = None
+) -> list[str]:
+    """The ECS agent's part: instances join (one per call) or leave as their group changes."""
+    cluster_name = cluster_str.rsplit("/", maxsplit=1)[-1]
+    hosts = agent_step(self, cluster_name)
     answer = _original_list_ci(self, cluster_str, status)
     if hosts:  # what the caller is told, and the state of each host at that moment
         listed = []

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -187,20 +188,47 @@ def test_a_log_fetch_failure_after_exit_0_is_a_success(
 def test_a_task_whose_host_was_terminated_runs_again_without_a_retry(
     airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
 ) -> None:
-    """Issue 12 point 2: an interruption costs time, not one of the user's retries."""
+    """Issue 12 point 2: an interruption costs time, not one of the user's retries.
+
+    The only instance is terminated under task 1 (as EC2 reclaims a Spot instance): the group
+    replaces it, and every task it took down runs again there, counted once.
+    """
     with deployment(tmp_path, MOTO_RECLAIM_TASK_INDEXES="1") as d:
-        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
+        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="180", RETRIES="0")
         conf = study(d)
         outcome = run_dag(env, conf, timeout_s=400)
-        runs = [index_of(e["command"]) for e in d.events("run_task") if e["placed"]]
-        results_key = f"sim/aggregate_results/{outcome['run_id']}/results.json"
+        runs = Counter(index_of(e["command"]) for e in d.events("run_task") if e["placed"])
+        reclaimed = [e["instance"] for e in d.events("reclaim_instance")]
+        replaced = [e["instance"] for e in d.events("replace_instance")]
+        bucket = conf["s3_bucket"]
         s3 = d.client("s3")
-        results = json.load(s3.get_object(Bucket=conf["s3_bucket"], Key=results_key)["Body"])
+        prefix = f"sim/task_results/{outcome['run_id']}/"
+        task_results = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        results_key = f"sim/aggregate_results/{outcome['run_id']}/results.json"
+        results = json.load(s3.get_object(Bucket=bucket, Key=results_key)["Body"])
+        reservations = d.client("ec2").describe_instances()["Reservations"]
+        instances = {
+            i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]
+        }
+        group = d.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"][0]
     assert outcome["state"] == "success", outcome["log"][-4000:]
     assert all(tries == 1 for tries in outcome["tries"].values()), outcome["tries"]
-    assert sorted(i for i in runs if i is not None) == [0, 1, 1, 2]  # index 1 ran again
-    assert "lost its host (Host EC2 (instance i-" in outcome["log"]
-    # Each index counted once in the aggregate.
+    assert len(reclaimed) == 1
+    assert replaced == reclaimed  # the group replaced the instance EC2 took
+    assert len(instances) == 2
+    assert set(instances.values()) == {"terminated"}  # and scaled both in at the end
+    assert group["DesiredCapacity"] == 0
+    assert not group["Instances"]
+    assert f"lost its host (Host EC2 (instance {reclaimed[0]}) terminated." in outcome["log"]
+    assert runs[1] == 2  # index 1 ran again; 0 and 2 once more only if they were on the host too
+    assert {runs[0], runs[2]} <= {1, 2}
+    assert sum(runs[i] for i in (0, 1, 2)) - 3 == outcome["log"].count("lost its host (Host EC2")
+    # Each index has one result and is counted once in the aggregate.
+    assert sorted(o["Key"].removeprefix(prefix) for o in task_results) == [
+        "task-00000.json",
+        "task-00001.json",
+        "task-00002.json",
+    ]
     assert results["missing_tasks"] == []
     assert sum(row["tasks"] for row in results["rows"]) == 3
 
