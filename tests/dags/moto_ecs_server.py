@@ -33,8 +33,10 @@ moto does not), patched IN THE SERVER PROCESS:
 - Placement: RunTask also takes one step of the agent and health check above (an instance
   EC2 terminated under a running study is replaced, and its replacement joins, while the DAG
   keeps calling RunTask), and places nothing on an instance whose agent is disconnected (moto
-  would); a RunTask that finds no room answers RESOURCE:CPU (moto answers an empty list);
-  MOTO_RESOURCE_FAILURES makes the first N RunTask calls answer so, like a momentarily full cluster.
+  would; ECS API reference, ContainerInstance.agentConnected: "Only instances connected to an
+  agent can accept task placement requests."); a RunTask that finds no room answers
+  RESOURCE:CPU (moto answers an empty list); MOTO_RESOURCE_FAILURES makes the first N RunTask
+  calls answer so, like a momentarily full cluster.
 - CloudFormation's AWS::ECS::TaskDefinition keeps TaskRoleArn, ExecutionRoleArn, NetworkMode and
   RequiresCompatibilities (moto drops them).
 - IAM. Once enforcement is on (POST /moto-api/reset-auth with 0, moto's own switch), moto checks
