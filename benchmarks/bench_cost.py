@@ -17,7 +17,8 @@ model (dags/windows_batch/cost.py) and planner, with the model's documented defa
   last line shows auto where boot dominates).
 
 Same for every step: the kernel's rate per task (TASK_BITS_PER_S), TASK_START_S per task,
-SCALE_IN_S, 4 tasks per instance, at most 10 instances, the prices of cost.py's table. The
+SCALE_IN_S, SLOTS_PER_INSTANCE's default tasks per instance (3, what deploy.sh computes for the
+default types), at most 10 instances, the prices of cost.py's table. The
 seed's own per-frame kernel was slower still (benchmarks/bench_kernel.py measures by how
 much); it is left out, so the ratios below are only what this issue's changes give. MWAA and
 the NAT gateway (the idle floor) are not in the cluster cost.
@@ -32,9 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
 from windows_batch import cost, plan
+from windows_batch import settings as settings_mod
 from windows_batch.params import DEFAULTS
 
-SLOTS = 4
+SLOTS = settings_mod.load({}).slots_per_instance
 MAX_SIZE = 10
 SEED_SIZE = 6
 FAST_LAUNCH_BOOT = 0.35

@@ -15,7 +15,7 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - LOG_STREAM_PREFIX [bersim]: the container's awslogs-stream-prefix.
 - S3_BUCKET [empty; local: bersim-local]: the form's default bucket; on the ECS backend the only
   bucket a study may use (the task role may write nothing else), under RESULTS_PREFIX.
-- SLOTS_PER_INSTANCE [4]: tasks that fit on one instance at once.
+- SLOTS_PER_INSTANCE [3]: tasks that fit on one instance at once (ecs.yaml's default for c5.xlarge).
 - MAX_CLUSTER_SIZE [10]: the largest cluster_size the form allows (the group's MaxSize).
 - MAX_PARALLEL_TASKS [MAX_CLUSTER_SIZE x SLOTS_PER_INSTANCE]: simulations started at once.
 - AWS_CONN_ID [aws_default]: the Airflow connection for AWS.
@@ -125,7 +125,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if backend not in BACKENDS:
         raise SettingsError(f"{PREFIX}BACKEND={backend!r}: use one of {', '.join(BACKENDS)}")
     local = backend == "local"
-    slots = _int(env, "SLOTS_PER_INSTANCE", 4, low=1, high=256)
+    slots = _int(env, "SLOTS_PER_INSTANCE", 3, low=1, high=256)
     max_cluster = _int(env, "MAX_CLUSTER_SIZE", 10, low=1, high=1000)
     run_note = _str(env, "RUN_NOTE", "api" if local else "off").lower()
     if run_note not in RUN_NOTE_MODES:
