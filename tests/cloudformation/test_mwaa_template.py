@@ -46,6 +46,8 @@ DAG_SETTINGS = {
     "max_cluster_size": {"Ref": "MaxClusterSize"},
     "run_note": "mwaa",
     "mwaa_environment": {"Ref": "AWS::StackName"},
+    "boot_s": {"Ref": "InstanceBootSeconds"},
+    "pull_s": {"Ref": "ImagePullSeconds"},
 }
 
 
