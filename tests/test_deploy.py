@@ -408,7 +408,9 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
 
     paused = run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
     assert paused.returncode == 0, paused.stderr + paused.stdout
-    assert set(stacks_of(moto_url, prefix)) == {f"{prefix}-{s}" for s in ("storage", "image", "ami")}
+    assert set(stacks_of(moto_url, prefix)) == {
+        f"{prefix}-{s}" for s in ("storage", "image", "ami")
+    }
     assert ec2.describe_images(ImageIds=[ami_id])["Images"]
     assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
 
