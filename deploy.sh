@@ -77,10 +77,11 @@ usage() {
 Usage: ./deploy.sh [options]
 
 Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-storage,
-<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/,
-requirements-mwaa.txt and plugins.zip (plugins/, the Results view) to the MWAA bucket.
-Re-running with nothing changed changes nothing.
-Options not given take their defaults on every run.
+<prefix>-network, <prefix>-image, (with --bake-ami) <prefix>-ami, <prefix>-ecs and
+<prefix>-mwaa, then uploads dags/, requirements-mwaa.txt and plugins.zip (plugins/, the Results
+view) to the MWAA bucket. Re-running with nothing changed changes nothing.
+Options not given take their defaults on every run, except the baked AMI (kept until
+--no-bake-ami).
 
 Options:
   --region REGION          AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)
