@@ -513,6 +513,30 @@ deploy_ami_stack() {
     || wait_for_stack "$(stack_name ami)"
 }
 
+# A resume after --pause recreates the network stack, so the ami stack's Fast Launch template gets
+# a new version (new subnet); the AMI's Fast Launch settings still name the old one, with which
+# EC2 could not launch the instances that replenish its snapshots. EnableFastLaunch changes them.
+refresh_fast_launch() {
+  local ami="$1" template version settings current_template current_version parallel count
+  template="$(stack_output "$(stack_name ami)" FastLaunchTemplateId)"
+  version="$(awsr ec2 describe-launch-templates --launch-template-ids "${template}" \
+    --query 'LaunchTemplates[0].LatestVersionNumber' --output text)"
+  settings="$(awsr ec2 describe-fast-launch-images --image-ids "${ami}" --query \
+    'FastLaunchImages[0].[LaunchTemplate.LaunchTemplateId, LaunchTemplate.Version, MaxParallelLaunches, SnapshotConfiguration.TargetResourceCount]' \
+    --output text)"
+  read -r current_template current_version parallel count <<<"${settings}"
+  if [[ "${current_template}" == "None" || -z "${current_template}" ]]; then
+    err "EC2 Fast Launch is not enabled for ${ami}; instances launch from it the standard way"
+    return 0
+  fi
+  [[ "${current_template}:${current_version}" != "${template}:${version}" ]] || return 0
+  awsr ec2 enable-fast-launch --image-id "${ami}" --resource-type snapshot \
+    --launch-template "LaunchTemplateId=${template},Version=${version}" \
+    --max-parallel-launches "${parallel}" --snapshot-configuration "TargetResourceCount=${count}" \
+    >/dev/null
+  echo "EC2 Fast Launch for ${ami} now launches with ${template} version ${version}"
+}
+
 # --no-bake-ami, once the ECS stack runs the public AMI again.
 remove_ami_stack() {
   local stack
@@ -760,6 +784,7 @@ main() {
     if [[ "${baking}" == "true" ]]; then
       skipped ami || deploy_ami_stack "${tag}" "${subnets%%,*}" "${instance_sg}"
       baked_ami="$(stack_output "$(stack_name ami)" BakedAmiId)"
+      refresh_fast_launch "${baked_ami}"
     fi
     [[ -n "${slots_per_instance}" ]] || compute_slots_per_instance
     deploy_stack ecs \

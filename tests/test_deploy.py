@@ -399,12 +399,21 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     ]
     assert len(billed) == 1 + fast_launch["SnapshotConfiguration"]["TargetResourceCount"]
 
-    # A re-run without the option keeps the baked AMI and changes nothing.
+    # A re-run without the option keeps the baked AMI and changes no stack. Fast Launch follows
+    # its launch template's latest version (a resume after --pause makes one: new subnets).
+    template_id = outputs("ami")["FastLaunchTemplateId"]
+    assert fast_launch["LaunchTemplate"] == {"LaunchTemplateId": template_id, "Version": "1"}
+    ec2.create_launch_template_version(
+        LaunchTemplateId=template_id, SourceVersion="1", LaunchTemplateData={}
+    )
     again = run(project / "deploy.sh", env, *args)
     assert again.returncode == 0, again.stderr + again.stdout
     assert again.stdout.count("No changes to deploy") == len(LAYERS) + 1
     assert f"{ami_id} has {prefix}/bersim:{tag}" in again.stdout
     assert outputs("ecs")["InstanceAmiId"] == ami_id
+    (refreshed,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
+    assert refreshed["LaunchTemplate"]["Version"] == "2"
+    assert refreshed["MaxParallelLaunches"] == fast_launch["MaxParallelLaunches"]
 
     paused = run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
     assert paused.returncode == 0, paused.stderr + paused.stdout

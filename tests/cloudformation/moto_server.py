@@ -44,7 +44,8 @@ moto has no EC2 Image Builder and no EC2 Fast Launch, so the ami stack's part of
 - A FastLaunchConfigurations entry with Enabled enables EC2 Fast Launch for that AMI, refused
   below 6 MaxParallelLaunches as EnableFastLaunch does ("Value must be 6 or greater"), and makes
   TargetResourceCount pre-provisioned snapshots (DescribeSnapshots lists them).
-- DescribeFastLaunchImages and DisableFastLaunch answer for those AMIs. Disabling deletes the
+- DescribeFastLaunchImages, EnableFastLaunch (new settings for an enabled AMI, the same
+  6-launch minimum) and DisableFastLaunch answer for those AMIs. Disabling deletes the
   pre-provisioned snapshots (DisableFastLaunch "clean[s] up existing pre-provisioned snapshots")
   and the state stays `disabling` for one more DescribeFastLaunchImages before the AMI leaves
   the list.
@@ -117,6 +118,7 @@ def apply_patches() -> None:
     _patch_service_quotas()
     _patch_build_host()
     _patch_image_builder()
+    _patch_fast_launch()
 
 
 def _patch_cluster_deletion() -> None:
@@ -266,7 +268,6 @@ def _patch_image_builder() -> None:
     from moto.cloudformation.parsing import get_model_map, get_name_type_map
     from moto.core.common_models import CloudFormationModel
     from moto.ec2.models import ec2_backends
-    from moto.ec2.responses import EC2Response
 
     # moto's CloudFormation finds models among CloudFormationModel's direct subclasses.
     class ImageBuilderRecord:
@@ -417,41 +418,52 @@ def _patch_image_builder() -> None:
                 return self.image_id
             return super().get_cfn_attribute(attribute_name)
 
-    def _enable_fast_launch(ec2: Any, image_id: str, settings: dict[str, Any]) -> None:
-        parallel = int(settings.get("MaxParallelLaunches", FAST_LAUNCH_MIN_PARALLEL_LAUNCHES))
-        if parallel < FAST_LAUNCH_MIN_PARALLEL_LAUNCHES:
-            raise ValueError(
-                f"EnableFastLaunch: MaxParallelLaunches {parallel}: value must be 6 or greater"
-            )
-        count = int(settings.get("SnapshotConfiguration", {}).get("TargetResourceCount", 5))
-        snapshots = []
-        for _ in range(count):
-            volume = ec2.create_volume(size=60, zone_name=f"{ec2.region_name}a")
-            snapshot = ec2.create_snapshot(volume.id, f"EC2 Fast Launch for {image_id}")
-            ec2.delete_volume(volume.id)
-            snapshots.append(snapshot.id)
-        template = settings.get("LaunchTemplate", {})
-        FAST_LAUNCH[image_id] = {
-            "state": "enabled",
-            "owner": ec2.account_id,
-            "parallel": parallel,
-            "count": count,
-            "template_id": template.get("LaunchTemplateId", ""),
-            "template_version": str(template.get("LaunchTemplateVersion", "")),
-            "snapshots": snapshots,
-            "polls_left": 0,
-        }
+    # moto caches its map of CloudFormation types; the new models must be in it.
+    get_model_map.cache_clear()
+    get_name_type_map.cache_clear()
 
-    def _fast_launch_item(image_id: str, entry: dict[str, Any]) -> str:
-        return (
-            f"<item><imageId>{image_id}</imageId><resourceType>snapshot</resourceType>"
-            f"<snapshotConfiguration><targetResourceCount>{entry['count']}"
-            "</targetResourceCount></snapshotConfiguration>"
-            f"<launchTemplate><launchTemplateId>{entry['template_id']}</launchTemplateId>"
-            f"<version>{entry['template_version']}</version></launchTemplate>"
-            f"<maxParallelLaunches>{entry['parallel']}</maxParallelLaunches>"
-            f"<ownerId>{entry['owner']}</ownerId><state>{entry['state']}</state></item>"
+
+def _enable_fast_launch(ec2: Any, image_id: str, settings: dict[str, Any]) -> None:
+    parallel = int(settings.get("MaxParallelLaunches", FAST_LAUNCH_MIN_PARALLEL_LAUNCHES))
+    if parallel < FAST_LAUNCH_MIN_PARALLEL_LAUNCHES:
+        raise ValueError(
+            f"EnableFastLaunch: MaxParallelLaunches {parallel}: value must be 6 or greater"
         )
+    count = int(settings.get("SnapshotConfiguration", {}).get("TargetResourceCount", 5))
+    snapshots = []
+    for _ in range(count):
+        volume = ec2.create_volume(size=60, zone_name=f"{ec2.region_name}a")
+        snapshot = ec2.create_snapshot(volume.id, f"EC2 Fast Launch for {image_id}")
+        ec2.delete_volume(volume.id)
+        snapshots.append(snapshot.id)
+    template = settings.get("LaunchTemplate", {})
+    FAST_LAUNCH[image_id] = {
+        "state": "enabled",
+        "owner": ec2.account_id,
+        "parallel": parallel,
+        "count": count,
+        "template_id": template.get("LaunchTemplateId", ""),
+        "template_version": str(template.get("LaunchTemplateVersion", "")),
+        "snapshots": snapshots,
+        "polls_left": 0,
+    }
+
+
+def _fast_launch_item(image_id: str, entry: dict[str, Any]) -> str:
+    return (
+        f"<item><imageId>{image_id}</imageId><resourceType>snapshot</resourceType>"
+        f"<snapshotConfiguration><targetResourceCount>{entry['count']}"
+        "</targetResourceCount></snapshotConfiguration>"
+        f"<launchTemplate><launchTemplateId>{entry['template_id']}</launchTemplateId>"
+        f"<version>{entry['template_version']}</version></launchTemplate>"
+        f"<maxParallelLaunches>{entry['parallel']}</maxParallelLaunches>"
+        f"<ownerId>{entry['owner']}</ownerId><state>{entry['state']}</state></item>"
+    )
+
+
+def _patch_fast_launch() -> None:
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.responses import EC2Response
 
     def describe_fast_launch_images(self: Any) -> str:
         wanted = self._get_param("ImageIds", []) or list(FAST_LAUNCH)
@@ -493,11 +505,40 @@ def _patch_image_builder() -> None:
             "</DisableFastLaunchResponse>"
         )
 
+    def enable_fast_launch(self: Any) -> str:
+        image_id = self._get_param("ImageId")
+        entry = FAST_LAUNCH.get(image_id)
+        if entry is None or entry["state"] != "enabled":
+            from moto.ec2.exceptions import EC2ClientError
+
+            raise EC2ClientError(
+                "InvalidParameter", f"the simulation only updates enabled images ({image_id})"
+            )
+        parallel = int(self._get_param("MaxParallelLaunches") or entry["parallel"])
+        if parallel < FAST_LAUNCH_MIN_PARALLEL_LAUNCHES:
+            from moto.ec2.exceptions import EC2ClientError
+
+            raise EC2ClientError(
+                "InvalidParameterValue", "MaxParallelLaunches must be 6 or greater"
+            )
+        template = self._get_param("LaunchTemplate") or {}
+        snapshots = self._get_param("SnapshotConfiguration") or {}
+        entry.update(
+            parallel=parallel,
+            count=int(snapshots.get("TargetResourceCount", entry["count"])),
+            template_id=template.get("LaunchTemplateId", entry["template_id"]),
+            template_version=str(template.get("Version", entry["template_version"])),
+        )
+        return (
+            '<EnableFastLaunchResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>fast-launch</requestId><imageId>{image_id}</imageId>"
+            f"<state>enabled</state><ownerId>{entry['owner']}</ownerId>"
+            "</EnableFastLaunchResponse>"
+        )
+
     EC2Response.describe_fast_launch_images = describe_fast_launch_images  # type: ignore[attr-defined]
+    EC2Response.enable_fast_launch = enable_fast_launch  # type: ignore[attr-defined]
     EC2Response.disable_fast_launch = disable_fast_launch  # type: ignore[attr-defined]
-    # moto caches its map of CloudFormation types; the new models must be in it.
-    get_model_map.cache_clear()
-    get_name_type_map.cache_clear()
 
 
 def _patch_change_sets() -> None:
