@@ -3,7 +3,8 @@
 # Deploys windows-batch-compute to AWS with the AWS CLI: the storage, network, image, ECS and
 # MWAA CloudFormation stacks (in that order, each fed the outputs of the ones before), the DAGs,
 # the MWAA requirements file and plugins.zip (the Results view). Optionally builds the Windows
-# workload image on a short-lived Windows Server 2022 instance driven by SSM Run Command. A
+# workload image on a short-lived Windows Server 2022 instance driven by SSM Run Command, and
+# bakes it into an AMI with EC2 Image Builder and EC2 Fast Launch (--bake-ami, the ami stack). A
 # preflight (--check) runs first and stops on anything that would make the deploy fail. Safe to
 # re-run: unchanged stacks and files are left as they are and it exits 0.
 
@@ -25,7 +26,7 @@ readonly PLUGINS_DIR="${SCRIPT_DIR}/plugins"
 readonly PLUGINS_KEY="plugins/plugins.zip"
 readonly SOURCE_KEY="build/docker-source.zip"
 readonly DAG_ID="windows-batch-compute-dag"
-readonly LAYERS=(storage network image ecs upload mwaa)
+readonly LAYERS=(storage network image ami ecs upload mwaa)
 # Seconds between two looks at a running image build (tests shorten it).
 readonly BUILD_POLL_SECONDS="${DEPLOY_BUILD_POLL_SECONDS:-20}"
 # A new Windows instance takes many minutes to boot and register with SSM.
@@ -42,6 +43,17 @@ readonly REPORTED_MEMORY_PERCENT=95
 readonly DEFAULT_INSTANCE_TYPES="c5.xlarge,c5a.xlarge,c6i.xlarge,m5.xlarge"
 # ecs.yaml's InstanceType, InstanceType2, InstanceType3, InstanceType4.
 readonly MAX_INSTANCE_TYPES=4
+# The DAG's estimate (windows_batch.boot_s / pull_s, cost.py). Without a baked AMI: cost.py's
+# defaults. AWS says a Windows launch takes "15 minutes or longer" and Fast Launch launches "up
+# to 65% faster" (EC2 User Guide, EC2 Fast Launch): 900 s x 0.35. The baked AMI has the image in
+# Docker's cache and the agent's prefer-cached pull behaviour uses it: no pull.
+readonly PUBLIC_AMI_BOOT_SECONDS=900
+readonly PUBLIC_AMI_PULL_SECONDS=300
+readonly BAKED_AMI_BOOT_SECONDS=315
+readonly BAKED_AMI_PULL_SECONDS=0
+# Image Builder's Windows build plus the Fast Launch distribution can outlast the CLI's 60-minute
+# stack waiter; deploy.sh then keeps polling the stack itself, up to this long.
+readonly AMI_BAKE_TIMEOUT_SECONDS="${DEPLOY_AMI_BAKE_TIMEOUT_SECONDS:-14400}"
 
 region=""
 prefix="windows-batch"
@@ -56,6 +68,9 @@ reserved_memory_mib="2048"
 slots_per_instance=""
 image_uri=""
 build_image="false"
+# "" = keep the previous choice: baked when the ami stack exists.
+bake_ami=""
+baking="false"
 check_only="false"
 assume_yes="false"
 webserver_access="PUBLIC_ONLY"
@@ -69,11 +84,12 @@ usage() {
 Usage: ./deploy.sh [options]
 
 Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-storage,
-<prefix>-network, <prefix>-image, <prefix>-ecs and <prefix>-mwaa, then uploads dags/,
-requirements-mwaa.txt and plugins.zip (plugins/, the Results view) to the MWAA bucket.
-Re-running with nothing changed changes nothing.
+<prefix>-network, <prefix>-image, (with --bake-ami) <prefix>-ami, <prefix>-ecs and
+<prefix>-mwaa, then uploads dags/, requirements-mwaa.txt and plugins.zip (plugins/, the Results
+view) to the MWAA bucket. Re-running with nothing changed changes nothing.
 Options not given take their defaults on every run, except the capacity options
-(--instance-types, --spot/--on-demand, --on-demand-base): those keep what the ECS stack has.
+(--instance-types, --spot/--on-demand, --on-demand-base), which keep what the ECS stack has,
+and the baked AMI (kept until --no-bake-ami).
 
 Options:
   --region REGION          AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)
@@ -96,6 +112,12 @@ Options:
   --build-image            build docker/ on a short-lived Windows Server 2022 instance (SSM Run
                            Command) and run that image; skipped when that image already exists.
                            Without either flag the image built from the current docker/ must exist.
+  --bake-ami               bake that image into an AMI (EC2 Image Builder, stack <prefix>-ami: about
+                           an hour for each new image) with EC2 Fast Launch, and launch the
+                           instances from it: no image pull and a shorter Windows boot. Costs its
+                           EBS snapshots while it exists (README). A re-run keeps it (and bakes a
+                           new image again); --no-bake-ami returns to the public AMI and removes
+                           the ami stack, its AMIs and their snapshots.
   --webserver-access MODE  PUBLIC_ONLY (default; AWS sign-in) or PRIVATE_ONLY (VPC only)
   --environment-class C    MWAA size (default: ${environment_class})
   --nat-gateways 1|2       1 shared NAT gateway (default, cheaper) or one per AZ
@@ -127,6 +149,8 @@ parse_args() {
       --slots-per-instance) slots_per_instance="${2:?--slots-per-instance needs a value}"; shift 2 ;;
       --image-uri) image_uri="${2:?--image-uri needs a value}"; shift 2 ;;
       --build-image) build_image="true"; shift ;;
+      --bake-ami) bake_ami="true"; shift ;;
+      --no-bake-ami) bake_ami="false"; shift ;;
       --check) check_only="true"; shift ;;
       -y | --yes) assume_yes="true"; shift ;;
       --webserver-access) webserver_access="${2:?--webserver-access needs a value}"; shift 2 ;;
@@ -163,6 +187,8 @@ validate_args() {
   [[ "${nat_gateways}" == "1" || "${nat_gateways}" == "2" ]] || die "--nat-gateways must be 1 or 2"
   [[ "${build_image}" == "false" || -z "${image_uri}" ]] \
     || die "--build-image and --image-uri exclude each other"
+  [[ "${bake_ami}" != "true" || -z "${image_uri}" ]] \
+    || die "--bake-ami bakes the image stack's image; it excludes --image-uri"
   local layer
   for layer in "${skip_layers[@]}"; do
     [[ " ${LAYERS[*]} " == *" ${layer} "* ]] || die "unknown step for --skip: ${layer} (steps: ${LAYERS[*]})"
@@ -568,6 +594,81 @@ build_image_on_windows_host() {
   echo "${tag}"
 }
 
+# --bake-ami / --no-bake-ami, or else the previous choice: baked while the ami stack exists.
+resolve_bake_choice() {
+  if [[ -n "${bake_ami}" ]]; then
+    baking="${bake_ami}"
+  elif [[ "$(stack_status "$(stack_name ami)")" != "NONE" ]]; then
+    baking="true"
+  fi
+  [[ "${baking}" != "true" || -z "${image_uri}" ]] \
+    || die "$(stack_name ami) bakes the image stack's image; --image-uri needs --no-bake-ami"
+}
+
+# Polls a stack until no operation runs on it; fails unless it ends CREATE/UPDATE_COMPLETE.
+wait_for_stack() {
+  local stack="$1" status deadline=$((SECONDS + AMI_BAKE_TIMEOUT_SECONDS))
+  while true; do
+    status="$(stack_status "${stack}")"
+    case "${status}" in
+      CREATE_COMPLETE | UPDATE_COMPLETE) return 0 ;;
+      *_IN_PROGRESS) ;;
+      *) die "stack ${stack} ended ${status}; its events say why" ;;
+    esac
+    ((SECONDS < deadline)) || die "${stack} is still ${status} after ${AMI_BAKE_TIMEOUT_SECONDS} s"
+    echo "${stack}: ${status}"
+    sleep "${BUILD_POLL_SECONDS}"
+  done
+}
+
+# Bakes the image of this tag into an AMI unless the ami stack has it already (same tag: no
+# change); a new tag replaces the component, recipe and image. Prints nothing on stdout.
+deploy_ami_stack() {
+  local tag="$1" subnet="$2" security_group="$3" image_stack
+  image_stack="$(stack_name image)"
+  log "Baked AMI of ${prefix}/bersim:${tag} (a new one takes EC2 Image Builder about an hour)"
+  deploy_stack ami \
+    "RepositoryUri=$(stack_output "${image_stack}" RepositoryUri)" \
+    "RepositoryName=$(stack_output "${image_stack}" RepositoryName)" \
+    "ImageTag=${tag}" "SubnetId=${subnet}" "SecurityGroupId=${security_group}" \
+    || wait_for_stack "$(stack_name ami)"
+}
+
+# A resume after --pause recreates the network stack, so the ami stack's Fast Launch template gets
+# a new version (new subnet); the AMI's Fast Launch settings still name the old one, with which
+# EC2 could not launch the instances that replenish its snapshots. EnableFastLaunch changes them.
+refresh_fast_launch() {
+  local ami="$1" template version settings current_template current_version parallel count
+  template="$(stack_output "$(stack_name ami)" FastLaunchTemplateId)"
+  version="$(awsr ec2 describe-launch-templates --launch-template-ids "${template}" \
+    --query 'LaunchTemplates[0].LatestVersionNumber' --output text)"
+  settings="$(awsr ec2 describe-fast-launch-images --image-ids "${ami}" --query \
+    'FastLaunchImages[0].[LaunchTemplate.LaunchTemplateId, LaunchTemplate.Version, MaxParallelLaunches, SnapshotConfiguration.TargetResourceCount]' \
+    --output text)"
+  read -r current_template current_version parallel count <<<"${settings}"
+  if [[ "${current_template}" == "None" || -z "${current_template}" ]]; then
+    err "EC2 Fast Launch is not enabled for ${ami}; instances launch from it the standard way"
+    return 0
+  fi
+  [[ "${current_template}:${current_version}" != "${template}:${version}" ]] || return 0
+  awsr ec2 enable-fast-launch --image-id "${ami}" --resource-type snapshot \
+    --launch-template "LaunchTemplateId=${template},Version=${version}" \
+    --max-parallel-launches "${parallel}" --snapshot-configuration "TargetResourceCount=${count}" \
+    >/dev/null
+  echo "EC2 Fast Launch for ${ami} now launches with ${template} version ${version}"
+}
+
+# --no-bake-ami, once the ECS stack runs the public AMI again.
+remove_ami_stack() {
+  local stack
+  stack="$(stack_name ami)"
+  [[ "$(stack_status "${stack}")" != "NONE" ]] || return 0
+  remove_baked_amis "${stack}" ""
+  log "Deleting ${stack} (--no-bake-ami)"
+  awsr cloudformation delete-stack --stack-name "${stack}"
+  awsr cloudformation wait stack-delete-complete --stack-name "${stack}"
+}
+
 # --- Preflight: one line per check; a BLOCKER stops the deploy before anything is created. ---
 
 blockers=0
@@ -631,6 +732,20 @@ check_instance_types() {
   fi
 }
 
+# EC2 Image Builder, when the AMI is baked (a separate call: GetParameters takes 10 names).
+check_image_builder() {
+  [[ "${baking}" == "true" ]] || return 0
+  local answer
+  answer="$(awsr ssm get-parameters \
+    --names "/aws/service/global-infrastructure/services/imagebuilder/regions/${region}" \
+    --query 'InvalidParameters' --output text)"
+  if [[ "${answer}" == *"/services/imagebuilder/"* ]]; then
+    report "EC2 Image Builder" BLOCKER "not offered in ${region}; deploy with --no-bake-ami"
+  else
+    report "EC2 Image Builder" ok "offered in ${region} (bakes the AMI)"
+  fi
+}
+
 check_vcpu_quota() {
   local vcpus memory_mib architectures needed quota builder=0 instance_type on_demand_instances
   instance_type="${instance_types%%,*}"
@@ -665,7 +780,7 @@ check_stacks() {
   local layer stack status listed
   listed="$(awsr cloudformation describe-stacks \
     --query "Stacks[?starts_with(StackName, '${prefix}-')].[StackName, StackStatus]" --output text)"
-  for layer in storage network image ecs mwaa; do
+  for layer in storage network image ami ecs mwaa; do
     stack="$(stack_name "${layer}")"
     status="$(awk -v name="${stack}" '$1 == name { print $2 }' <<<"${listed}")"
     status="${status:-NONE}"
@@ -699,14 +814,39 @@ check_image() {
   fi
 }
 
+# Whether the instances launch from a baked AMI, and whether this run bakes one.
+check_baked_ami() {
+  local stack baked_uri tag
+  stack="$(stack_name ami)"
+  if [[ "${baking}" != "true" ]]; then
+    if [[ "${bake_ami}" == "false" && "$(stack_status "${stack}")" != "NONE" ]]; then
+      report "baked AMI" ok "--no-bake-ami: back to the public AMI; ${stack}, its AMIs and snapshots will be removed"
+    else
+      report "baked AMI" ok "not used: instances boot the public ECS-optimized AMI (--bake-ami bakes one)"
+    fi
+    return 0
+  fi
+  tag="$(source_tag)"
+  baked_uri="$(awsr cloudformation describe-stacks --stack-name "${stack}" \
+    --query "Stacks[0].Outputs[?OutputKey=='BakedImageUri'].OutputValue | [0]" \
+    --output text 2>/dev/null || true)"
+  if [[ "${baked_uri}" == *":${tag}" ]]; then
+    report "baked AMI" ok "$(stack_output "${stack}" BakedAmiId) has ${prefix}/bersim:${tag} (EC2 Fast Launch)"
+  else
+    report "baked AMI" ok "${prefix}/bersim:${tag} will be baked by EC2 Image Builder, then EC2 Fast Launch (about an hour)"
+  fi
+}
+
 preflight() {
   log "Preflight (changes nothing)"
   report "credentials" ok "${caller_arn} (account $(awsr sts get-caller-identity --query Account --output text))"
   check_region
   check_instance_types
+  check_image_builder
   check_vcpu_quota
   check_stacks
   check_image
+  check_baked_ami
   if ((blockers > 0)); then
     err "preflight: ${blockers} blocker(s) above; nothing was changed"
     return 1
@@ -735,6 +875,7 @@ main() {
   validate_args
   check_prerequisites
   resolve_capacity
+  resolve_bake_choice
   if [[ "${check_only}" == "true" ]]; then
     preflight
     return
@@ -779,6 +920,12 @@ main() {
         || die "no image ${prefix}/bersim:${tag}; add --build-image or --image-uri URI"
       image_args=("ImageTag=${tag}" "ImageUri=")
     fi
+    local baked_ami=""
+    if [[ "${baking}" == "true" ]]; then
+      skipped ami || deploy_ami_stack "${tag}" "${subnets%%,*}" "${instance_sg}"
+      baked_ami="$(stack_output "$(stack_name ami)" BakedAmiId)"
+      refresh_fast_launch "${baked_ami}"
+    fi
     compute_slots_per_instance || die "${slots_problem}"
     log "${slots_detail}"
     local -a type_args
@@ -791,7 +938,13 @@ main() {
       "PrivateSubnetIds=${subnets}" "InstanceSecurityGroupId=${instance_sg}" \
       "ResultsBucketName=${results_bucket}" \
       "RepositoryUri=$(stack_output "${image}" RepositoryUri)" \
-      "${image_args[@]}"
+      "BakedAmiId=${baked_ami}" "${image_args[@]}"
+    if [[ "${baking}" == "true" ]]; then
+      # AMIs of earlier tags: no launch template uses them any more.
+      remove_baked_amis "$(stack_name ami)" "${baked_ami}"
+    elif [[ "${bake_ami}" == "false" ]]; then
+      remove_ami_stack
+    fi
   fi
 
   skipped upload || upload_code "${mwaa_bucket}"
@@ -809,7 +962,13 @@ main() {
     log "MWAA skipped (--skip mwaa); nothing else to do"
     return 0
   fi
+  local boot_s="${PUBLIC_AMI_BOOT_SECONDS}" pull_s="${PUBLIC_AMI_PULL_SECONDS}"
+  if [[ "${baking}" == "true" ]]; then
+    boot_s="${BAKED_AMI_BOOT_SECONDS}"
+    pull_s="${BAKED_AMI_PULL_SECONDS}"
+  fi
   deploy_stack mwaa \
+    "InstanceBootSeconds=${boot_s}" "ImagePullSeconds=${pull_s}" \
     "EnvironmentClass=${environment_class}" "WebserverAccessMode=${webserver_access}" \
     "MwaaBucketName=${mwaa_bucket}" "RequirementsS3Path=${REQUIREMENTS_KEY}" \
     "RequirementsS3ObjectVersion=${requirements_version}" \

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 #
-# Removes what deploy.sh created: deletes the stacks <prefix>-mwaa, -ecs, -image, -network and
-# -storage in that order, waiting for each, after emptying the storage stack's buckets (every
+# Removes what deploy.sh created: deletes the stacks <prefix>-mwaa, -ecs, -ami, -image, -network
+# and -storage in that order, waiting for each, after emptying the storage stack's buckets (every
 # object version and delete marker: the MWAA bucket is versioned). Before the ECS stack it scales
 # the group to 0 and waits until no container instance is left in the cluster (a cluster with
 # instances still registered cannot be deleted); after it, it deletes the log groups ECS and MWAA
-# create themselves. Asks first unless --yes.
+# create themselves. Before the ami stack it removes the AMIs it baked: EC2 Fast Launch off (its
+# pre-provisioned snapshots go), then the AMI and its snapshots, which deleting the Image Builder
+# image does not remove. Asks first unless --yes.
 
 set -euo pipefail
 
@@ -15,9 +17,9 @@ readonly PROGRAM="destroy.sh"
 # shellcheck source=scripts/aws_common.sh
 source "${SCRIPT_DIR}/scripts/aws_common.sh"
 
-readonly LAYERS_IN_DELETE_ORDER=(mwaa ecs image network storage)
-# What bills while no study runs (MWAA, NAT gateway); storage (buckets, results, DAG code) and
-# image (the built image) stay, so ./deploy.sh resumes without a rebuild.
+readonly LAYERS_IN_DELETE_ORDER=(mwaa ecs ami image network storage)
+# What bills while no study runs (MWAA, NAT gateway); storage (buckets, results, DAG code), image
+# (the built image) and ami (the baked AMI) stay, so ./deploy.sh resumes without a rebuild.
 readonly LAYERS_PAUSED=(mwaa ecs network)
 readonly BUCKET_OUTPUTS=(ResultsBucketName MwaaBucketName AccessLogsBucketName)
 # Log records can still arrive while the buckets are deleted; the storage stack is retried.
@@ -36,21 +38,24 @@ usage() {
   cat <<EOF
 Usage: ./destroy.sh [options]
 
-Deletes the stacks deploy.sh created (<prefix>-mwaa, -ecs, -image, -network, -storage), after
-emptying the buckets of the storage stack, including every object version. This deletes all
-study results. Before the ECS stack the instance group is scaled to 0 and the cluster drained;
-the log groups ECS and MWAA created themselves go too. Waits for each stack up to
+Deletes the stacks deploy.sh created (<prefix>-mwaa, -ecs, -ami, -image, -network, -storage),
+after emptying the buckets of the storage stack, including every object version. This deletes
+all study results. Before the ECS stack the instance group is scaled to 0 and the cluster
+drained; before the ami stack its baked AMIs go (EC2 Fast Launch disabled, which deletes its
+pre-provisioned snapshots, then each AMI deregistered and its snapshots deleted); the log groups
+ECS, MWAA and Image Builder created themselves go too. Waits for each stack up to
 DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3 hours; MWAA alone can exceed an hour).
 Asks for confirmation unless --yes is given.
 
 --pause deletes only what bills while no study runs (<prefix>-mwaa, -ecs, -network: MWAA and
-the NAT gateway) and keeps the buckets (results, DAGs) and the image; ./deploy.sh with the same
-options resumes, without rebuilding the image.
+the NAT gateway) and keeps the buckets (results, DAGs), the image and the baked AMI (its
+snapshots keep billing; see the README); ./deploy.sh with the same options resumes, without
+rebuilding the image or the AMI.
 
 Options:
   --region REGION   AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the CLI profile's)
   --prefix PREFIX   stack-name prefix used with deploy.sh (default: ${prefix})
-  --pause           delete only the billing-while-idle stacks; keep buckets and image
+  --pause           delete only the billing-while-idle stacks; keep buckets, image, baked AMI
   -y, --yes         do not ask for confirmation
   -h, --help        show this help
 EOF
@@ -221,6 +226,11 @@ main() {
       delete_log_groups "/aws/ecs/containerinsights/${cluster:-${prefix}-ecs-cluster}/"
       continue
     fi
+    if [[ "${stack}" == "${prefix}-ami" ]]; then
+      remove_baked_amis "${stack}" ""
+      delete_stack "${stack}" || die "could not delete ${stack}; see its events"
+      continue
+    fi
     if [[ "${stack}" != "${prefix}-storage" ]]; then
       delete_stack "${stack}" || die "could not delete ${stack}; see its events"
       continue
@@ -239,9 +249,11 @@ main() {
   # MWAA creates its log groups (airflow-<environment>-*) itself; the stack does not own them.
   delete_log_groups "airflow-${prefix}-mwaa-"
   if [[ "${pause}" == "true" ]]; then
-    log "Paused: buckets and image kept; ./deploy.sh with the same options resumes"
+    log "Paused: buckets, image and baked AMI kept; ./deploy.sh with the same options resumes"
     return 0
   fi
+  # The build instance's logs (Image Builder names the group after the recipe, <prefix>-ami-<tag>).
+  delete_log_groups "/aws/imagebuilder/${prefix}-ami-"
   log "Done: everything deploy.sh created with prefix ${prefix} is gone"
 }
 

@@ -434,3 +434,81 @@ def test_spot_and_instance_types_are_checked_and_a_rerun_keeps_the_stacks_choice
     assert "spot above 2 on-demand: c6i.xlarge 3, c5a.xlarge 3 tasks per instance -> 3" in line
     switched = run(project / "deploy.sh", env, *check, "--on-demand")
     assert "on-demand: c6i.xlarge 3, c5a.xlarge 3" in preflight_line(switched.stdout, "instance")
+
+
+def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_billing(
+    tmp_path: Path, moto_url: str
+) -> None:
+    """--bake-ami against the moto server's Image Builder and Fast Launch (its docstring)."""
+    prefix = "wba"
+    project = copy_project(tmp_path)
+    env = {**aws_env(moto_url, tmp_path), "FAST_LAUNCH_POLL_SECONDS": "0.2"}
+    args = ("--prefix", prefix, "--skip", "mwaa")
+    cloudformation, ec2 = client("cloudformation", moto_url), client("ec2", moto_url)
+
+    def outputs(layer: str) -> dict[str, str]:
+        stack = cloudformation.describe_stacks(StackName=f"{prefix}-{layer}")["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    baked = run(project / "deploy.sh", env, *args, "--build-image", "--bake-ami")
+    assert baked.returncode == 0, baked.stderr + baked.stdout
+    ami_id = outputs("ami")["BakedAmiId"]
+    ecs = outputs("ecs")
+    # The AMI holds exactly the image the task definition runs, and the hosts launch from it.
+    assert outputs("ami")["BakedImageUri"] == ecs["ImageUri"]
+    assert ecs["InstanceAmiId"] == ami_id
+    group = client("autoscaling", moto_url).describe_auto_scaling_groups(
+        AutoScalingGroupNames=[ecs["AutoScalingGroupName"]]
+    )["AutoScalingGroups"][0]
+    template = ec2.describe_launch_template_versions(
+        LaunchTemplateId=group["MixedInstancesPolicy"]["LaunchTemplate"][
+            "LaunchTemplateSpecification"
+        ]["LaunchTemplateId"],
+        Versions=["$Latest"],
+    )["LaunchTemplateVersions"][0]
+    assert template["LaunchTemplateData"]["ImageId"] == ami_id
+    tag = ecs["ImageUri"].rsplit(":", 1)[1]
+    image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]}["windows-batch-compute:image-tag"] == tag
+    (fast_launch,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
+    assert fast_launch["State"] == "enabled"
+    assert fast_launch["MaxParallelLaunches"] >= 6
+    billed = [image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]] + [
+        snapshot["SnapshotId"]
+        for snapshot in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        if snapshot.get("Description") == f"EC2 Fast Launch for {ami_id}"
+    ]
+    assert len(billed) == 1 + fast_launch["SnapshotConfiguration"]["TargetResourceCount"]
+
+    # A re-run without the option keeps the baked AMI and changes no stack. Fast Launch follows
+    # its launch template's latest version (a resume after --pause makes one: new subnets).
+    template_id = outputs("ami")["FastLaunchTemplateId"]
+    assert fast_launch["LaunchTemplate"] == {"LaunchTemplateId": template_id, "Version": "1"}
+    ec2.create_launch_template_version(
+        LaunchTemplateId=template_id, SourceVersion="1", LaunchTemplateData={}
+    )
+    again = run(project / "deploy.sh", env, *args)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert again.stdout.count("No changes to deploy") == len(LAYERS) + 1
+    assert f"{ami_id} has {prefix}/bersim:{tag}" in again.stdout
+    assert outputs("ecs")["InstanceAmiId"] == ami_id
+    (refreshed,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
+    assert refreshed["LaunchTemplate"]["Version"] == "2"
+    assert refreshed["MaxParallelLaunches"] == fast_launch["MaxParallelLaunches"]
+
+    paused = run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
+    assert paused.returncode == 0, paused.stderr + paused.stdout
+    assert set(stacks_of(moto_url, prefix)) == {
+        f"{prefix}-{s}" for s in ("storage", "image", "ami")
+    }
+    assert ec2.describe_images(ImageIds=[ami_id])["Images"]
+    assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
+
+    destroyed = run(project / "destroy.sh", env, "--prefix", prefix, "--yes")
+    assert destroyed.returncode == 0, destroyed.stderr + destroyed.stdout
+    assert f"disabling EC2 Fast Launch for {ami_id}" in destroyed.stdout
+    assert stacks_of(moto_url, prefix) == {}
+    assert ec2.describe_images(Owners=["self"], ImageIds=[ami_id])["Images"] == []
+    assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"] == []
+    left = {snapshot["SnapshotId"] for snapshot in ec2.describe_snapshots()["Snapshots"]}
+    assert not left & set(billed)

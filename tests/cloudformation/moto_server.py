@@ -35,6 +35,22 @@ refuses an instance that is not running (InvalidInstanceId, as for an instance w
 has not registered), and the build document's invocation ends as MOTO_IMAGE_BUILD_OUTCOME says:
 Success (default; the image appears in ECR under the ImageUri parameter) or Failed (the output
 streams in the command's CloudWatch log group end with "docker build failed").
+
+moto has no EC2 Image Builder and no EC2 Fast Launch, so the ami stack's part of AWS is simulated:
+- AWS::ImageBuilder::Component, ImageRecipe, InfrastructureConfiguration and
+  DistributionConfiguration are records with an Arn; AWS::ImageBuilder::Image "builds" at once:
+  it registers a Windows AMI in moto's EC2, named and tagged as the distribution configuration's
+  AmiDistributionConfiguration says, and answers GetAtt ImageId. A new recipe ARN replaces the
+  image (a new AMI); deleting an image leaves its AMI in EC2, as Image Builder's DeleteImage
+  does ("does not delete any EC2 AMIs").
+- A FastLaunchConfigurations entry with Enabled enables EC2 Fast Launch for that AMI, refused
+  below 6 MaxParallelLaunches as EnableFastLaunch does ("Value must be 6 or greater"), and makes
+  TargetResourceCount pre-provisioned snapshots (DescribeSnapshots lists them).
+- DescribeFastLaunchImages, EnableFastLaunch (new settings for an enabled AMI, the same
+  6-launch minimum) and DisableFastLaunch answer for those AMIs. Disabling deletes the
+  pre-provisioned snapshots (DisableFastLaunch "clean[s] up existing pre-provisioned snapshots")
+  and the state stays `disabling` for one more DescribeFastLaunchImages before the AMI leaves
+  the list.
 Run as `python moto_server.py --port N`.
 """
 
@@ -104,6 +120,8 @@ def apply_patches() -> None:
     _patch_cluster_deletion()
     _patch_service_quotas()
     _patch_build_host()
+    _patch_image_builder()
+    _patch_fast_launch()
 
 
 def _patch_cluster_deletion() -> None:
@@ -238,6 +256,292 @@ def _patch_build_host() -> None:
 
     SimpleSystemManagerBackend.send_command = send_to_the_build_host  # type: ignore[method-assign]
     SimpleSystemManagerResponse.send_command = keep_output_config  # type: ignore[method-assign]
+
+
+# EC2 Fast Launch state per AMI ID (moto has none): what DescribeFastLaunchImages answers.
+FAST_LAUNCH: dict[str, dict[str, Any]] = {}
+# Image Builder resources by ARN, for the image to read its recipe and distribution.
+IMAGE_BUILDER: dict[str, Any] = {}
+FAST_LAUNCH_MIN_PARALLEL_LAUNCHES = 6
+# moto files each model under the service named by its module (moto.<service>.models).
+MOTO_MODEL_MODULE = "moto.imagebuilder.models"
+
+
+def _patch_image_builder() -> None:
+    from moto.cloudformation.parsing import get_model_map, get_name_type_map
+    from moto.core.common_models import CloudFormationModel
+    from moto.ec2.models import ec2_backends
+
+    # moto's CloudFormation finds models among CloudFormationModel's direct subclasses.
+    class ImageBuilderRecord:
+        """One Image Builder resource: its properties and an ARN."""
+
+        resource_type = ""
+        arn_kind = ""
+
+        def __init__(
+            self, name: str, properties: dict[str, Any], account_id: str, region_name: str
+        ) -> None:
+            self.name = name
+            self.properties = properties
+            self.account_id = account_id
+            self.region_name = region_name
+            version = properties.get("Version", "1.0.0")
+            self.arn = (
+                f"arn:aws:imagebuilder:{region_name}:{account_id}:{self.arn_kind}/"
+                f"{name.lower()}/{version}"
+            )
+            IMAGE_BUILDER[self.arn] = self
+
+        @staticmethod
+        def cloudformation_name_type() -> str:
+            return "Name"
+
+        @classmethod
+        def has_cfn_attr(cls, attr: str) -> bool:
+            return attr in ("Arn", "Name", "ImageId")
+
+        @property
+        def physical_resource_id(self) -> str:
+            return self.arn
+
+        def get_cfn_attribute(self, attribute_name: str) -> Any:
+            if attribute_name == "Arn":
+                return self.arn
+            if attribute_name == "Name":
+                return self.name
+            raise KeyError(attribute_name)
+
+        @classmethod
+        def create_from_cloudformation_json(
+            cls,
+            resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+            **kwargs: Any,
+        ) -> Any:
+            return cls(resource_name, cloudformation_json["Properties"], account_id, region_name)
+
+        @classmethod
+        def update_from_cloudformation_json(
+            cls,
+            original_resource: Any,
+            new_resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+        ) -> Any:
+            original_resource.delete(account_id, region_name)
+            return cls.create_from_cloudformation_json(
+                new_resource_name, cloudformation_json, account_id, region_name
+            )
+
+        @classmethod
+        def delete_from_cloudformation_json(
+            cls,
+            resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+        ) -> None:
+            IMAGE_BUILDER.pop(resource_name, None)
+
+        def delete(self, account_id: str, region_name: str) -> None:
+            IMAGE_BUILDER.pop(self.arn, None)
+
+        def is_created(self) -> bool:
+            return True
+
+    def record(resource_type: str, arn_kind: str) -> type[ImageBuilderRecord]:
+        return type(
+            resource_type.rsplit("::", 1)[1],
+            (ImageBuilderRecord, CloudFormationModel),
+            {
+                "__module__": MOTO_MODEL_MODULE,
+                "resource_type": resource_type,
+                "arn_kind": arn_kind,
+                "cloudformation_type": staticmethod(lambda: resource_type),
+            },
+        )
+
+    for resource_type, arn_kind in (
+        ("AWS::ImageBuilder::Component", "component"),
+        ("AWS::ImageBuilder::ImageRecipe", "image-recipe"),
+        ("AWS::ImageBuilder::InfrastructureConfiguration", "infrastructure-configuration"),
+        ("AWS::ImageBuilder::DistributionConfiguration", "distribution-configuration"),
+    ):
+        record(resource_type, arn_kind)
+
+    class Image(ImageBuilderRecord, CloudFormationModel):
+        """An image that is built the moment it is created: a Windows AMI in moto's EC2."""
+
+        __module__ = MOTO_MODEL_MODULE
+
+        resource_type = "AWS::ImageBuilder::Image"
+        arn_kind = "image"
+
+        def __init__(
+            self, name: str, properties: dict[str, Any], account_id: str, region_name: str
+        ) -> None:
+            recipe = IMAGE_BUILDER[properties["ImageRecipeArn"]]
+            super().__init__(recipe.name, recipe.properties, account_id, region_name)
+            distribution = IMAGE_BUILDER[properties["DistributionConfigurationArn"]]
+            (target,) = [
+                item
+                for item in distribution.properties["Distributions"]
+                if item["Region"] == region_name
+            ]
+            ami_settings = target.get("AmiDistributionConfiguration", {})
+            ec2 = ec2_backends[account_id][region_name]
+            ami = ec2.register_image(
+                name=ami_settings.get("Name", recipe.name).replace(
+                    "{{ imagebuilder:buildDate }}", time.strftime("%Y%m%d%H%M%S")
+                ),
+                description=ami_settings.get("Description"),
+            )
+            ami.platform = "windows"
+            if ami_settings.get("AmiTags"):
+                ec2.create_tags([ami.id], dict(ami_settings["AmiTags"]))
+            self.image_id = ami.id
+            for fast_launch in target.get("FastLaunchConfigurations", []):
+                if str(fast_launch.get("Enabled")).lower() == "true":
+                    _enable_fast_launch(ec2, ami.id, fast_launch)
+
+        @staticmethod
+        def cloudformation_name_type() -> str:
+            return ""
+
+        @staticmethod
+        def cloudformation_type() -> str:
+            return "AWS::ImageBuilder::Image"
+
+        def get_cfn_attribute(self, attribute_name: str) -> Any:
+            if attribute_name == "ImageId":
+                return self.image_id
+            return super().get_cfn_attribute(attribute_name)
+
+    # moto caches its map of CloudFormation types; the new models must be in it.
+    get_model_map.cache_clear()
+    get_name_type_map.cache_clear()
+
+
+def _enable_fast_launch(ec2: Any, image_id: str, settings: dict[str, Any]) -> None:
+    parallel = int(settings.get("MaxParallelLaunches", FAST_LAUNCH_MIN_PARALLEL_LAUNCHES))
+    if parallel < FAST_LAUNCH_MIN_PARALLEL_LAUNCHES:
+        raise ValueError(
+            f"EnableFastLaunch: MaxParallelLaunches {parallel}: value must be 6 or greater"
+        )
+    count = int(settings.get("SnapshotConfiguration", {}).get("TargetResourceCount", 5))
+    snapshots = []
+    for _ in range(count):
+        volume = ec2.create_volume(size=60, zone_name=f"{ec2.region_name}a")
+        snapshot = ec2.create_snapshot(volume.id, f"EC2 Fast Launch for {image_id}")
+        ec2.delete_volume(volume.id)
+        snapshots.append(snapshot.id)
+    template = settings.get("LaunchTemplate", {})
+    FAST_LAUNCH[image_id] = {
+        "state": "enabled",
+        "owner": ec2.account_id,
+        "parallel": parallel,
+        "count": count,
+        "template_id": template.get("LaunchTemplateId", ""),
+        "template_version": str(template.get("LaunchTemplateVersion", "")),
+        "snapshots": snapshots,
+        "polls_left": 0,
+    }
+
+
+def _fast_launch_item(image_id: str, entry: dict[str, Any]) -> str:
+    return (
+        f"<item><imageId>{image_id}</imageId><resourceType>snapshot</resourceType>"
+        f"<snapshotConfiguration><targetResourceCount>{entry['count']}"
+        "</targetResourceCount></snapshotConfiguration>"
+        f"<launchTemplate><launchTemplateId>{entry['template_id']}</launchTemplateId>"
+        f"<version>{entry['template_version']}</version></launchTemplate>"
+        f"<maxParallelLaunches>{entry['parallel']}</maxParallelLaunches>"
+        f"<ownerId>{entry['owner']}</ownerId><state>{entry['state']}</state></item>"
+    )
+
+
+def _patch_fast_launch() -> None:
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.responses import EC2Response
+
+    def describe_fast_launch_images(self: Any) -> str:
+        wanted = self._get_param("ImageIds", []) or list(FAST_LAUNCH)
+        items = []
+        for image_id in wanted:
+            entry = FAST_LAUNCH.get(image_id)
+            if entry is None:
+                continue
+            if entry["state"] == "disabling":
+                if entry["polls_left"] == 0:
+                    del FAST_LAUNCH[image_id]
+                    continue
+                entry["polls_left"] -= 1
+            items.append(_fast_launch_item(image_id, entry))
+        return (
+            '<DescribeFastLaunchImagesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            "<requestId>fast-launch</requestId>"
+            f"<fastLaunchImageSet>{''.join(items)}</fastLaunchImageSet>"
+            "</DescribeFastLaunchImagesResponse>"
+        )
+
+    def disable_fast_launch(self: Any) -> str:
+        image_id = self._get_param("ImageId")
+        entry = FAST_LAUNCH.get(image_id)
+        if entry is None:
+            from moto.ec2.exceptions import EC2ClientError
+
+            raise EC2ClientError(
+                "InvalidParameter", f"Fast Launch is not enabled for image {image_id}"
+            )
+        ec2 = ec2_backends[self.current_account][self.region]
+        for snapshot_id in entry["snapshots"]:
+            ec2.delete_snapshot(snapshot_id)
+        entry.update(state="disabling", snapshots=[], polls_left=1)
+        return (
+            '<DisableFastLaunchResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>fast-launch</requestId><imageId>{image_id}</imageId>"
+            f"<state>disabling</state><ownerId>{entry['owner']}</ownerId>"
+            "</DisableFastLaunchResponse>"
+        )
+
+    def enable_fast_launch(self: Any) -> str:
+        image_id = self._get_param("ImageId")
+        entry = FAST_LAUNCH.get(image_id)
+        if entry is None or entry["state"] != "enabled":
+            from moto.ec2.exceptions import EC2ClientError
+
+            raise EC2ClientError(
+                "InvalidParameter", f"the simulation only updates enabled images ({image_id})"
+            )
+        parallel = int(self._get_param("MaxParallelLaunches") or entry["parallel"])
+        if parallel < FAST_LAUNCH_MIN_PARALLEL_LAUNCHES:
+            from moto.ec2.exceptions import EC2ClientError
+
+            raise EC2ClientError(
+                "InvalidParameterValue", "MaxParallelLaunches must be 6 or greater"
+            )
+        template = self._get_param("LaunchTemplate") or {}
+        snapshots = self._get_param("SnapshotConfiguration") or {}
+        entry.update(
+            parallel=parallel,
+            count=int(snapshots.get("TargetResourceCount", entry["count"])),
+            template_id=template.get("LaunchTemplateId", entry["template_id"]),
+            template_version=str(template.get("Version", entry["template_version"])),
+        )
+        return (
+            '<EnableFastLaunchResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>fast-launch</requestId><imageId>{image_id}</imageId>"
+            f"<state>enabled</state><ownerId>{entry['owner']}</ownerId>"
+            "</EnableFastLaunchResponse>"
+        )
+
+    EC2Response.describe_fast_launch_images = describe_fast_launch_images  # type: ignore[attr-defined]
+    EC2Response.enable_fast_launch = enable_fast_launch  # type: ignore[attr-defined]
+    EC2Response.disable_fast_launch = disable_fast_launch  # type: ignore[attr-defined]
 
 
 def _patch_change_sets() -> None:

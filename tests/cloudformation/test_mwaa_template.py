@@ -49,6 +49,8 @@ DAG_SETTINGS = {
     "on_demand_base": {"Ref": "OnDemandBaseCapacity"},
     "run_note": "mwaa",
     "mwaa_environment": {"Ref": "AWS::StackName"},
+    "boot_s": {"Ref": "InstanceBootSeconds"},
+    "pull_s": {"Ref": "ImagePullSeconds"},
 }
 
 

@@ -26,7 +26,7 @@ from moto import mock_aws
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"
 REGION = "us-east-1"
-LAYERS = ("storage", "network", "image", "ecs", "mwaa")
+LAYERS = ("storage", "network", "image", "ami", "ecs", "mwaa")
 
 _spec = importlib.util.spec_from_file_location(
     "moto_server", Path(__file__).with_name("moto_server.py")

@@ -244,7 +244,13 @@ def _deploy(deployment: EcsDeployment) -> None:
     }
     mwaa = _create(cloudformation, mwaa_stack, body, parameters)
     deployment.outputs = {"storage": storage, "network": network, "ecs": ecs, "mwaa": mwaa}
-    deployment.settings = resolve_options(options, parameters, mwaa_stack)
+    # Parameters not passed take the template's defaults, as in CloudFormation.
+    defaults = {
+        name: str(spec["Default"])
+        for name, spec in json.loads(body)["Parameters"].items()
+        if "Default" in spec
+    }
+    deployment.settings = resolve_options(options, {**defaults, **parameters}, mwaa_stack)
     credentials = boto3.client("sts", **setup).assume_role(
         RoleArn=mwaa["ExecutionRoleArn"], RoleSessionName="mwaa-worker", DurationSeconds=3600
     )["Credentials"]
