@@ -72,35 +72,35 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield deploy_helpers.Lifecycle(url, root)
 
 
-# Session fixtures that start something costly (a deployment lifecycle, `airflow standalone`
-# with a browser, an in-process Airflow): their tests stay on one pytest-xdist worker.
-_ONE_WORKER_SESSION_FIXTURES = ("lifecycle", "airflow_ui", "airflow")
-# Module fixtures cheap enough to set up once per worker: test_deploy.py's and test_destroy.py's
-# moto server (about 2 s), whose tests each use their own stack prefix.
-_PER_WORKER_MODULE_FIXTURES = ("moto_url",)
+# Work units for `pytest -n N --dist loadscope` (make test). Each test file is one unit (its
+# module fixtures are set up once), except: tests/ui/ is one unit (its files share
+# `airflow standalone`, the browser and the finished run), and each test of these files of long
+# tests that share no module fixture is its own unit, so the two workers balance.
+# (xdist's loadgroup cannot be used: with pytest 9 it no longer puts the group in the node ID.)
+_ONE_UNIT_FOLDERS = ("tests/ui/",)
+_ONE_UNIT_PER_TEST_FILES = (
+    "tests/dags/test_windows_batch_compute_dag_ecs.py",
+    "tests/dags/test_windows_batch_compute_dag_ecs_deadlines.py",
+)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for `pytest -n N --dist loadgroup` (make test): tests sharing a costly fixture
-    run on one worker, in collection order; every other test goes to whichever worker is free.
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: the tests of one unit run on one worker, in order."""
+    path = nodeid.split("::", 1)[0]
+    folder = next((f for f in _ONE_UNIT_FOLDERS if path.startswith(f)), None)
+    if folder is not None:
+        return folder
+    return nodeid if path in _ONE_UNIT_PER_TEST_FILES else path
 
-    A test using a session fixture of _ONE_WORKER_SESSION_FIXTURES is grouped by that fixture,
-    one using a module-scoped fixture (but those of _PER_WORKER_MODULE_FIXTURES) by its module.
-    Without xdist the marks change nothing.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        group = next((n for n in _ONE_WORKER_SESSION_FIXTURES if n in info.names_closure), None)
-        if group is None and any(
-            defs[-1].scope in ("module", "package", "class")
-            for name, defs in info.name2fixturedefs.items()
-            if name not in _PER_WORKER_MODULE_FIXTURES
-        ):
-            group = item.path.relative_to(REPO).as_posix()
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadscope with work_unit's units (other --dist modes are xdist's own)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
