@@ -4,6 +4,8 @@
 tests/ui copy its database instead of migrating their own (each costs tens of seconds).
 `lifecycle`, for tests/test_deploy.py and tests/test_destroy.py, is one moto server and its
 deployments (test_deploy.Lifecycle): two image builds where the tests made three.
+Under pytest-xdist (make test) each worker has its own of both; `work_unit` below decides
+which tests run together on one worker.
 """
 
 from __future__ import annotations
