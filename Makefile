@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-k aggregate'.
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test/unit: much of the suite waits on servers and deadlines, so
+# two workers overlap the waits (work units in tests/conftest.py); PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
 # The trigger form's JSON for make run, e.g. make run CONF='{"num_tasks": 20}'.
 CONF ?=
 
@@ -34,7 +37,7 @@ ui: setup ## Start Airflow locally with the DAG, for "Trigger DAG w/ config"
 test: setup lint unit ## Lint, then run every test (the command CI runs)
 
 unit: setup ## Run the tests only
-	@$(BIN)/pytest $(PYTEST_ARGS)
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: setup ## ruff, mypy, hadolint, ShellCheck, cfn-lint, checkov
 	@$(BIN)/ruff check .

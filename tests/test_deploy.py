@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +102,18 @@ def client(name: str, url: str) -> Any:
     )
 
 
-def snapshot(url: str) -> dict[str, Any]:
+def snapshot(url: str, prefix: str = PREFIX) -> dict[str, Any]:
     """What a re-run must not change: stack events and outputs, every object version."""
     cloudformation = client("cloudformation", url)
     state: dict[str, Any] = {}
     for layer in LAYERS:
-        stack = f"{PREFIX}-{layer}"
+        stack = f"{prefix}-{layer}"
         state[f"{stack} events"] = len(
             cloudformation.describe_stack_events(StackName=stack)["StackEvents"]
         )
         described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
         state[f"{stack} outputs"] = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
-    bucket = state[f"{PREFIX}-storage outputs"]["MwaaBucketName"]
+    bucket = state[f"{prefix}-storage outputs"]["MwaaBucketName"]
     versions = client("s3", url).list_object_versions(Bucket=bucket).get("Versions", [])
     state["object versions"] = sorted((v["Key"], v["VersionId"]) for v in versions)
     return state
@@ -125,18 +126,97 @@ def running_instances(url: str) -> list[str]:
     return [i["InstanceId"] for r in reservations for i in r["Instances"]]
 
 
-def test_deploy_builds_the_image_then_reruns_without_changes(tmp_path: Path, moto_url: str) -> None:
-    project = copy_project(tmp_path)
-    env = aws_env(moto_url, tmp_path)
+@dataclass
+class Deployment:
+    """`deploy.sh --skip mwaa --build-image` run once into the lifecycle's server, and what the
+    test of that first deploy checks, observed right after it (before any other test acts)."""
 
-    first = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--build-image")
+    url: str
+    prefix: str
+    project: Path
+    env: dict[str, str]
+    first: subprocess.CompletedProcess[str]
+    before: dict[str, Any]
+    instances_after_first: list[str]
+    pristine: bool = True
+    # A stack was updated in place. moto then leaks the stack's log group when the stack is
+    # deleted (AWS deletes it), so such a deployment cannot be paused and resumed.
+    updated: bool = False
+    destroyed: bool = False
+
+
+class Lifecycle:
+    """Deployments shared by the tests that take one through its life, in the files' order.
+
+    Each deploy with --build-image costs about 40 AWS CLI calls, so the tests share them: the
+    first deploy, its re-run and a real change (test_deploy.py); then, on a deployment no stack
+    of which was updated in place (see `Deployment.updated`), pause and resume, then destroy
+    (test_destroy.py). A test that needs the first deploy untouched (`pristine`) or a live one
+    (`deployed`) gets a new one, under a new prefix, when the current one does not qualify, so
+    each test also passes alone or in another order.
+    """
+
+    def __init__(self, url: str, root: Path) -> None:
+        self.url = url
+        self.root = root
+        self.current: Deployment | None = None
+        self.count = 0
+
+    def _deploy(self) -> Deployment:
+        prefix = PREFIX if self.count == 0 else f"{PREFIX}{self.count}"
+        self.count += 1
+        home = self.root / prefix
+        home.mkdir()
+        project = copy_project(home)
+        env = aws_env(self.url, home)
+        first = run(
+            project / "deploy.sh", env, "--prefix", prefix, "--skip", "mwaa", "--build-image"
+        )
+        assert first.returncode == 0, first.stderr + first.stdout
+        self.current = Deployment(
+            url=self.url,
+            prefix=prefix,
+            project=project,
+            env=env,
+            first=first,
+            before=snapshot(self.url, prefix),
+            instances_after_first=running_instances(self.url),
+        )
+        return self.current
+
+    def pristine(self) -> Deployment:
+        """The first deploy, untouched since; the caller may change it from now on."""
+        deployment = self.current
+        if deployment is None or not deployment.pristine:
+            deployment = self._deploy()
+        deployment.pristine = False
+        return deployment
+
+    def deployed(self, *, never_updated: bool = False) -> Deployment:
+        """A deployment whose stacks exist (not destroyed), with no stack updated in place if
+        `never_updated`; the caller may change it."""
+        deployment = self.current
+        if deployment is None or deployment.destroyed or (never_updated and deployment.updated):
+            deployment = self._deploy()
+        deployment.pristine = False
+        return deployment
+
+
+def test_deploy_builds_the_image_then_reruns_without_changes(lifecycle: Lifecycle) -> None:
+    deployment = lifecycle.pristine()
+    moto_url, project, env, prefix = (
+        deployment.url,
+        deployment.project,
+        deployment.env,
+        deployment.prefix,
+    )
+    first, before = deployment.first, deployment.before
     assert first.returncode == 0, first.stderr + first.stdout
     assert "build host i-" in first.stderr
-    assert running_instances(moto_url) == []
-    before = snapshot(moto_url)
+    assert deployment.instances_after_first == []
 
-    storage = before[f"{PREFIX}-storage outputs"]
-    ecs = before[f"{PREFIX}-ecs outputs"]
+    storage = before[f"{prefix}-storage outputs"]
+    ecs = before[f"{prefix}-ecs outputs"]
     s3 = client("s3", moto_url)
     bucket = storage["MwaaBucketName"]
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
@@ -155,7 +235,7 @@ def test_deploy_builds_the_image_then_reruns_without_changes(tmp_path: Path, mot
     assert not any("constraints" in key for key in keys)
     # c5.xlarge: 8192 MiB nominal, 95 % reported, 2048 reserved -> 5734 MiB: 3 tasks of 1536.
     assert ecs["SlotsPerInstance"] == "3"
-    repository_uri = before[f"{PREFIX}-image outputs"]["RepositoryUri"]
+    repository_uri = before[f"{prefix}-image outputs"]["RepositoryUri"]
     repository, tag = ecs["ImageUri"].removeprefix(repository_uri.split("/")[0] + "/").split(":")
     assert ecs["ImageUri"].startswith(f"{repository_uri}:src-")
     images = client("ecr", moto_url).describe_images(repositoryName=repository)["imageDetails"]
@@ -163,20 +243,21 @@ def test_deploy_builds_the_image_then_reruns_without_changes(tmp_path: Path, mot
     assert f"requirements version: {requirements['VersionId']}" in first.stdout
 
     # Without --build-image the image of the same sources is found and nothing is rebuilt.
-    second = run(project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa")
+    second = run(project / "deploy.sh", env, "--prefix", prefix, "--skip", "mwaa")
     assert second.returncode == 0, second.stderr + second.stdout
     assert "build host" not in second.stderr
     assert second.stdout.count("No changes to deploy") == len(LAYERS)
     assert "unchanged: s3://" in second.stdout
-    assert snapshot(moto_url) == before
+    assert snapshot(moto_url, prefix) == before
 
+    deployment.updated = True
     third = run(
-        project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--max-instances", "7"
+        project / "deploy.sh", env, "--prefix", prefix, "--skip", "mwaa", "--max-instances", "7"
     )
     assert third.returncode == 0, third.stderr + third.stdout
-    after = snapshot(moto_url)
-    assert after[f"{PREFIX}-ecs events"] > before[f"{PREFIX}-ecs events"]
-    assert after[f"{PREFIX}-storage events"] == before[f"{PREFIX}-storage events"]
+    after = snapshot(moto_url, prefix)
+    assert after[f"{prefix}-ecs events"] > before[f"{prefix}-ecs events"]
+    assert after[f"{prefix}-storage events"] == before[f"{prefix}-storage events"]
     assert after["object versions"] == before["object versions"]
     group = client("autoscaling", moto_url).describe_auto_scaling_groups(
         AutoScalingGroupNames=[ecs["AutoScalingGroupName"]]

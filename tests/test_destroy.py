@@ -8,23 +8,32 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 REPO = Path(__file__).resolve().parents[1]
-PREFIX = "wbd"
 
-_spec = importlib.util.spec_from_file_location(
-    "test_deploy_helpers", REPO / "tests" / "test_deploy.py"
-)
-assert _spec is not None
-assert _spec.loader is not None
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+
+def _deploy_helpers() -> ModuleType:
+    """tests/ is not a package: test_deploy.py by its path, loaded once (conftest.py does it)."""
+    name = "test_deploy_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "test_deploy.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+helpers = _deploy_helpers()
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +47,54 @@ def stack_names(cloudformation: Any) -> set[str]:
     return {stack["StackName"] for stack in cloudformation.describe_stacks()["Stacks"]}
 
 
-def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order(
-    tmp_path: Path, moto_url: str
+def test_pause_keeps_results_and_image_and_deploy_resumes_without_a_rebuild(
+    lifecycle: Any,
 ) -> None:
-    project = helpers.copy_project(tmp_path)
-    env = helpers.aws_env(moto_url, tmp_path)
-    deployed = helpers.run(
-        project / "deploy.sh", env, "--prefix", PREFIX, "--skip", "mwaa", "--build-image"
-    )
-    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    """On the shared deployment (conftest.py), which test_destroy_asks_... destroys next."""
+    deployment = lifecycle.deployed(never_updated=True)
+    moto_url, project, env = deployment.url, deployment.project, deployment.env
+    prefix = deployment.prefix
+    args = ("--prefix", prefix, "--skip", "mwaa")
+    cloudformation = helpers.client("cloudformation", moto_url)
+
+    def outputs(layer: str) -> dict[str, str]:
+        stack = cloudformation.describe_stacks(StackName=f"{prefix}-{layer}")["Stacks"][0]
+        return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    image_uri = outputs("ecs")["ImageUri"]
+    results = outputs("storage")["ResultsBucketName"]
+    s3 = helpers.client("s3", moto_url)
+    s3.put_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv", Body=b"ebn0_db\n")
+
+    paused = helpers.run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
+    assert paused.returncode == 0, paused.stderr + paused.stdout
+    assert "bucket " not in paused.stdout  # nothing is emptied
+    assert {s for s in stack_names(cloudformation) if s.startswith(f"{prefix}-")} == {
+        f"{prefix}-storage",
+        f"{prefix}-image",
+    }
+    assert s3.get_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv")
+
+    resumed = helpers.run(project / "deploy.sh", env, *args)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert "build host" not in resumed.stderr
+    assert outputs("ecs")["ImageUri"] == image_uri
+
+
+def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order(
+    lifecycle: Any,
+) -> None:
+    """On the shared deployment (conftest.py), after the pause test resumed it, if it ran."""
+    deployment = lifecycle.deployed()
+    deployment.destroyed = True  # whatever happens below, no later test may count on it
+    moto_url, project, env = deployment.url, deployment.project, deployment.env
+    prefix = deployment.prefix
 
     cloudformation = helpers.client("cloudformation", moto_url)
     s3 = helpers.client("s3", moto_url)
     storage = {
         o["OutputKey"]: o["OutputValue"]
-        for o in cloudformation.describe_stacks(StackName=f"{PREFIX}-storage")["Stacks"][0][
+        for o in cloudformation.describe_stacks(StackName=f"{prefix}-storage")["Stacks"][0][
             "Outputs"
         ]
     }
@@ -69,7 +111,7 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
     # while after the group terminates the instance; and Container Insights' own log group.
     ecs_outputs = {
         o["OutputKey"]: o["OutputValue"]
-        for o in cloudformation.describe_stacks(StackName=f"{PREFIX}-ecs")["Stacks"][0]["Outputs"]
+        for o in cloudformation.describe_stacks(StackName=f"{prefix}-ecs")["Stacks"][0]["Outputs"]
     }
     cluster = ecs_outputs["ClusterName"]
     helpers.client("autoscaling", moto_url).set_desired_capacity(
@@ -98,20 +140,20 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
     logs.create_log_group(logGroupName=insights)
     listed = s3.list_object_versions(Bucket=mwaa_bucket)
     assert len(listed["DeleteMarkers"]) == 1
-    expected = {f"{PREFIX}-{layer}" for layer in helpers.LAYERS}
+    expected = {f"{prefix}-{layer}" for layer in helpers.LAYERS}
     assert expected <= stack_names(cloudformation)
 
-    refused = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, stdin="no\n")
+    refused = helpers.run(project / "destroy.sh", env, "--prefix", prefix, stdin="no\n")
     assert refused.returncode != 0
     assert "not confirmed; nothing deleted" in refused.stderr
     assert f"bucket {mwaa_bucket}" in refused.stdout
     assert expected <= stack_names(cloudformation)
 
-    destroyed = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
+    destroyed = helpers.run(project / "destroy.sh", env, "--prefix", prefix, "--yes")
     assert destroyed.returncode == 0, destroyed.stderr + destroyed.stdout
     order = [line for line in destroyed.stdout.splitlines() if line.startswith("==> Deleting")]
     assert order == [
-        f"==> Deleting stack {PREFIX}-{layer}" for layer in ("ecs", "image", "network", "storage")
+        f"==> Deleting stack {prefix}-{layer}" for layer in ("ecs", "image", "network", "storage")
     ]
     assert not expected & stack_names(cloudformation)
     for bucket in (mwaa_bucket, results_bucket, storage["AccessLogsBucketName"]):
@@ -122,41 +164,6 @@ def test_destroy_asks_then_empties_versioned_buckets_and_deletes_stacks_in_order
     assert logs.describe_log_groups(logGroupNamePrefix=insights)["logGroups"] == []
     assert helpers.running_instances(moto_url) == []
 
-    again = helpers.run(project / "destroy.sh", env, "--prefix", PREFIX, "--yes")
+    again = helpers.run(project / "destroy.sh", env, "--prefix", prefix, "--yes")
     assert again.returncode == 0
     assert "nothing to delete" in again.stdout
-
-
-def test_pause_keeps_results_and_image_and_deploy_resumes_without_a_rebuild(
-    tmp_path: Path, moto_url: str
-) -> None:
-    prefix = "wbp"
-    project = helpers.copy_project(tmp_path)
-    env = helpers.aws_env(moto_url, tmp_path)
-    args = ("--prefix", prefix, "--skip", "mwaa")
-    deployed = helpers.run(project / "deploy.sh", env, *args, "--build-image")
-    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
-    cloudformation = helpers.client("cloudformation", moto_url)
-
-    def outputs(layer: str) -> dict[str, str]:
-        stack = cloudformation.describe_stacks(StackName=f"{prefix}-{layer}")["Stacks"][0]
-        return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
-
-    image_uri = outputs("ecs")["ImageUri"]
-    results = outputs("storage")["ResultsBucketName"]
-    s3 = helpers.client("s3", moto_url)
-    s3.put_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv", Body=b"ebn0_db\n")
-
-    paused = helpers.run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
-    assert paused.returncode == 0, paused.stderr + paused.stdout
-    assert "bucket " not in paused.stdout  # nothing is emptied
-    assert {s for s in stack_names(cloudformation) if s.startswith(f"{prefix}-")} == {
-        f"{prefix}-storage",
-        f"{prefix}-image",
-    }
-    assert s3.get_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv")
-
-    resumed = helpers.run(project / "deploy.sh", env, *args)
-    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert "build host" not in resumed.stderr
-    assert outputs("ecs")["ImageUri"] == image_uri

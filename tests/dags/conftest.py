@@ -51,16 +51,11 @@ def last_json_line(stdout: str) -> dict[str, Any]:
     raise AssertionError(f"no JSON outcome in the output:\n{stdout[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An Airflow home whose SQLite metadata database is migrated (once per session)."""
-    home = tmp_path_factory.mktemp("airflow-migrated")
-    local_airflow.migrate(local_airflow.airflow_env(home=home, local_root=home / "buckets"))
-    return home
-
-
 def migrated_home(template: Path, home: Path) -> Path:
-    """A fresh Airflow home with a copy of the migrated database (saves a `db migrate`)."""
+    """A fresh Airflow home with a copy of the migrated database (saves a `db migrate`).
+
+    `template` is the session's `migrated_db` (tests/conftest.py).
+    """
     home.mkdir(parents=True, exist_ok=True)
     for name in ("airflow.db", ".migrated"):
         shutil.copy2(template / name, home / name)

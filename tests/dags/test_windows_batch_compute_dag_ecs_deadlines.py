@@ -27,7 +27,7 @@ from windows_batch.params import form, validate_study
 from windows_batch.plan import plan_study
 
 from . import ecs_harness
-from .conftest import RunDag, local_airflow
+from .conftest import RunDag, local_airflow, migrated_home
 
 pytestmark = pytest.mark.airflow
 
@@ -287,7 +287,7 @@ def _triggers_polling(home: Path) -> set[int]:
 
 
 def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containers(
-    tmp_path: Path,
+    tmp_path: Path, migrated_db: Path
 ) -> None:
     """`airflow standalone` (scheduler, triggerer, API server), two containers that hang.
 
@@ -297,7 +297,7 @@ def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containe
     """
     with deployment(tmp_path, MOTO_HANG_TASK_INDEXES="0,1") as d:
         base = local_airflow.airflow_env(
-            home=tmp_path / "airflow",
+            home=migrated_home(migrated_db, tmp_path / "airflow"),
             port=local_airflow.free_port(),
             local_root=tmp_path / "buckets",
             parallelism=2,

@@ -10,6 +10,7 @@ migrate` once per session, in a child process, like tests/dags).
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -95,9 +96,13 @@ class Airflow:
 
 
 @pytest.fixture(scope="session")
-def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
+def airflow(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[Airflow]:
     """A migrated SQLite metadata database and SimpleAuthManager, configured in this process."""
     home = tmp_path_factory.mktemp("plugin-airflow")
+    # The session's migrated database (tests/conftest.py): migrate() below then has nothing to do.
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("airflow.db", ".migrated"):
+        shutil.copy2(migrated_db / name, home / name)
     local_airflow = _local_airflow()
     env = local_airflow.airflow_env(home=home, port=local_airflow.free_port(), local_root=home)
     local_airflow.migrate(env)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import time
 import urllib.parse
@@ -109,11 +110,15 @@ def _wait_for_dag(ui: AirflowUI) -> None:
 
 
 @pytest.fixture(scope="session")
-def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowUI]:
+def airflow_ui(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[AirflowUI]:
     """`airflow standalone` with the local backend, stopped again whatever happens."""
     local_airflow = _load_local_airflow()
     base = tmp_path_factory.mktemp("airflow-ui")
     home = base / "airflow"
+    # The session's migrated database (tests/conftest.py): migrate() below then has nothing to do.
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("airflow.db", ".migrated"):
+        shutil.copy2(migrated_db / name, home / name)
     local_root = base / "buckets"
     env = local_airflow.airflow_env(
         home=home,

@@ -1,0 +1,108 @@
+"""Session fixtures shared across the test folders.
+
+`migrated_db` is the one `airflow db migrate` of the session: tests/dags, tests/plugins and
+tests/ui copy its database instead of migrating their own (each costs tens of seconds).
+`lifecycle`, for tests/test_deploy.py and tests/test_destroy.py, is one moto server and its
+deployments (test_deploy.Lifecycle): two image builds where the tests made three.
+Under pytest-xdist (make test) each worker has its own of both; `work_unit` below decides
+which tests run together on one worker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _deploy_helpers() -> ModuleType:
+    """tests/ is not a package: test_deploy.py by its path, loaded once (conftest.py does it)."""
+    name = "test_deploy_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "test_deploy.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+deploy_helpers = _deploy_helpers()
+
+
+def _local_airflow() -> ModuleType:
+    """scripts/local_airflow.py, imported once under its own name (the other conftests too)."""
+    name = "local_airflow"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_airflow.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home whose SQLite metadata database is migrated (once per session).
+
+    Copy its airflow.db and .migrated stamp into a new home: local_airflow.migrate then finds
+    the database up to date and skips `airflow db migrate`.
+    """
+    local_airflow = _local_airflow()
+    home = tmp_path_factory.mktemp("airflow-migrated")
+    local_airflow.migrate(local_airflow.airflow_env(home=home, local_root=home / "buckets"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto server and the deployments test_deploy.Lifecycle hands out; stopped at the end."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    with deploy_helpers.moto_server.running_server(
+        root / "server.log", deploy_helpers.REGION
+    ) as url:
+        yield deploy_helpers.Lifecycle(url, root)
+
+
+# Work units for `pytest -n N --dist loadscope` (make test). Each test file is one unit (its
+# module fixtures are set up once), except: tests/ui/ is one unit (its files share
+# `airflow standalone`, the browser and the finished run), and each test of these files of long
+# tests that share no module fixture is its own unit, so the two workers balance.
+# (xdist's loadgroup cannot be used: with pytest 9 it no longer puts the group in the node ID.)
+_ONE_UNIT_FOLDERS = ("tests/ui/",)
+_ONE_UNIT_PER_TEST_FILES = (
+    "tests/dags/test_windows_batch_compute_dag_ecs.py",
+    "tests/dags/test_windows_batch_compute_dag_ecs_deadlines.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: the tests of one unit run on one worker, in order."""
+    path = nodeid.split("::", 1)[0]
+    folder = next((f for f in _ONE_UNIT_FOLDERS if path.startswith(f)), None)
+    if folder is not None:
+        return folder
+    return nodeid if path in _ONE_UNIT_PER_TEST_FILES else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadscope with work_unit's units (other --dist modes are xdist's own)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnitScheduling(config, log)
