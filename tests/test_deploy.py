@@ -11,9 +11,11 @@ terminate, and the log tail on failure.
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,7 @@ def copy_project(destination: Path) -> Path:
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, destination / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for directory in ("cloudformation", "dags", "docker"):
+    for directory in ("cloudformation", "dags", "docker", "plugins"):
         shutil.copytree(REPO / directory, destination / directory, ignore=ignore)
     return destination
 
@@ -231,8 +233,19 @@ def test_deploy_builds_the_image_then_reruns_without_changes(lifecycle: Lifecycl
     assert {item["Key"] for item in listed} == local_dags
     # MWAA gets requirements-mwaa.txt only; the local lock is never uploaded.
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert {key.split("/")[0] for key in keys} == {"dags", "requirements", "build"}
+    assert {key.split("/")[0] for key in keys} == {"dags", "requirements", "build", "plugins"}
     assert not any("constraints" in key for key in keys)
+    # plugins.zip holds plugins/ at its root (MWAA unpacks it into its plugins folder).
+    plugins = s3.get_object(Bucket=bucket, Key="plugins/plugins.zip")["Body"].read()
+    with zipfile.ZipFile(io.BytesIO(plugins)) as archive:
+        zipped = {name for name in archive.namelist() if not name.endswith("/")}
+    local_plugins = {
+        path.relative_to(project / "plugins").as_posix()
+        for path in (project / "plugins").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert "windows_batch_results_plugin.py" in zipped
+    assert zipped <= local_plugins
     # c5.xlarge: 8192 MiB nominal, 95 % reported, 2048 reserved -> 5734 MiB: 3 tasks of 1536.
     assert ecs["SlotsPerInstance"] == "3"
     repository_uri = before[f"{prefix}-image outputs"]["RepositoryUri"]
