@@ -530,6 +530,58 @@ def test_spot_and_instance_types_are_checked_and_a_rerun_keeps_the_stacks_choice
     assert "on-demand: c6i.xlarge 3, c5a.xlarge 3" in preflight_line(switched.stdout, "instance")
 
 
+def billed_snapshots(ec2: Any, ami_id: str) -> list[str]:
+    """The AMI's own snapshot, then Fast Launch's pre-provisioned ones."""
+    image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
+    return [image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]] + [
+        snapshot["SnapshotId"]
+        for snapshot in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        if snapshot.get("Description") == f"EC2 Fast Launch for {ami_id}"
+    ]
+
+
+def assert_nothing_left(ec2: Any, ami_id: str, billed: list[str]) -> None:
+    """No AMI, Fast Launch entry or snapshot of `ami_id` bills any more."""
+    assert ec2.describe_images(Owners=["self"], ImageIds=[ami_id])["Images"] == []
+    assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"] == []
+    left = {snapshot["SnapshotId"] for snapshot in ec2.describe_snapshots()["Snapshots"]}
+    assert not left & set(billed)
+
+
+def no_bake_then_bake_again(
+    project: Path,
+    env: dict[str, str],
+    prefix: str,
+    *,
+    old_ami: str,
+    old_billed: list[str],
+    moto_url: str,
+) -> tuple[str, list[str]]:
+    """--no-bake-ami, then --bake-ami again; the new AMI and what it bills."""
+    args = ("--prefix", prefix, "--skip", "mwaa")
+    ec2 = client("ec2", moto_url)
+
+    def outputs(layer: str) -> dict[str, str]:
+        stack = client("cloudformation", moto_url).describe_stacks(StackName=f"{prefix}-{layer}")
+        return {o["OutputKey"]: o["OutputValue"] for o in stack["Stacks"][0]["Outputs"]}
+
+    # --no-bake-ami: the hosts launch from the public AMI again, and the baked one stops billing.
+    public = run(project / "deploy.sh", env, *args, "--no-bake-ami")
+    assert public.returncode == 0, public.stderr + public.stdout
+    ssm = client("ssm", moto_url)
+    public_ami = ssm.get_parameter(Name=moto_server.WINDOWS_AMI_PARAMETER)["Parameter"]["Value"]
+    assert outputs("ecs")["InstanceAmiId"] == public_ami != old_ami
+    assert f"{prefix}-ami" not in stacks_of(moto_url, prefix)
+    assert_nothing_left(ec2, old_ami, old_billed)
+
+    # Baked again (same tag, new AMI), for the pause and destroy that follow.
+    rebaked = run(project / "deploy.sh", env, *args, "--bake-ami")
+    assert rebaked.returncode == 0, rebaked.stderr + rebaked.stdout
+    ami_id = outputs("ami")["BakedAmiId"]
+    assert outputs("ecs")["InstanceAmiId"] == ami_id
+    return ami_id, billed_snapshots(ec2, ami_id)
+
+
 def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_billing(
     tmp_path: Path, moto_url: str
 ) -> None:
@@ -567,11 +619,7 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     (fast_launch,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
     assert fast_launch["State"] == "enabled"
     assert fast_launch["MaxParallelLaunches"] >= 6
-    billed = [image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]] + [
-        snapshot["SnapshotId"]
-        for snapshot in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
-        if snapshot.get("Description") == f"EC2 Fast Launch for {ami_id}"
-    ]
+    billed = billed_snapshots(ec2, ami_id)
     assert len(billed) == 1 + fast_launch["SnapshotConfiguration"]["TargetResourceCount"]
 
     # A re-run without the option keeps the baked AMI and changes no stack. Fast Launch follows
@@ -590,6 +638,10 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     assert refreshed["LaunchTemplate"]["Version"] == "2"
     assert refreshed["MaxParallelLaunches"] == fast_launch["MaxParallelLaunches"]
 
+    ami_id, billed = no_bake_then_bake_again(
+        project, env, prefix, old_ami=ami_id, old_billed=billed, moto_url=moto_url
+    )
+
     paused = run(project / "destroy.sh", env, "--prefix", prefix, "--pause", "--yes")
     assert paused.returncode == 0, paused.stderr + paused.stdout
     assert set(stacks_of(moto_url, prefix)) == {
@@ -602,7 +654,4 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     assert destroyed.returncode == 0, destroyed.stderr + destroyed.stdout
     assert f"disabling EC2 Fast Launch for {ami_id}" in destroyed.stdout
     assert stacks_of(moto_url, prefix) == {}
-    assert ec2.describe_images(Owners=["self"], ImageIds=[ami_id])["Images"] == []
-    assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"] == []
-    left = {snapshot["SnapshotId"] for snapshot in ec2.describe_snapshots()["Snapshots"]}
-    assert not left & set(billed)
+    assert_nothing_left(ec2, ami_id, billed)
