@@ -22,11 +22,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _deploy_helpers() -> ModuleType:
-    """tests/ is not a package: test_deploy.py by its path, loaded once (conftest.py does it)."""
-    name = "test_deploy_helpers"
+def load_module(name: str, path: Path) -> ModuleType:
+    """A file of tests/ or scripts/ (not packages) as module `name`, imported once."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "test_deploy.py")
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -35,20 +34,9 @@ def _deploy_helpers() -> ModuleType:
     return sys.modules[name]
 
 
-deploy_helpers = _deploy_helpers()
-
-
-def _local_airflow() -> ModuleType:
-    """scripts/local_airflow.py, imported once under its own name (the other conftests too)."""
-    name = "local_airflow"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_airflow.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+# The other conftests and test files take these from sys.modules (`import local_airflow`).
+deploy_helpers = load_module("test_deploy_helpers", REPO / "tests" / "test_deploy.py")
+local_airflow = load_module("local_airflow", REPO / "scripts" / "local_airflow.py")
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +46,6 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Copy its airflow.db and .migrated stamp into a new home: local_airflow.migrate then finds
     the database up to date and skips `airflow db migrate`.
     """
-    local_airflow = _local_airflow()
     home = tmp_path_factory.mktemp("airflow-migrated")
     local_airflow.migrate(local_airflow.airflow_env(home=home, local_root=home / "buckets"))
     return home

@@ -6,12 +6,10 @@ The stacks come from deploy.sh `--skip mwaa` (moto cannot create the MWAA enviro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,20 +18,7 @@ from botocore.exceptions import ClientError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _deploy_helpers() -> ModuleType:
-    """tests/ is not a package: test_deploy.py by its path, loaded once (conftest.py does it)."""
-    name = "test_deploy_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "test_deploy.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-helpers = _deploy_helpers()
+helpers = sys.modules["test_deploy_helpers"]  # test_deploy.py, loaded by tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,12 @@ migrate` once per session, in a child process, like tests/dags).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,19 +24,6 @@ for _path in (PLUGINS, REPO / "dags"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 DAG_ID = "windows-batch-compute-dag"
-
-
-def _local_airflow() -> Any:
-    name = "local_airflow"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_airflow.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -103,7 +88,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iter
     home.mkdir(parents=True, exist_ok=True)
     for name in ("airflow.db", ".migrated"):
         shutil.copy2(migrated_db / name, home / name)
-    local_airflow = _local_airflow()
+    import local_airflow
+
     env = local_airflow.airflow_env(home=home, port=local_airflow.free_port(), local_root=home)
     local_airflow.migrate(env)
 

@@ -9,18 +9,16 @@ work on this machine). `--screenshots-dir DIR` (make screenshots) saves the READ
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import local_airflow  # tests/conftest.py loaded it from scripts/
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,20 +47,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _load_local_airflow() -> ModuleType:
-    """scripts/ is not a package: import scripts/local_airflow.py by its path."""
-    name = "local_airflow"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_airflow.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @dataclass(frozen=True)
 class AirflowUI:
     """A running local Airflow: its base URL and the directories it works in."""
@@ -73,7 +57,7 @@ class AirflowUI:
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Call the REST API (/api/v2/...); return (HTTP status, decoded JSON body)."""
-        return _load_local_airflow().request(self.url, method, path, body)
+        return local_airflow.request(self.url, method, path, body)
 
     def get(self, path: str) -> Any:
         status, body = self.api("GET", path)
@@ -88,7 +72,7 @@ class AirflowUI:
         return f"dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
     def log_tail(self, lines: int = 40) -> str:
-        return str(_load_local_airflow().tail(self.home / "standalone.log", lines))
+        return str(local_airflow.tail(self.home / "standalone.log", lines))
 
 
 def _wait_for_dag(ui: AirflowUI) -> None:
@@ -112,7 +96,6 @@ def _wait_for_dag(ui: AirflowUI) -> None:
 @pytest.fixture(scope="session")
 def airflow_ui(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> Iterator[AirflowUI]:
     """`airflow standalone` with the local backend, stopped again whatever happens."""
-    local_airflow = _load_local_airflow()
     base = tmp_path_factory.mktemp("airflow-ui")
     home = base / "airflow"
     # The session's migrated database (tests/conftest.py): migrate() below then has nothing to do.
