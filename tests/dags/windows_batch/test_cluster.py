@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
@@ -20,26 +18,6 @@ from windows_batch.cluster import (
 
 GROUP = "windows-batch"
 CLUSTER = "windows-batch"
-
-
-def stubbed(service: str) -> Iterator[tuple[Any, Stubber]]:
-    session = boto3.session.Session(
-        region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
-    client: Any = session.client(service)  # type: ignore[call-overload]
-    with Stubber(client) as stubber:
-        yield client, stubber
-        stubber.assert_no_pending_responses()
-
-
-@pytest.fixture
-def autoscaling() -> Iterator[tuple[Any, Stubber]]:
-    yield from stubbed("autoscaling")
-
-
-@pytest.fixture
-def ecs() -> Iterator[tuple[Any, Stubber]]:
-    yield from stubbed("ecs")
 
 
 def test_a_desired_capacity_above_the_groups_maximum_names_cluster_size(

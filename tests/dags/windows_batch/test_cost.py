@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
 from botocore.stub import Stubber
 
@@ -84,31 +82,6 @@ def test_an_instance_still_running_counts_until_now_and_a_short_one_bills_a_minu
 def test_an_unknown_registration_time_ends_boot_at_the_first_pull() -> None:
     instance = dataclasses.replace(INSTANCES[1], registered_at=None)
     assert cost.instance_phases(instance, SPANS, now=T0)["boot"] == 730 - 60
-
-
-def stubbed(service: str) -> Iterator[tuple[Any, Stubber]]:
-    session = boto3.session.Session(
-        region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
-    client: Any = session.client(service)  # type: ignore[call-overload]
-    with Stubber(client) as stubber:
-        yield client, stubber
-        stubber.assert_no_pending_responses()
-
-
-@pytest.fixture
-def ecs() -> Iterator[tuple[Any, Stubber]]:
-    yield from stubbed("ecs")
-
-
-@pytest.fixture
-def autoscaling() -> Iterator[tuple[Any, Stubber]]:
-    yield from stubbed("autoscaling")
-
-
-@pytest.fixture
-def ec2() -> Iterator[tuple[Any, Stubber]]:
-    yield from stubbed("ec2")
 
 
 def at(offset_s: float) -> datetime:
