@@ -35,6 +35,7 @@ def load_module(name: str, path: Path) -> ModuleType:
 
 
 # The other conftests and test files take these from sys.modules (`import local_airflow`).
+moto_server = load_module("moto_server", REPO / "tests" / "cloudformation" / "moto_server.py")
 deploy_helpers = load_module("test_deploy_helpers", REPO / "tests" / "test_deploy.py")
 local_airflow = load_module("local_airflow", REPO / "scripts" / "local_airflow.py")
 

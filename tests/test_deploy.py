@@ -10,7 +10,6 @@ terminate, and the log tail on failure.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto_server  # tests/cloudformation/moto_server.py, loaded by tests/conftest.py
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,14 +31,6 @@ AWSCLI_BIN = REPO / ".venv-awscli" / "bin"
 REGION = "us-east-1"
 PREFIX = "wbc"
 LAYERS = ("storage", "network", "image", "ecs")
-
-_spec = importlib.util.spec_from_file_location(
-    "moto_server", REPO / "tests" / "cloudformation" / "moto_server.py"
-)
-assert _spec is not None
-assert _spec.loader is not None
-moto_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(moto_server)
 
 
 def copy_project(destination: Path) -> Path:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import moto_server  # loaded by tests/conftest.py
 import pytest
 from cfnlint.decode import decode_str
 from moto import mock_aws
@@ -51,12 +52,11 @@ def _load_module(name: str, path: Path) -> Any:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-moto_server = _load_module("moto_server", TEMPLATES.parent / "tests/cloudformation/moto_server.py")
 ecs_harness = _load_module("ecs_harness_spot", TEMPLATES.parent / "tests/dags/ecs_harness.py")
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import boto3
+import moto_server  # loaded by tests/conftest.py
 import pytest
 from cfnlint.decode import decode_str
 from moto import mock_aws
@@ -27,14 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"
 REGION = "us-east-1"
 LAYERS = ("storage", "network", "image", "ami", "ecs", "mwaa")
-
-_spec = importlib.util.spec_from_file_location(
-    "moto_server", Path(__file__).with_name("moto_server.py")
-)
-assert _spec is not None
-assert _spec.loader is not None
-moto_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(moto_server)
 
 
 def load(layer: str) -> dict[str, Any]:
