@@ -121,12 +121,6 @@ def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
     return hosts
 
 
-def container_instances(ecs: Any, cluster: str) -> dict[str, int]:
-    """Container instances of the cluster: ACTIVE with the agent connected, and all ACTIVE."""
-    hosts = container_hosts(ecs, cluster)
-    return {"active": len(hosts), "ready": sum(hosts.values())}
-
-
 def run_task_group(dag_id: str, run_id: str) -> str:
     """The ECS task group of one DAG run (RunTask's `group`: letters, digits, '-', '_', ':')."""
     digest = hashlib.sha256(f"{dag_id}/{run_id}".encode()).hexdigest()[:24]

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from windows_batch.cluster import (
-    container_instances,
+    container_hosts,
     run_task_group,
     set_desired_capacity,
     stop_group_tasks,
@@ -55,7 +55,7 @@ def test_other_errors_stay_retryable(autoscaling: tuple[Any, Stubber]) -> None:
         set_desired_capacity(client, GROUP, 3)
 
 
-def test_container_instances_follows_every_page_and_counts_connected_agents(
+def test_container_hosts_follows_every_page_and_tells_connected_agents(
     ecs: tuple[Any, Stubber],
 ) -> None:
     client, stubber = ecs
@@ -76,14 +76,15 @@ def test_container_instances_follows_every_page_and_counts_connected_agents(
         "describe_container_instances",
         {
             "containerInstances": [
-                {"containerInstanceArn": arns[0], "agentConnected": True},
-                {"containerInstanceArn": arns[1], "agentConnected": False},
-                {"containerInstanceArn": arns[2], "agentConnected": True},
+                {"containerInstanceArn": arns[0], "ec2InstanceId": "i-0", "agentConnected": True},
+                {"containerInstanceArn": arns[1], "ec2InstanceId": "i-1", "agentConnected": False},
+                {"containerInstanceArn": arns[2], "ec2InstanceId": "i-2", "agentConnected": True},
             ]
         },
         {"cluster": CLUSTER, "containerInstances": arns},
     )
-    assert container_instances(client, CLUSTER) == {"active": 3, "ready": 2}
+    # Every ACTIVE container instance, across pages, with whether its agent is connected.
+    assert container_hosts(client, CLUSTER) == {"i-0": True, "i-1": False, "i-2": True}
 
 
 def test_scale_in_stops_only_the_runs_own_tasks_still_running(ecs: tuple[Any, Stubber]) -> None:
