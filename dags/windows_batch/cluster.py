@@ -152,7 +152,9 @@ class _ClusterSensor(BaseSensorOperator):
     ) -> None:
         super().__init__(
             mode="reschedule",
-            poke_interval=settings.scale_poke_interval_s,
+            # Not sooner than DEFER_SETTLE_S: a rescheduled try, like a deferred one, must not
+            # be queued again before the scheduler has read its worker's report.
+            poke_interval=max(settings.scale_poke_interval_s, settings.defer_settle_s),
             timeout=_PLACEHOLDER_TIMEOUT_S,
             **kwargs,
         )

@@ -150,6 +150,7 @@ class BersimEcsOperator(EcsRunTaskOperator):
         *,
         command: list[str],
         capacity_retry_s: int = 30,
+        defer_settle_s: int = 10,
         task_timeout_s: int = 7200,
         result_check: ResultCheck | None = None,
         overrides: dict[str, Any] | None = None,
@@ -158,6 +159,7 @@ class BersimEcsOperator(EcsRunTaskOperator):
         super().__init__(overrides=overrides or {}, **kwargs)
         self.command = command
         self.capacity_retry_s = capacity_retry_s
+        self.defer_settle_s = defer_settle_s
         self.task_timeout_s = task_timeout_s
         self.result_check = result_check
         self.last_exit_code: int | None = None
@@ -192,7 +194,10 @@ class BersimEcsOperator(EcsRunTaskOperator):
         ):
             _, trigger_kwargs = trigger.serialize()
             trigger = DeadlineTaskDoneTrigger(
-                **trigger_kwargs, deadline_ts=self._deadline, stop_reason=self._stop_reason
+                **trigger_kwargs,
+                deadline_ts=self._deadline,
+                stop_reason=self._stop_reason,
+                settle_s=self.defer_settle_s,
             )
         remaining_s = max(self._deadline - time.time(), 0.0)
         super().defer(
@@ -335,6 +340,7 @@ class BersimEcsOperator(EcsRunTaskOperator):
         map_index = getattr(context.get("ti"), "map_index", -1) or 0
         # Spread the retries of many waiting tasks over a few seconds.
         delay = self.capacity_retry_s + (max(map_index, 0) % 10) * self.capacity_retry_s / 20
+        delay = max(delay, self.defer_settle_s)  # see DEFER_SETTLE_S
         remaining_s = self._deadline - time.time()
         if remaining_s <= 0:
             self._fail_at_deadline(f"The cluster had no room for this task ({why})")
@@ -491,6 +497,7 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
         "waiter_max_attempts": (timeout_s + _WAITER_SLACK_S) // settings.waiter_delay_s + 1,
         "execution_timeout": timedelta(seconds=timeout_s),
         "capacity_retry_s": settings.capacity_retry_s,
+        "defer_settle_s": settings.defer_settle_s,
         "task_timeout_s": timeout_s,
     }
     if settings.log_group:

@@ -24,6 +24,10 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - WAITER_DELAY_S [15]: seconds between two status polls of an ECS task.
 - SCALE_POKE_INTERVAL_S [30]: seconds between two checks of the cluster size.
 - CAPACITY_RETRY_S [30]: wait before calling RunTask again when the cluster had no room.
+- DEFER_SETTLE_S [10]: the least time a task stays off its worker slot (deferred, or rescheduled
+  by a sensor) before it may resume. Airflow 3.3.1 can fail a task whose trigger fires before
+  the scheduler has read the worker's report of the deferral ("state mismatch", apache/airflow
+  #72716); seconds of waiting avoid it (see windows_batch_triggers/deadline.py).
 - TASK_TIMEOUT_S [7200]: deadline of each try of simulate/aggregate, from the try's start, across
   every deferral (its waits for room included); the ECS task is stopped at it.
 - RETRIES [2], RETRY_DELAY_S [60]: Airflow retries per task and the wait before one.
@@ -77,6 +81,7 @@ class Settings:
     waiter_delay_s: int
     scale_poke_interval_s: int
     capacity_retry_s: int
+    defer_settle_s: int
     task_timeout_s: int
     retries: int
     retry_delay_s: int
@@ -152,6 +157,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         waiter_delay_s=_int(env, "WAITER_DELAY_S", 15, low=1, high=3600),
         scale_poke_interval_s=_int(env, "SCALE_POKE_INTERVAL_S", 30, low=1, high=3600),
         capacity_retry_s=_int(env, "CAPACITY_RETRY_S", 30, low=1, high=3600),
+        defer_settle_s=_int(env, "DEFER_SETTLE_S", 10, low=0, high=600),
         task_timeout_s=_int(env, "TASK_TIMEOUT_S", 7200, low=10, high=7 * 24 * 3600),
         retries=_int(env, "RETRIES", 2, low=0, high=20),
         retry_delay_s=_int(env, "RETRY_DELAY_S", 60, low=0, high=24 * 3600),

@@ -13,7 +13,15 @@ presence keeps the try's start date on resume, routes/task_instances.py `ti_run`
   and fires a "deadline" event, so the stop does not wait for a free worker slot;
 - `on_kill`, which Airflow 3.3's triggerer calls only when a person marks the deferred task
   failed or success or clears it (triggers/base.py `BaseTrigger.on_kill`), stops the ECS task;
-- an error while forwarding CloudWatch log lines is a warning, not the end of the wait.
+- an error while forwarding CloudWatch log lines is a warning, not the end of the wait;
+- its first check waits `settle_s` (DEFER_SETTLE_S): Airflow 3.3.1's scheduler fails a task
+  whose trigger fired before it had read the worker's report of the deferral. The worker that
+  deferred reports "success" for the try once its process has exited (seconds later under load);
+  if the resumed try is already queued or running by then, the scheduler finds the executor
+  no longer tracking it (`executor.has_task` is False), logs "state mismatch" and fails the try
+  (jobs/scheduler_job_runner.py `process_executor_events`; apache/airflow#72716, open, and
+  #67287: only the `scheduled` state is guarded in 3.3.1). A container that has already ended
+  when the wait starts, e.g. a retry that reattaches to it, would otherwise fire at once.
 The triggerer imports it as `windows_batch_triggers.deadline.DeadlineTaskDoneTrigger` from the
 plugins folder, which Airflow puts on every component's sys.path (see the package docstring).
 """
@@ -81,16 +89,22 @@ class DeadlineTaskDoneTrigger(TaskDoneTrigger):
     """TaskDoneTrigger that ends at `deadline_ts` (epoch seconds), stopping the ECS task.
 
     stop_reason: the StopTask reason used at the deadline.
+    settle_s: seconds before the first check (0 for a trigger serialized before it existed).
     """
 
-    def __init__(self, *, deadline_ts: float, stop_reason: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, deadline_ts: float, stop_reason: str, settle_s: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.deadline_ts = float(deadline_ts)
         self.stop_reason = stop_reason
+        self.settle_s = float(settle_s)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
-        kwargs.update(deadline_ts=self.deadline_ts, stop_reason=self.stop_reason)
+        kwargs.update(
+            deadline_ts=self.deadline_ts, stop_reason=self.stop_reason, settle_s=self.settle_s
+        )
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -99,6 +113,7 @@ class DeadlineTaskDoneTrigger(TaskDoneTrigger):
             # The parent yields one event and returns (or raises when its attempts run out).
             parent: Any = super().run()
             async with aclosing(parent) as events, asyncio.timeout(max(remaining_s, 0)):
+                await asyncio.sleep(self.settle_s)  # the deadline still ends it
                 event: TriggerEvent = await anext(events)
         except TimeoutError:
             stopped = await self.stop_task(self.stop_reason)

@@ -158,10 +158,22 @@ class EcsAirflow:
             f"{key}: {ti['state']} (try {ti['try_number']})"
             for key, ti in sorted(self.task_instances(run_id).items())
         ]
+        lines += [f"scheduler: {line}" for line in self.state_mismatches(run_id)]
         for path in sorted((self.home / "logs").rglob("*.log")):
             if run_id in str(path):
                 lines += [f"--- {path.relative_to(self.home)}", local_airflow.tail(path, 25)]
         return "\n".join(lines)
+
+    def state_mismatches(self, run_id: str) -> list[str]:
+        """The scheduler's "state mismatch" errors for the run: tries it failed itself because
+        an executor report came after the try had resumed (DEFER_SETTLE_S, deadline.py)."""
+        log = self.home / "standalone.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return [
+            line
+            for line in text.splitlines()
+            if "but the task instance's state attribute is" in line and run_id in line
+        ]
 
     def wait_for_run(self, run_id: str, *, timeout_s: float = 180) -> dict[str, Any]:
         """Poll until the run has finished; return it."""
@@ -171,9 +183,12 @@ class EcsAirflow:
             assert status == 200, run
             return run if run["state"] in {"success", "failed"} else None
 
-        return dict(
+        run = dict(
             self.deployment.wait_for(f"run {run_id} to finish", finished, timeout_s=timeout_s)
         )
+        # No try of the run was failed by the scheduler for a report it read too late.
+        assert self.state_mismatches(run_id) == [], self.report(run_id)
+        return run
 
 
 STANDALONE_SETTINGS = {

@@ -60,6 +60,7 @@ def task_info(task: Any) -> dict[str, Any]:
         "on_failure_fail_dagrun": getattr(task, "on_failure_fail_dagrun", None),
         "upstream": sorted(task.upstream_task_ids),
         "mode": getattr(task, "mode", None),
+        "poke_interval": getattr(task, "poke_interval", None),
     }
     if type(task).__name__ == "MappedOperator":
         info["operator_class"] = task.operator_class.__name__

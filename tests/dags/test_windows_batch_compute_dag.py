@@ -133,6 +133,10 @@ def test_ecs_operators(ecs: dict[str, Any]) -> None:
     assert tasks["scale_in"]["type"] == "ScaleInSensor"
     assert tasks["scale_out"]["mode"] == "reschedule"
     assert tasks["scale_in"]["mode"] == "reschedule"
+    # Airflow 3.3.1's stale-report race (DEFER_SETTLE_S): no deferral or reschedule may end
+    # sooner than the settle time, 10 s by default.
+    assert kwargs["defer_settle_s"] == 10
+    assert tasks["scale_out"]["poke_interval"] == tasks["scale_in"]["poke_interval"] == 30
     assert tasks["aggregate"]["type"] == "BersimEcsAggregateOperator"
 
 
@@ -153,6 +157,10 @@ def test_settings_read_the_environment_only() -> None:
         settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "k8s"})
     with pytest.raises(settings_mod.SettingsError, match="SLOTS_PER_INSTANCE"):
         settings_mod.load({"AIRFLOW__WINDOWS_BATCH__SLOTS_PER_INSTANCE": "four"})
+    assert s.defer_settle_s == 10
+    assert settings_mod.load({"AIRFLOW__WINDOWS_BATCH__DEFER_SETTLE_S": "0"}).defer_settle_s == 0
+    with pytest.raises(settings_mod.SettingsError, match="DEFER_SETTLE_S"):
+        settings_mod.load({"AIRFLOW__WINDOWS_BATCH__DEFER_SETTLE_S": "-1"})
 
 
 class _XCom:

@@ -63,6 +63,7 @@ def dag_env(d: ecs_harness.EcsDeployment, base: dict[str, str], **settings: str)
             "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
             "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
             "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "2",
+            "AIRFLOW__WINDOWS_BATCH__DEFER_SETTLE_S": "0",  # dag.test(): no executor
             "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "0",
             "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "off",
         }

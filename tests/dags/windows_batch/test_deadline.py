@@ -25,6 +25,7 @@ from windows_batch_triggers.deadline import (
 
 REGION = "us-east-1"
 CLUSTER = "wb-cluster"
+TASK_ARN_EXAMPLE = f"arn:aws:ecs:{REGION}:123456789012:task/{CLUSTER}/0123456789abcdef"
 
 
 def free_port() -> int:
@@ -70,7 +71,7 @@ def run_task(client: Any) -> str:
     return str(client.run_task(cluster=CLUSTER, taskDefinition="wb-bersim")["tasks"][0]["taskArn"])
 
 
-def trigger(arn: str, *, deadline_ts: float) -> DeadlineTaskDoneTrigger:
+def trigger(arn: str, *, deadline_ts: float, settle_s: float = 0) -> DeadlineTaskDoneTrigger:
     return DeadlineTaskDoneTrigger(
         cluster=CLUSTER,
         task_arn=arn,
@@ -80,6 +81,7 @@ def trigger(arn: str, *, deadline_ts: float) -> DeadlineTaskDoneTrigger:
         region_name=REGION,
         deadline_ts=deadline_ts,
         stop_reason=deadline_reason(timeout_s=3, deadline_ts=deadline_ts),
+        settle_s=settle_s,
     )
 
 
@@ -111,6 +113,36 @@ def test_a_container_that_ends_in_time_is_not_stopped(ecs: Any) -> None:
     assert event.payload == {"status": "success", "task_arn": arn, "cluster": CLUSTER}
     task = ecs.describe_tasks(cluster=CLUSTER, tasks=[arn])["tasks"][0]
     assert task["stoppedReason"] == "Essential container in task exited"
+
+
+def test_a_container_that_has_already_ended_fires_only_after_the_settle_time(ecs: Any) -> None:
+    """A retry that reattaches just as its container ends: the event waits DEFER_SETTLE_S, so
+    the scheduler reads the deferring worker's report before the try resumes."""
+    arn = run_task(ecs)
+    ecs.stop_task(cluster=CLUSTER, task=arn, reason="Essential container in task exited")
+    started = time.monotonic()
+    event = asyncio.run(first_event(trigger(arn, deadline_ts=time.time() + 60, settle_s=2)))
+    assert event.payload["status"] == "success"
+    assert time.monotonic() - started >= 2
+
+
+def test_the_deadline_ends_the_settle_time_too(ecs: Any) -> None:
+    arn = run_task(ecs)
+    started = time.monotonic()
+    event = asyncio.run(first_event(trigger(arn, deadline_ts=time.time() + 1, settle_s=600)))
+    assert event.payload["status"] == "deadline"
+    assert event.payload["stopped"] is True
+    assert time.monotonic() - started < 30
+
+
+def test_a_trigger_serialized_before_the_settle_time_existed_still_loads() -> None:
+    """A deferred task in flight across an upgrade: its stored kwargs have no settle_s."""
+    old = trigger(TASK_ARN_EXAMPLE, deadline_ts=time.time() + 60)
+    classpath, kwargs = old.serialize()
+    assert classpath == "windows_batch_triggers.deadline.DeadlineTaskDoneTrigger"
+    assert kwargs["settle_s"] == 0
+    del kwargs["settle_s"]
+    assert DeadlineTaskDoneTrigger(**kwargs).settle_s == 0
 
 
 def test_on_kill_stops_the_task(ecs: Any) -> None:

@@ -198,6 +198,22 @@ def test_no_room_waits_within_the_deadline_and_carries_it(
     assert deferred.value.timeout.total_seconds() <= 5 + TRIGGER_GRACE_S + 1
 
 
+def test_a_capacity_wait_is_never_shorter_than_the_settle_time() -> None:
+    """CAPACITY_RETRY_S below DEFER_SETTLE_S: the wait lasts the settle time."""
+    op = operator(defer_settle_s=7)
+    op.capacity_retry_s = 1
+    client = boto3.client("ecs", region_name=REGION)
+    op.__dict__["client"] = client
+    with Stubber(client) as stubber:
+        expect_run_task(stubber, {"tasks": [], "failures": [{"reason": "RESOURCE:CPU"}]})
+        before = datetime.now(UTC)
+        with pytest.raises(TaskDeferred) as deferred:
+            op.execute(context())
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, TimeDeltaTrigger)
+    assert trigger.moment >= before + timedelta(seconds=7)
+
+
 def test_no_container_instance_registered_yet_is_a_wait(
     ecs_stub: tuple[BersimEcsOperator, Stubber],
 ) -> None:
@@ -249,6 +265,8 @@ def test_the_container_wait_is_bounded_by_the_same_deadline(
     classpath, kwargs = trigger.serialize()
     assert classpath == "windows_batch_triggers.deadline.DeadlineTaskDoneTrigger"
     assert kwargs["deadline_ts"] == trigger.deadline_ts
+    # The first check waits DEFER_SETTLE_S (Airflow 3.3.1's stale-report race, deadline.py).
+    assert kwargs["settle_s"] == op.defer_settle_s == 10
 
 
 def test_at_the_deadline_the_task_is_stopped_with_a_reason_naming_it(
