@@ -36,6 +36,8 @@ readonly REQUIRED_SERVICES=(cloudformation s3 ec2 ecs ecr ssm logs autoscaling m
 readonly WINDOWS_AMI_PARAMETER="/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-ECS_Optimized/image_id"
 # Service Quotas: "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", in vCPUs.
 readonly STANDARD_VCPU_QUOTA_CODE="L-1216C47A"
+# All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests, in vCPUs.
+readonly SPOT_VCPU_QUOTA_CODE="L-34B43A08"
 # Windows reports less memory than the instance type's nominal figure (firmware, hypervisor); the
 # agent registers what Windows reports minus ECS_RESERVED_MEMORY. Plan with 95 % of nominal.
 readonly REPORTED_MEMORY_PERCENT=95
@@ -746,8 +748,23 @@ check_image_builder() {
   fi
 }
 
+# One EC2 vCPU quota against what the group may run of it: a preflight line.
+# $1 name, $2 quota code, $3 vCPUs needed, $4 what needs them, $5 what to lower.
+check_one_vcpu_quota() {
+  local name="$1" code="$2" needed="$3" what="$4" lower="$5" quota
+  quota="$(awsr service-quotas get-service-quota --service-code ec2 \
+    --quota-code "${code}" --query Quota.Value --output text 2>/dev/null)" || quota=""
+  if [[ ! "${quota}" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+    report "${name}" warn "could not read quota ${code} (Service Quotas); ${needed} vCPUs needed"
+  elif ((${quota%.*} < needed)); then
+    report "${name}" BLOCKER "${quota%.*} vCPUs (${code}) < ${needed} needed (${what}); ${lower} or request an increase of ${code} in Service Quotas"
+  else
+    report "${name}" ok "${quota%.*} vCPUs (${code}) >= ${needed} needed (${what})"
+  fi
+}
+
 check_vcpu_quota() {
-  local vcpus memory_mib architectures needed quota builder=0 instance_type on_demand_instances
+  local vcpus memory_mib architectures needed builder=0 instance_type on_demand_instances spot_instances=0
   instance_type="${instance_types%%,*}"
   if ! read_instance_type "${instance_type}"; then
     report "vCPU quota" BLOCKER "${instance_type} is not offered in ${region}"
@@ -756,23 +773,21 @@ check_vcpu_quota() {
   on_demand_instances="${max_instances}"
   if [[ "${purchase_option}" == "spot" ]]; then
     on_demand_instances=$((on_demand_base < max_instances ? on_demand_base : max_instances))
-    report "Spot vCPU quota" warn "Spot instances count against quota L-34B43A08 (All Standard Spot Instance Requests): up to $((max_instances * vcpus)) vCPUs; check it in Service Quotas"
+    spot_instances=$((max_instances - on_demand_instances))
   fi
   [[ "${build_image}" == "true" ]] && builder="${vcpus}"
   needed=$((on_demand_instances * vcpus + builder))
   if [[ ! "${instance_type}" =~ ^[acdhimrtz] ]]; then
-    report "vCPU quota" warn "${instance_type} is not a Standard family; check its On-Demand vCPU quota yourself (${needed} needed)"
+    report "vCPU quota" warn "${instance_type} is not a Standard family; check its vCPU quotas yourself (${needed} On-Demand, $((spot_instances * vcpus)) Spot)"
     return 0
   fi
-  quota="$(awsr service-quotas get-service-quota --service-code ec2 \
-    --quota-code "${STANDARD_VCPU_QUOTA_CODE}" --query Quota.Value --output text 2>/dev/null)" \
-    || quota=""
-  if [[ ! "${quota}" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
-    report "vCPU quota" warn "could not read quota ${STANDARD_VCPU_QUOTA_CODE} (Service Quotas); ${needed} vCPUs needed"
-  elif ((${quota%.*} < needed)); then
-    report "vCPU quota" BLOCKER "${quota%.*} On-Demand Standard vCPUs < ${needed} needed (${on_demand_instances} x ${instance_type}); lower --max-instances or request an increase of ${STANDARD_VCPU_QUOTA_CODE} in Service Quotas"
-  else
-    report "vCPU quota" ok "${quota%.*} On-Demand Standard vCPUs >= ${needed} needed (${on_demand_instances} x ${instance_type})"
+  check_one_vcpu_quota "vCPU quota" "${STANDARD_VCPU_QUOTA_CODE}" "${needed}" \
+    "${on_demand_instances} x ${instance_type} On-Demand" "lower --max-instances or --on-demand-base"
+  if ((spot_instances > 0)); then
+    # Spot launches beyond it fail (MaxSpotInstanceCountExceeded) and the group does not
+    # launch On-Demand instead: scale_out would wait for instances that never come.
+    check_one_vcpu_quota "Spot vCPU quota" "${SPOT_VCPU_QUOTA_CODE}" "$((spot_instances * vcpus))" \
+      "${spot_instances} x ${instance_type} Spot" "lower --max-instances, raise --on-demand-base"
   fi
 }
 

@@ -303,11 +303,11 @@ def test_check_prints_the_preflight_and_changes_nothing(tmp_path: Path, moto_url
     lines = fits.stdout.splitlines()
     for check in ("credentials", f"region {REGION}", "Windows Server 2022 ECS AMI", "vCPU quota"):
         assert any(line.split()[:1] and check in line and " ok " in line for line in lines), check
-    assert "64 On-Demand Standard vCPUs >= 40 needed (10 x c5.xlarge)" in fits.stdout
+    assert "64 vCPUs (L-1216C47A) >= 40 needed (10 x c5.xlarge On-Demand)" in fits.stdout
     assert "stack wbk-storage" in fits.stdout
     too_many = run(project / "deploy.sh", env, *args, "--max-instances", "20")
     assert too_many.returncode == 1
-    assert "64 On-Demand Standard vCPUs < 80 needed" in too_many.stdout
+    assert "64 vCPUs (L-1216C47A) < 80 needed" in too_many.stdout
     assert stacks_of(moto_url, "wbk") == {}
 
 
@@ -468,7 +468,19 @@ def test_spot_and_instance_types_are_checked_and_a_rerun_keeps_the_stacks_choice
     assert line.split()[2] == "ok", line
     # m5.xlarge 16384 MiB -> 13516 registered: 8 by memory, 4 by CPU; c5.xlarge 8192 -> 3.
     assert "spot above 1 on-demand: m5.xlarge 4, c5.xlarge 3 tasks per instance -> 3" in line
-    assert "needed (1 x m5.xlarge)" in preflight_line(spot.stdout, "vCPU quota")
+    assert "needed (1 x m5.xlarge On-Demand)" in preflight_line(spot.stdout, "vCPU quota")
+    # Spot capacity has its own quota: the 9 instances above the base need 36 Spot vCPUs.
+    spot_quota = preflight_line(spot.stdout, "Spot vCPU quota")
+    assert spot_quota.split()[3] == "ok", spot_quota
+    assert "64 vCPUs (L-34B43A08) >= 36 needed (9 x m5.xlarge Spot)" in spot_quota
+    too_much_spot = run(
+        project / "deploy.sh", env, *check,
+        *("--spot", "--on-demand-base", "1", "--max-instances", "20"),
+    )  # fmt: skip
+    assert too_much_spot.returncode == 1
+    spot_quota = preflight_line(too_much_spot.stdout, "Spot vCPU quota")
+    assert "64 vCPUs (L-34B43A08) < 76 needed (19 x c5.xlarge Spot)" in spot_quota
+    assert " ok " in preflight_line(too_much_spot.stdout, "vCPU quota")  # 4 On-Demand vCPUs
 
     refused = {
         "c5.xlarge,m6g.xlarge": "m6g.xlarge is arm64, not x86_64",

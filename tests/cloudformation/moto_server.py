@@ -28,7 +28,8 @@ AWS there in three ways this module corrects, in the server process only:
 
 It also seeds the public SSM parameter of the ECS-optimized Windows Server 2022 AMI, which AWS
 publishes and moto does not know, and the EC2 On-Demand Standard vCPU quota (Service Quotas
-L-1216C47A; moto models only VPC quotas) as MOTO_EC2_STANDARD_VCPU_QUOTA (default 64).
+L-1216C47A; moto models only VPC quotas) as MOTO_EC2_STANDARD_VCPU_QUOTA (default 64), and the
+Standard Spot vCPU quota (L-34B43A08) as MOTO_EC2_SPOT_VCPU_QUOTA (default 64).
 
 The Windows image build host is simulated, since no Windows instance runs here: SendCommand
 refuses an instance that is not running (InvalidInstanceId, as for an instance whose SSM agent
@@ -174,13 +175,25 @@ def _patch_service_quotas() -> None:
 
     get_service_quota = ServiceQuotasBackend.get_service_quota
 
+    vcpu_quotas = {
+        "L-1216C47A": (
+            "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+            "MOTO_EC2_STANDARD_VCPU_QUOTA",
+        ),
+        "L-34B43A08": (
+            "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests",
+            "MOTO_EC2_SPOT_VCPU_QUOTA",
+        ),
+    }
+
     def get_with_ec2_vcpus(self: Any, service_code: str, quota_code: str) -> dict[str, Any]:
-        if (service_code, quota_code) == ("ec2", "L-1216C47A"):
+        if service_code == "ec2" and quota_code in vcpu_quotas:
+            name, variable = vcpu_quotas[quota_code]
             return {
                 "ServiceCode": "ec2",
                 "QuotaCode": quota_code,
-                "QuotaName": "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
-                "Value": float(os.environ.get("MOTO_EC2_STANDARD_VCPU_QUOTA", "64")),
+                "QuotaName": name,
+                "Value": float(os.environ.get(variable, "64")),
                 "Unit": "None",
                 "Adjustable": True,
                 "GlobalQuota": False,
