@@ -278,8 +278,34 @@ stack_name() {
 }
 
 # Prints one output of a stack, failing when the stack or the output does not exist.
+# Outputs of the stacks this run deployed, by "<stack>/<key>": one describe-stacks per stack
+# instead of one per output read. deploy_stack fills it (in this shell, so that the $(...) of
+# stack_output sees it); a stack it does not hold is read from CloudFormation.
+declare -A STACK_OUTPUTS=()
+
+forget_outputs() {
+  local key
+  for key in "${!STACK_OUTPUTS[@]}"; do
+    [[ "${key}" == "$1/"* ]] && unset 'STACK_OUTPUTS[${key}]'
+  done
+  return 0
+}
+
+load_outputs() {
+  local stack="$1" key value
+  forget_outputs "${stack}"
+  while IFS=$'\t' read -r key value; do
+    [[ -n "${key}" && "${key}" != "None" ]] && STACK_OUTPUTS["${stack}/${key}"]="${value}"
+  done < <(awsr cloudformation describe-stacks --stack-name "${stack}" \
+    --query 'Stacks[0].Outputs[].[OutputKey, OutputValue]' --output text 2>/dev/null || true)
+}
+
 stack_output() {
   local stack="$1" key="$2" value
+  if [[ -n "${STACK_OUTPUTS["${stack}/${key}"]+set}" ]]; then
+    echo "${STACK_OUTPUTS["${stack}/${key}"]}"
+    return 0
+  fi
   value="$(awsr cloudformation describe-stacks --stack-name "${stack}" \
     --query "Stacks[0].Outputs[?OutputKey=='${key}'].OutputValue | [0]" --output text)" \
     || die "cannot read stack ${stack}; deploy it first (without --skip)"
@@ -312,6 +338,7 @@ recreate_if_rolled_back() {
   confirm "Delete ${stack} (it holds no resources) and create it again?" \
     || die "not confirmed; ${stack} left as it is (re-run with --yes, or delete it yourself)"
   log "Deleting ${stack} (ROLLBACK_COMPLETE)"
+  forget_outputs "${stack}"
   awsr cloudformation delete-stack --stack-name "${stack}"
   awsr cloudformation wait stack-delete-complete --stack-name "${stack}"
 }
@@ -331,7 +358,9 @@ deploy_stack() {
     args+=(--parameter-overrides "$@")
   fi
   log "Stack $(stack_name "${layer}")"
-  awsr "${args[@]}"
+  forget_outputs "$(stack_name "${layer}")"
+  awsr "${args[@]}" || return
+  load_outputs "$(stack_name "${layer}")"
 }
 
 # Reads one instance type's vCPUs, nominal memory and architectures into `vcpus`, `memory_mib`
@@ -667,6 +696,7 @@ remove_ami_stack() {
   [[ "$(stack_status "${stack}")" != "NONE" ]] || return 0
   remove_baked_amis "${stack}" ""
   log "Deleting ${stack} (--no-bake-ami)"
+  forget_outputs "${stack}"
   awsr cloudformation delete-stack --stack-name "${stack}"
   awsr cloudformation wait stack-delete-complete --stack-name "${stack}"
 }
