@@ -7,17 +7,17 @@ templates are held to the documented rules the simulation cannot check.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from cfnlint.decode import decode_str
+
+from ..conftest import load_module
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"
@@ -275,21 +275,10 @@ def test_the_build_instance_has_least_privilege_and_goes_away(ami: dict[str, Any
     assert "KeyPair" not in infrastructure
 
 
-def _module(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_estimate_gets_the_baked_boot_and_pull_times() -> None:
     """mwaa.yaml carries them to cost.py; deploy.sh passes the baked ones; all agree."""
-    cost = _module("baked_ami_cost", REPO / "dags" / "windows_batch" / "cost.py")
-    bench = _module("baked_ami_bench_cost", REPO / "benchmarks" / "bench_cost.py")
+    cost = load_module("baked_ami_cost", REPO / "dags" / "windows_batch" / "cost.py")
+    bench = load_module("baked_ami_bench_cost", REPO / "benchmarks" / "bench_cost.py")
     constants = dict(
         re.findall(r"^readonly (\w+_AMI_\w+_SECONDS)=(\d+)$", DEPLOY.read_text(), re.M)
     )

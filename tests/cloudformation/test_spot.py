@@ -20,7 +20,6 @@ AWS's rules encoded here:
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -29,8 +28,6 @@ from typing import Any
 import boto3
 import moto_server  # loaded by tests/conftest.py
 import pytest
-from cfnlint.decode import decode_str
-from moto import mock_aws
 from moto.autoscaling.models import FakeAutoScalingGroup
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 
@@ -40,30 +37,14 @@ if str(REPO / "dags") not in sys.path:
     sys.path.insert(0, str(REPO / "dags"))
 from windows_batch import cost, settings  # noqa: E402
 
-TEMPLATES = REPO / "cloudformation"
-REGION = "us-east-1"
+from ..conftest import load_module  # noqa: E402
+from .test_templates import REGION, TEMPLATES, aws, create_stack, load  # noqa: E402, F401  (aws: fixture)
+
 TYPE_PARAMETERS = ("InstanceType", "InstanceType2", "InstanceType3", "InstanceType4")
 # deploy.sh's planning figure: Windows reports about 95 % of the nominal memory.
 REPORTED_MEMORY_PERCENT = 95
 
-
-def _load_module(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ecs_harness = _load_module("ecs_harness_spot", TEMPLATES.parent / "tests/dags/ecs_harness.py")
-
-
-def load(layer: str) -> dict[str, Any]:
-    template, matches = decode_str((TEMPLATES / f"{layer}.yaml").read_text())
-    assert not matches, matches
-    return template
+ecs_harness = load_module("ecs_harness_spot", REPO / "tests" / "dags" / "ecs_harness.py")
 
 
 _NO_VALUE = object()
@@ -222,39 +203,21 @@ def test_the_dags_cost_model_is_told_what_the_group_launches() -> None:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    # CloudFormation leaves NoValue items out and keeps CapacityRebalance (moto does neither).
+def spot_aws(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+    """test_templates' moto, its groups created as CloudFormation creates them: NoValue items
+    left out and CapacityRebalance kept (moto does neither)."""
     monkeypatch.setattr(
         FakeAutoScalingGroup,
         "create_from_cloudformation_json",
         moto_server.mixed_instances_group_patch(),
     )
-    with mock_aws():
-        moto_server.seed_windows_ami(REGION)
-        yield boto3.client("cloudformation", region_name=REGION)
+    return aws
 
 
-def create_stack(cloudformation: Any, layer: str, stack: str, **parameters: str) -> dict[str, str]:
-    cloudformation.create_stack(
-        StackName=stack,
-        TemplateBody=(TEMPLATES / f"{layer}.yaml").read_text(),
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-        Capabilities=["CAPABILITY_NAMED_IAM"],
-    )
-    described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
-    assert described["StackStatus"] == "CREATE_COMPLETE"
-    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
-
-
-def test_a_spot_stack_with_two_types_deploys_in_moto(aws: Any) -> None:
-    network = create_stack(aws, "network", "s-network")
+def test_a_spot_stack_with_two_types_deploys_in_moto(spot_aws: Any) -> None:
+    network = create_stack(spot_aws, "network", "s-network")
     ecs = create_stack(
-        aws,
+        spot_aws,
         "ecs",
         "s-ecs",
         PrivateSubnetIds=network["PrivateSubnetIds"],
