@@ -66,7 +66,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -621,45 +621,18 @@ def _patch_change_sets() -> None:
     CloudFormationBackend.execute_change_set = execute_and_refresh_outputs  # type: ignore[method-assign]
 
 
-def _patch_bucket_versioning() -> None:
-    from moto.s3.models import FakeBucket, s3_backends
-    from moto.utilities.utils import get_partition
+def cloudformation_create_with(
+    cls: Any,
+    after: Callable[[Any, dict[str, Any], str, str], None],
+    before: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """`cls.create_from_cloudformation_json` as a classmethod that runs `before(properties)`
+    first and `after(resource, properties, account_id, region_name)` on what it created: the
+    properties moto's own create drops."""
+    create = cls.create_from_cloudformation_json.__func__
 
-    create_bucket = FakeBucket.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_bucket_with_versioning(
-        cls: Any,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Any:
-        bucket = create_bucket(
-            cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
-        )
-        status = (
-            cloudformation_json.get("Properties", {})
-            .get("VersioningConfiguration", {})
-            .get("Status")
-        )
-        if status:
-            backend = s3_backends[account_id][get_partition(region_name)]
-            backend.put_bucket_versioning(bucket.name, status)
-        return bucket
-
-    FakeBucket.create_from_cloudformation_json = classmethod(create_bucket_with_versioning)  # type: ignore[method-assign,assignment]
-
-
-def mixed_instances_group_patch() -> Any:
-    """FakeAutoScalingGroup.create_from_cloudformation_json as CloudFormation creates a group:
-    without the NoValue overrides, with CapacityRebalance (a test may monkeypatch it in)."""
-    from moto.autoscaling.models import FakeAutoScalingGroup
-
-    create = FakeAutoScalingGroup.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_like_cloudformation(
-        cls: Any,
+    def create_with(
+        klass: Any,
         resource_name: str,
         cloudformation_json: Any,
         account_id: str,
@@ -667,14 +640,51 @@ def mixed_instances_group_patch() -> Any:
         **kwargs: Any,
     ) -> Any:
         properties = cloudformation_json.get("Properties", {})
+        if before is not None:
+            before(properties)
+        resource = create(
+            klass, resource_name, cloudformation_json, account_id, region_name, **kwargs
+        )
+        after(resource, properties, account_id, region_name)
+        return resource
+
+    return classmethod(create_with)
+
+
+def _patch_bucket_versioning() -> None:
+    from moto.s3.models import FakeBucket, s3_backends
+    from moto.utilities.utils import get_partition
+
+    def set_versioning(
+        bucket: Any, properties: dict[str, Any], account_id: str, region: str
+    ) -> None:
+        status = properties.get("VersioningConfiguration", {}).get("Status")
+        if status:
+            s3_backends[account_id][get_partition(region)].put_bucket_versioning(
+                bucket.name, status
+            )
+
+    FakeBucket.create_from_cloudformation_json = cloudformation_create_with(  # type: ignore[method-assign]
+        FakeBucket, set_versioning
+    )
+
+
+def mixed_instances_group_patch() -> Any:
+    """FakeAutoScalingGroup.create_from_cloudformation_json as CloudFormation creates a group:
+    without the NoValue overrides, with CapacityRebalance (a test may monkeypatch it in)."""
+    from moto.autoscaling.models import FakeAutoScalingGroup
+
+    def drop_no_value_overrides(properties: dict[str, Any]) -> None:
         template = (properties.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
         if template.get("Overrides") is not None:
             template["Overrides"] = [item for item in template["Overrides"] if item is not None]
-        group = create(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        group.capacity_rebalance = str(properties.get("CapacityRebalance", False)).lower() == "true"
-        return group
 
-    return classmethod(create_like_cloudformation)
+    def keep_capacity_rebalance(group: Any, properties: dict[str, Any], *_: str) -> None:
+        group.capacity_rebalance = str(properties.get("CapacityRebalance", False)).lower() == "true"
+
+    return cloudformation_create_with(
+        FakeAutoScalingGroup, keep_capacity_rebalance, before=drop_no_value_overrides
+    )
 
 
 def _patch_mixed_instances_group() -> None:
@@ -686,22 +696,17 @@ def _patch_mixed_instances_group() -> None:
 def _patch_repository_empty_on_delete() -> None:
     from moto.ecr.models import Repository, ecr_backends
 
-    create_repository = Repository.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_remembering_empty_on_delete(
-        cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        repository = create_repository(cls, resource_name, cloudformation_json, *args, **kwargs)
-        properties = cloudformation_json.get("Properties", {})
+    def remember_empty_on_delete(repository: Any, properties: dict[str, Any], *_: str) -> None:
         repository.empty_on_delete = str(properties.get("EmptyOnDelete")).lower() == "true"
-        return repository
 
     def delete(self: Any, account_id: str, region_name: str) -> None:
         ecr_backends[account_id][region_name].delete_repository(
             self.name, force=getattr(self, "empty_on_delete", False)
         )
 
-    Repository.create_from_cloudformation_json = classmethod(create_remembering_empty_on_delete)  # type: ignore[method-assign,assignment]
+    Repository.create_from_cloudformation_json = cloudformation_create_with(  # type: ignore[method-assign]
+        Repository, remember_empty_on_delete
+    )
     Repository.delete = delete  # type: ignore[method-assign]
 
 
