@@ -108,7 +108,9 @@ def slots_for(settings: Settings, *, cpu: int, memory_mib: int) -> int:
     return max(
         1,
         min(
-            slots_on(s, cpu=cpu, memory_mib=memory_mib, reserved_memory_mib=settings.reserved_memory_mib)
+            slots_on(
+                s, cpu=cpu, memory_mib=memory_mib, reserved_memory_mib=settings.reserved_memory_mib
+            )
             for s in sizes.values()
         ),
     )

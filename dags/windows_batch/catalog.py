@@ -13,6 +13,13 @@ the deployer need to know that a job template does not say:
     results_prefix: studies/my-study   # the study's own key prefix in the results bucket
     final_exit_codes: [2]       # non-zero exits that are not retried (default: none)
     max_failed_tasks: 5%        # failure budget: a count or a percentage (default: none)
+    title: My study             # the DAG's display name
+    expected_item_s: 60         # a work item's expected seconds (estimate, chunk sizes)
+    for_each_file:              # one task per file of an input folder (job templates)
+      parameter: InputFile      #   a PATH task parameter of the first step
+      input: Inputs             #   an IN DIRECTORY job parameter
+      pattern: "*.csv"          #   file names to take (default: all)
+    local_conf: {Batches: 10}   # form values `make run` uses on a laptop unless given
 
 Pure Python with PyYAML: the deployer, the DAG file and the Results view all read it, and
 none of them may pay for Airflow or openjd-model here.
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +63,7 @@ _KNOWN_KEYS = {
     "title",
     "expected_item_s",
     "for_each_file",
+    "local_conf",
 }
 RESERVED_PREFIXES = ("_engine",)
 
@@ -132,6 +140,7 @@ class StudyInfo:
     title: str = ""
     expected_item_s: float = DEFAULT_EXPECTED_ITEM_S
     for_each_file: ForEachFile | None = None
+    local_conf: dict[str, Any] = field(default_factory=dict)
 
     @property
     def definition_file(self) -> Path:
@@ -142,7 +151,7 @@ class StudyInfo:
         return f"{prefix}{self.name}"
 
 
-def _int(raw: Mapping[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
+def _int(raw: Mapping[str, Any], key: str, default: int, *, low: int, high: int, where: str) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise CatalogError(f"{where}: {key}: {value!r} is not a whole number in [{low}, {high}]")
@@ -165,7 +174,8 @@ def read_settings(folder: Path) -> dict[str, Any]:
     unknown = sorted(set(raw) - _KNOWN_KEYS)
     if unknown:
         raise CatalogError(
-            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN_KEYS))}"
+            f"{path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_KNOWN_KEYS))}"
         )
     return raw
 
@@ -217,8 +227,10 @@ def study_info(folder: Path, *, docker_dir: Path | None = None) -> StudyInfo:
         if not isinstance(raw.get(key, ""), str):
             raise CatalogError(f"{where}: {key}: must be text")
     expected = raw.get("expected_item_s", DEFAULT_EXPECTED_ITEM_S)
-    if isinstance(expected, bool) or not isinstance(expected, int | float) or not (
-        0 < expected <= 7 * 24 * 3600
+    if (
+        isinstance(expected, bool)
+        or not isinstance(expected, int | float)
+        or not (0 < expected <= 7 * 24 * 3600)
     ):
         raise CatalogError(
             f"{where}: expected_item_s: {expected!r} is not a number of seconds in (0, 604800]"
@@ -230,8 +242,10 @@ def study_info(folder: Path, *, docker_dir: Path | None = None) -> StudyInfo:
         dag_id=dag_id,
         image_dir=image_dir,
         image_uri=image_uri,
-        cpu=_int(raw, "cpu", DEFAULT_CPU, 128, ECS_MAX_CPU, where),
-        memory_mib=_int(raw, "memory_mib", DEFAULT_MEMORY_MIB, 128, 1024 * 1024, where),
+        cpu=_int(raw, "cpu", DEFAULT_CPU, low=128, high=ECS_MAX_CPU, where=where),
+        memory_mib=_int(
+            raw, "memory_mib", DEFAULT_MEMORY_MIB, low=128, high=1024 * 1024, where=where
+        ),
         results_prefix=prefix,
         final_exit_codes=tuple(sorted(set(finals))),
         max_failed_tasks=parse_budget(
@@ -241,7 +255,16 @@ def study_info(folder: Path, *, docker_dir: Path | None = None) -> StudyInfo:
         title=str(raw.get("title", "")),
         expected_item_s=float(expected),
         for_each_file=_for_each(raw.get("for_each_file"), where=where),
+        local_conf=_local_conf(raw.get("local_conf"), where=where),
     )
+
+
+def _local_conf(value: object, *, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise CatalogError(f"{where}: local_conf: must be a mapping of form fields to values")
+    return dict(value)
 
 
 def _for_each(value: object, *, where: str) -> ForEachFile | None:
@@ -253,7 +276,8 @@ def _for_each(value: object, *, where: str) -> ForEachFile | None:
     parameter, source, pattern = (value.get(k) for k in ("parameter", "input", "pattern"))
     if not isinstance(parameter, str) or not isinstance(source, str) or not parameter or not source:
         raise CatalogError(
-            f"{field_where}: needs parameter (a PATH task parameter) and input (an IN job parameter)"
+            f"{field_where}: needs parameter (a PATH task parameter) and input "
+            "(an IN job parameter)"
         )
     if pattern is not None and (not isinstance(pattern, str) or not pattern or "/" in pattern):
         raise CatalogError(f"{field_where}: pattern: {pattern!r} is not a file name pattern")
@@ -294,9 +318,7 @@ def study_folders(studies_dir: Path) -> list[Path]:
     root = studies_dir
     if not root.is_dir():
         return []
-    return sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-    )
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
 def check_unique(studies: list[StudyInfo]) -> None:

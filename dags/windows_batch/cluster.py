@@ -226,7 +226,10 @@ class ScaleOutSensor(_ClusterSensor):
             target = max(current, desired)
             self.log.info(
                 "Sharing the cluster with the active run(s) of %s: desired capacity %s "
-                "(this run needs %s)", ", ".join(sharing), target, desired,
+                "(this run needs %s)",
+                ", ".join(sharing),
+                target,
+                desired,
             )
         set_desired_capacity(autoscaling, self.settings.asg_name, target)
         group = group_state(autoscaling, self.settings.asg_name)
@@ -274,7 +277,8 @@ class ScaleInSensor(_ClusterSensor):
         if sharing:
             self.log.warning(
                 "Leaving the cluster as it is: the active run(s) of %s use it, and the last "
-                "run out scales it in", ", ".join(sharing),
+                "run out scales it in",
+                ", ".join(sharing),
             )
             self._done(context, None)
             return True
@@ -288,7 +292,9 @@ class ScaleInSensor(_ClusterSensor):
         self.log.info("%s", self.seen)
         if group["instances"]:
             return False
-        self._done(context, cost_report.report_usage(self.settings, context, task_ids=self.task_ids))
+        self._done(
+            context, cost_report.report_usage(self.settings, context, task_ids=self.task_ids)
+        )
         return True
 
     def _done(self, context: Context, cost_line: str | None) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from windows_batch import catalog, planning, publish, verdict
+from windows_batch import capacity, catalog, planning, publish, verdict
 from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
 from windows_batch.study import StudyDefinitionError, StudyError, failure_budget
 
@@ -57,12 +57,7 @@ def _tags(study: Study, settings: Settings) -> list[str]:
 def build_dag(study: Study, settings: Settings, *, other_dag_ids: tuple[str, ...] = ()) -> DAG:
     """The study's DAG (see the module docstring)."""
     info = study.info
-    if settings.local:
-        from windows_batch import local as backend_local  # noqa: PLC0415
-    else:
-        from windows_batch import ecs as backend_ecs  # noqa: PLC0415
-        from windows_batch.cluster import ScaleInSensor, ScaleOutSensor  # noqa: PLC0415
-    slots = study.slots(settings) if hasattr(study, "slots") else 1
+    slots = capacity.slots_for(settings, cpu=info.cpu, memory_mib=info.memory_mib)
     budget_default = info.max_failed_tasks
     with DAG(
         dag_id=info.dag_id,
@@ -100,71 +95,9 @@ def build_dag(study: Study, settings: Settings, *, other_dag_ids: tuple[str, ...
             return [ref.to_json() for ref in planned.refs]
 
         planned: Any = plan_tasks()
-        budget = budget_default
-        run_tasks = tuple(
-            t for t in (study.sweep_task_id, study.aggregate_task_id) if t is not None
+        scale_out, fan_out, aggregate, scale_in = _cluster_tasks(
+            study, settings, planned=planned, slots=slots, other_dag_ids=other_dag_ids
         )
-        if settings.local:
-            scale_out: Any = backend_local.ScaleNoopOperator(
-                task_id="scale_out", desired=CLUSTER_SIZE_TEMPLATE, settings=settings
-            )
-            fan_out = backend_local.LocalRunnerOperator.partial(
-                task_id=study.sweep_task_id,
-                study=study,
-                settings=settings,
-                budget=budget,
-                max_active_tis_per_dagrun=settings.parallel_tasks(slots),
-            ).expand(chunk=planned)
-            aggregate = (
-                backend_local.LocalAggregateOperator(
-                    task_id=study.aggregate_task_id,
-                    study=study,
-                    settings=settings,
-                    trigger_rule=TriggerRule.ALL_DONE,
-                )
-                if study.aggregate_task_id
-                else None
-            )
-            scale_in: Any = backend_local.LocalScaleInOperator(
-                task_id="scale_in",
-                desired=0,
-                settings=settings,
-                on_done=publish.scale_in_done(settings, study),
-                trigger_rule=TriggerRule.ALL_DONE,
-            )
-        else:
-            scale_out = ScaleOutSensor(
-                task_id="scale_out",
-                desired=CLUSTER_SIZE_TEMPLATE,
-                timeout_s="{{ params.scale_out_timeout_s | default(1800) }}",
-                settings=settings,
-                other_dag_ids=other_dag_ids,
-            )
-            fan_out = backend_ecs.ChunkEcsOperator.partial(
-                task_id=study.sweep_task_id,
-                budget=budget,
-                max_active_tis_per_dagrun=settings.parallel_tasks(slots),
-                **backend_ecs.ecs_kwargs(settings, study),
-            ).expand(chunk=planned)
-            aggregate = (
-                backend_ecs.AggregateEcsOperator(
-                    task_id=study.aggregate_task_id,
-                    trigger_rule=TriggerRule.ALL_DONE,
-                    **backend_ecs.ecs_kwargs(settings, study),
-                )
-                if study.aggregate_task_id
-                else None
-            )
-            scale_in = ScaleInSensor(
-                task_id="scale_in",
-                desired=0,
-                timeout_s="{{ params.scale_in_timeout_s | default(1200) }}",
-                settings=settings,
-                other_dag_ids=other_dag_ids,
-                task_ids=run_tasks,
-                on_done=publish.scale_in_done(settings, study),
-                trigger_rule=TriggerRule.ALL_DONE,
-            )
 
         @task(task_id="finish", retries=0)
         def finish(**context: Any) -> str:
@@ -201,13 +134,94 @@ def build_dag(study: Study, settings: Settings, *, other_dag_ids: tuple[str, ...
     return dag
 
 
+def _cluster_tasks(
+    study: Study,
+    settings: Settings,
+    *,
+    planned: Any,
+    slots: int,
+    other_dag_ids: tuple[str, ...],
+) -> tuple[Any, Any, Any, Any]:
+    """scale_out, the fan-out (mapped over plan_tasks' chunks), the aggregate (or None) and
+    scale_in, for the deployment's backend."""
+    info = study.info
+    budget = info.max_failed_tasks
+    run_tasks = tuple(t for t in (study.sweep_task_id, study.aggregate_task_id) if t is not None)
+    if settings.local:
+        from windows_batch import local  # noqa: PLC0415
+
+        scale_out: Any = local.ScaleNoopOperator(
+            task_id="scale_out", desired=CLUSTER_SIZE_TEMPLATE, settings=settings
+        )
+        fan_out = local.LocalRunnerOperator.partial(
+            task_id=study.sweep_task_id,
+            study=study,
+            settings=settings,
+            budget=budget,
+            max_active_tis_per_dagrun=settings.parallel_tasks(slots),
+        ).expand(chunk=planned)
+        aggregate: Any = None
+        if study.aggregate_task_id:
+            aggregate = local.LocalAggregateOperator(
+                task_id=study.aggregate_task_id,
+                study=study,
+                settings=settings,
+                trigger_rule=TriggerRule.ALL_DONE,
+            )
+        scale_in: Any = local.LocalScaleInOperator(
+            task_id="scale_in",
+            desired=0,
+            settings=settings,
+            on_done=publish.scale_in_done(settings, study),
+            trigger_rule=TriggerRule.ALL_DONE,
+        )
+        return scale_out, fan_out, aggregate, scale_in
+    from windows_batch import ecs  # noqa: PLC0415
+    from windows_batch.cluster import ScaleInSensor, ScaleOutSensor  # noqa: PLC0415
+
+    scale_out = ScaleOutSensor(
+        task_id="scale_out",
+        desired=CLUSTER_SIZE_TEMPLATE,
+        timeout_s="{{ params.scale_out_timeout_s | default(1800) }}",
+        settings=settings,
+        other_dag_ids=other_dag_ids,
+    )
+    fan_out = ecs.ChunkEcsOperator.partial(
+        task_id=study.sweep_task_id,
+        budget=budget,
+        max_active_tis_per_dagrun=settings.parallel_tasks(slots),
+        **ecs.ecs_kwargs(settings, study),
+    ).expand(chunk=planned)
+    aggregate = None
+    if study.aggregate_task_id:
+        aggregate = ecs.AggregateEcsOperator(
+            task_id=study.aggregate_task_id,
+            trigger_rule=TriggerRule.ALL_DONE,
+            **ecs.ecs_kwargs(settings, study),
+        )
+    scale_in = ScaleInSensor(
+        task_id="scale_in",
+        desired=0,
+        timeout_s="{{ params.scale_in_timeout_s | default(1200) }}",
+        settings=settings,
+        other_dag_ids=other_dag_ids,
+        task_ids=run_tasks,
+        on_done=publish.scale_in_done(settings, study),
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
+    return scale_out, fan_out, aggregate, scale_in
+
+
 def _note_verdict(settings: Settings, study: Study, context: Any, text: str) -> None:
     from windows_batch import notes  # noqa: PLC0415
 
     try:
         notes.update(
-            settings, context, aggregate_task_id=study.aggregate_task_id,
-            part=notes.VERDICT_PART, text=text,
+            settings,
+            context,
+            aggregate_task_id=study.aggregate_task_id,
+            part=notes.VERDICT_PART,
+            text=text,
         )
     except Exception as exc:  # the note is a convenience, never fatal
         log.warning("Could not update the run note: %s", exc)

@@ -14,7 +14,7 @@ A person marking a deferred task failed or success stops its container (the trig
 a running one is stopped by the provider's `on_kill`.
 
 Capacity. Airflow fixes `max_active_tis_per_dagrun` at parse time, so it cannot follow the
-run's `cluster_size`: it caps simulations at MAX_PARALLEL_TASKS (by default the largest cluster
+run's `cluster_size`: it caps the fan-out at MAX_PARALLEL_TASKS (by default the largest cluster
 allowed x slots per instance). When RunTask still finds no room, ECS says why in `failures`
 (`RESOURCE:CPU`, `RESOURCE:MEMORY`, ... and `AGENT` for an instance whose agent is not
 connected) or refuses with "No Container Instances were found in your cluster" while instances
@@ -35,9 +35,9 @@ try and deadline, like a capacity wait: an interruption costs time, not a retry.
 
 from __future__ import annotations
 
+import json
 import re
 import time
-import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -48,16 +48,8 @@ from airflow.providers.amazon.aws.triggers.ecs import TaskDoneTrigger
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.identifiers import generate_uuid
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
-from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError, WaiterError
-from windows_batch_triggers.deadline import (
-    DEADLINE_STATUS,
-    DeadlineTaskDoneTrigger,
-    deadline_reason,
-    deadline_text,
-    try_deadline_ts,
-)
 
 from windows_batch import manifest
 from windows_batch.cluster import ADAPTIVE_RETRIES, run_task_group
@@ -70,6 +62,13 @@ from windows_batch.runs import (
     exit_message,
     is_final,
     params_of,
+)
+from windows_batch_triggers.deadline import (
+    DEADLINE_STATUS,
+    DeadlineTaskDoneTrigger,
+    deadline_reason,
+    deadline_text,
+    try_deadline_ts,
 )
 
 if TYPE_CHECKING:
@@ -324,9 +323,7 @@ class ChunkEcsOperator(EcsRunTaskOperator):
             if spent:
                 raise AirflowSkipException(spent)
             self._spread_first_call(ti)
-        self.overrides = container_overrides(
-            str(self.container_name), self.runner_command(context)
-        )
+        self.overrides = container_overrides(str(self.container_name), self.runner_command(context))
         # scale_in stops whatever of this run's group is still running.
         self.group = run_task_group(str(ti.dag_id), str(ti.run_id))
         existing = self._existing_result(context)

@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, TriggerRule
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
 from windows_batch.publish import PublishMixin
 from windows_batch.runs import (
     ChunkRef,
@@ -89,7 +88,7 @@ class LocalRunnerOperator(BaseOperator):
             "PYTHONUNBUFFERED": "1",
         }
         deadline = time.monotonic() + self.settings.task_timeout_s
-        self._proc = subprocess.Popen(  # noqa: S603 (our own runner, fixed argv)
+        self._proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -139,7 +139,8 @@ def write(
 
 def write_aggregate(objects: Objects, *, plan: Plan, context: RunContext) -> None:
     """The aggregate step's entry (also rewritten from the re-checked form before it runs)."""
-    assert plan.aggregate is not None and plan.aggregate_step is not None
+    assert plan.aggregate is not None
+    assert plan.aggregate_step is not None
     entry = {
         "chunk": "aggregate",
         "step": plan.aggregate_step.task_id,
@@ -199,8 +200,9 @@ FAILED_READ = 100
 """Failed chunks whose records are read for their item counts (the rest are counted whole)."""
 
 
-def progress(objects: Objects, engine_uri: str, *, items_per_chunk: Mapping[int, int] | None = None
-             ) -> Progress:
+def progress(
+    objects: Objects, engine_uri: str, *, items_per_chunk: Mapping[int, int] | None = None
+) -> Progress:
     """Count a run's progress from two listings: finished chunks carry their work items in
     their record's name, failed ones are read (a few) for how many of their items failed."""
     done_items = 0
@@ -222,16 +224,19 @@ def progress(objects: Objects, engine_uri: str, *, items_per_chunk: Mapping[int,
             failed.append(int(stem))
     failed.sort()
     failed_items = 0
-    records = objects.read_many(engine_uri + f"chunks/failed/{n:05d}.json" for n in failed[:FAILED_READ])
-    for number, data in zip(failed[:FAILED_READ], records, strict=True):
+    records = objects.read_many(
+        engine_uri + f"chunks/failed/{n:05d}.json" for n in failed[:FAILED_READ]
+    )
+    sizes = items_per_chunk or {}
+    for chunk, data in zip(failed[:FAILED_READ], records, strict=True):
         try:
             record = json.loads(data or b"")
             failed_items += int(record.get("failed", 0))
             done_items += int(record.get("done", 0))
         except (ValueError, AttributeError, TypeError):
-            failed_items += (items_per_chunk or {}).get(number, 1)
-    for number in failed[FAILED_READ:]:
-        failed_items += (items_per_chunk or {}).get(number, 1)
+            failed_items += sizes.get(chunk, 1)
+    for chunk in failed[FAILED_READ:]:
+        failed_items += sizes.get(chunk, 1)
     return Progress(
         chunks_done=len(done),
         chunks_failed=len(failed),

@@ -156,6 +156,9 @@ class Objects:
                 continue
             data = path.read_bytes()
             total += len(data)
-            self.write(prefix.rstrip("/") + "/" + relative.as_posix(), data,
-                       content_type="application/octet-stream")
+            self.write(
+                prefix.rstrip("/") + "/" + relative.as_posix(),
+                data,
+                content_type="application/octet-stream",
+            )
         return total

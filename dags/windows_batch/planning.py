@@ -64,7 +64,10 @@ def plan_run(
     context = context_for(info, settings, params, run_id)
     store = objects or Objects(settings)
     plan = study.plan(
-        params, conf=conf, context=context, settings=settings,
+        params,
+        conf=conf,
+        context=context,
+        settings=settings,
         **({"list_files": _lister(store, context, settings)} if info.for_each_file else {}),
     )
     if not plan.items:
@@ -95,9 +98,7 @@ def plan_run(
             study_name=info.name,
             bundle_uri=bundle,
         )
-    return Planned(
-        plan=plan, context=context, engine=engine, chunks=chunks, refs=refs, slots=slots
-    )
+    return Planned(plan=plan, context=context, engine=engine, chunks=chunks, refs=refs, slots=slots)
 
 
 def _chunks(plan: Plan, settings: Settings, *, slots: int) -> list[list[Item]]:

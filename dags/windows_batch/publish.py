@@ -97,12 +97,11 @@ class PublishMixin:
         log.info("Results view: <Airflow UI>/%s", view)
         if summary:
             log.info("Summary: %s", summary)
-        location = (
-            str(objects.path(target)) if self.settings.local else target
-        )
+        location = str(objects.path(target)) if self.settings.local else target
         label = plot.rsplit("/", 1)[-1] if plot else f"{len(names)} output files"
-        note = note_text(link=view, location=location, summary=summary, partial=partial,
-                         label=label)
+        note = note_text(
+            link=view, location=location, summary=summary, partial=partial, label=label
+        )
         notes.update(
             self.settings,
             context,
@@ -143,9 +142,7 @@ def progress_line(settings: Settings, study: Study, context: Mapping[str, Any]) 
     return line + ")"
 
 
-def scale_in_done(
-    settings: Settings, study: Study
-) -> Any:
+def scale_in_done(settings: Settings, study: Study) -> Any:
     """scale_in's `on_done`: the progress and the cluster's cost in the run note."""
 
     def done(context: Mapping[str, Any], cost_line: str | None) -> None:

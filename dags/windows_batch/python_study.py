@@ -54,7 +54,9 @@ def load(info: StudyInfo, settings: Settings) -> Study:
     except StudyDefinitionError:
         raise
     except Exception as exc:  # any import error is the study's: name the file
-        raise StudyDefinitionError(f"{path}: cannot be imported: {type(exc).__name__}: {exc}") from exc
+        raise StudyDefinitionError(
+            f"{path}: cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
     loader: Any = getattr(module, "load", None)
     if not callable(loader):
         raise StudyDefinitionError(f"{path}: defines no load(info, settings) function")

@@ -23,7 +23,6 @@ import logging
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,5 +169,3 @@ class ResultsLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return str(getattr(operator, "results_url", "") or "")
-
-

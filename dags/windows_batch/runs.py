@@ -66,8 +66,10 @@ def exit_message(code: int | None, *, final_codes: tuple[int, ...], detail: str)
         return f"the task failed: {detail}"
     meaning = RUNNER_EXIT_MEANING.get(code)
     if meaning is None:
-        meaning = "final: the study says a retry would not help" if code in final_codes else (
-            "may pass on a retry"
+        meaning = (
+            "final: the study says a retry would not help"
+            if code in final_codes
+            else ("may pass on a retry")
         )
     return f"exited with {code} ({meaning}): {detail}"
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from windows_batch.catalog import FailureBudget, StudyInfo
     from windows_batch.settings import Settings
 
-TOKEN = "@@wb:{kind}:{name}@@"
+PLACEHOLDER = "@@wb:{kind}:{name}@@"
 """Placeholders the task runner replaces with paths that exist only where the task runs."""
 TOKEN_RE = re.compile(r"@@wb:(path|file|in|cwd):([A-Za-z0-9_.-]*)@@")
 FLOWS = ("NONE", "IN", "OUT", "INOUT")
@@ -42,7 +42,7 @@ FLOWS = ("NONE", "IN", "OUT", "INOUT")
 def token(kind: str, name: str = "") -> str:
     """`@@wb:<kind>:<name>@@`: kind `path` (a PATH parameter), `file` (an embedded file),
     `in` (an item's own staged input), `cwd` (the task's working directory)."""
-    return TOKEN.format(kind=kind, name=name)
+    return PLACEHOLDER.format(kind=kind, name=name)
 
 
 class StudyError(ValueError):
@@ -247,7 +247,11 @@ class Study(Protocol):
         ...
 
     def plan(
-        self, params: Mapping[str, Any], *, conf: Mapping[str, Any] | None, context: RunContext,
+        self,
+        params: Mapping[str, Any],
+        *,
+        conf: Mapping[str, Any] | None,
+        context: RunContext,
         settings: Settings,
     ) -> Plan:
         """Check the input (StudyError naming the field) and plan the run."""

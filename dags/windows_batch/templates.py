@@ -46,8 +46,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from windows_batch import capacity
-from windows_batch.catalog import TEMPLATE_FILE, CatalogError, StudyInfo, load_yaml
-from windows_batch.engine_form import ENGINE_FIELDS, SECTION_ADVANCED, engine_fields, whole_range
+from windows_batch.catalog import TEMPLATE_FILE, StudyInfo, load_yaml
+from windows_batch.engine_form import ENGINE_FIELDS, engine_fields, whole_range
 from windows_batch.study import (
     Chunking,
     EmbeddedFile,
@@ -72,12 +72,30 @@ EXTENSIONS = ("TASK_CHUNKING",)
 JOB_PARAM_TYPES = ("INT", "FLOAT", "STRING", "PATH")
 TASK_PARAM_TYPES = ("INT", "FLOAT", "STRING", "PATH", "CHUNK[INT]")
 ENGINE_TASK_IDS = ("plan_tasks", "scale_out", "scale_in", "finish")
-_TOP_KEYS = {"specificationVersion", "$schema", "name", "description", "parameterDefinitions",
-             "steps", "extensions"}
-_PARAM_KEYS = {"name", "type", "description", "default", "allowedValues", "minValue", "maxValue",
-               "minLength", "maxLength", "userInterface", "objectType", "dataFlow"}
-_STEP_KEYS = {"name", "description", "parameterSpace", "script", "dependencies",
-              "hostRequirements"}
+_TOP_KEYS = {
+    "specificationVersion",
+    "$schema",
+    "name",
+    "description",
+    "parameterDefinitions",
+    "steps",
+    "extensions",
+}
+_PARAM_KEYS = {
+    "name",
+    "type",
+    "description",
+    "default",
+    "allowedValues",
+    "minValue",
+    "maxValue",
+    "minLength",
+    "maxLength",
+    "userInterface",
+    "objectType",
+    "dataFlow",
+}
+_STEP_KEYS = {"name", "description", "parameterSpace", "script", "dependencies", "hostRequirements"}
 _SCRIPT_KEYS = {"actions", "embeddedFiles"}
 _ACTION_KEYS = {"command", "args", "timeout"}
 _FILE_KEYS = {"name", "type", "data", "filename", "runnable"}
@@ -218,8 +236,12 @@ class TemplateStudy:
         aggregate_step = aggregate = None
         if self.aggregate_name is not None:
             aggregate_step = self._step_spec(
-                self.aggregate_name, str(self.aggregate_task_id), inputs, symbols,
-                context=context, sees_outputs=True,
+                self.aggregate_name,
+                str(self.aggregate_task_id),
+                inputs,
+                symbols,
+                context=context,
+                sees_outputs=True,
             )
             only = next(iter(om.StepParameterSpaceIterator(space=None)))
             aggregate = self._item(steps[self.aggregate_name], 0, only, symbols, listing=None)
@@ -287,9 +309,7 @@ class TemplateStudy:
                         definition["range"] = f"0-{count - 1}"
         return document
 
-    def _input_values(
-        self, params: Mapping[str, Any], *, context: RunContext
-    ) -> dict[str, _Value]:
+    def _input_values(self, params: Mapping[str, Any], *, context: RunContext) -> dict[str, _Value]:
         """Each job parameter's value from the form: strings as openjd-model takes them, and
         for a PATH, what the task runner makes of it."""
         found: dict[str, _Value] = {}
@@ -364,9 +384,7 @@ class TemplateStudy:
             raise StudyError(param.name, f"{raw!r} climbs out of the study's folder")
         target = (self.info.folder / relative).resolve()
         if not target.is_relative_to(self.info.folder.resolve()) or not target.exists():
-            raise StudyError(
-                param.name, f"{raw!r} is not a file or folder of the study's bundle"
-            )
+            raise StudyError(param.name, f"{raw!r} is not a file or folder of the study's bundle")
         return relative.as_posix()
 
     def _listing(
@@ -383,9 +401,9 @@ class TemplateStudy:
             raise StudyError(each.input, "is empty: one task per input file needs a folder")
         if spec.bundle:
             base = (self.info.folder / spec.bundle).resolve()
-            found = [
-                str(p) for p in sorted(base.rglob("*")) if p.is_file()
-            ] if base.is_dir() else []
+            found = (
+                [str(p) for p in sorted(base.rglob("*")) if p.is_file()] if base.is_dir() else []
+            )
         else:
             if list_files is None:
                 raise StudyError(each.input, "cannot be listed here")
@@ -441,8 +459,9 @@ class TemplateStudy:
         used = _referenced_params(raw_step)
         paths = []
         for name, value in inputs.items():
-            if value.spec is not None and (name in used or (sees_outputs and value.spec.flow
-                                                            in ("OUT", "INOUT"))):
+            if value.spec is not None and (
+                name in used or (sees_outputs and value.spec.flow in ("OUT", "INOUT"))
+            ):
                 paths.append(value.spec)
         files = []
         shared: dict[str, str] = {}
@@ -458,8 +477,8 @@ class TemplateStudy:
                     runnable=bool(raw_file.get("runnable", False)),
                 )
             )
-        timeout = ((raw_step.get("script") or {}).get("actions") or {}).get("onRun", {}).get(
-            "timeout"
+        timeout = (
+            ((raw_step.get("script") or {}).get("actions") or {}).get("onRun", {}).get("timeout")
         )
         env = {"WB_ACTION_TIMEOUT_S": str(int(timeout))} if timeout else {}
         del context
@@ -637,8 +656,10 @@ def _as_text(param: JobParam, value: Any) -> str:
         return ""
     if param.type == "INT" and isinstance(value, float) and value.is_integer():
         return str(int(value))
-    if param.type == "STRING" and param.ui.get("control") == "CHECK_BOX" and isinstance(
-        value, bool
+    if (
+        param.type == "STRING"
+        and param.ui.get("control") == "CHECK_BOX"
+        and isinstance(value, bool)
     ):
         on, off = _check_box_values(param)
         return on if value else off
@@ -662,65 +683,78 @@ def _param_field(param: JobParam, settings: Settings) -> Param:
     """The form field of one job parameter (type, bounds, choices, UI hints)."""
     from airflow.sdk import Param  # noqa: PLC0415
 
-    raw = param.raw
     ui = param.ui
-    title = str(ui.get("label") or param.name)
-    description = str(raw.get("description") or "")
-    section = ui.get("groupLabel")
-    extra: dict[str, Any] = {"title": title}
-    if section:
-        extra["section"] = str(section)
-    default = raw.get("default")
-    allowed = raw.get("allowedValues")
+    extra: dict[str, Any] = {"title": str(ui.get("label") or param.name)}
+    if ui.get("groupLabel"):
+        extra["section"] = str(ui["groupLabel"])
     if param.type == "INT":
-        low = raw.get("minValue")
-        high = raw.get("maxValue")
-        schema: dict[str, Any] = {"type": "integer"}
-        if allowed:
-            schema["enum"] = [int(v) for v in allowed]
-        elif low is not None or high is not None:
-            schema = whole_range(
-                int(low) if low is not None else -(2**53), int(high) if high is not None else 2**53
-            )
-        value: Any = int(default) if default is not None else None
+        schema, value, note = _int_schema(param.raw)
     elif param.type == "FLOAT":
-        schema = {"type": "number"}
-        if allowed:
-            schema["enum"] = [float(v) for v in allowed]
-        bounds = [f"at least {raw['minValue']}" if "minValue" in raw else "",
-                  f"at most {raw['maxValue']}" if "maxValue" in raw else ""]
-        # No minimum/maximum in the schema: the form would clamp a number to them when the field
-        # loses focus; plan_tasks refuses out-of-range values with OpenJD's message instead.
-        if any(bounds):
-            description += f" ({' and '.join(b for b in bounds if b)})"
-        value = float(default) if default is not None else None
+        schema, value, note = _float_schema(param.raw)
     elif param.type == "STRING" and ui.get("control") == "CHECK_BOX":
         on, _off = _check_box_values(param)
-        schema = {"type": "boolean"}
-        value = str(default).upper() == on.upper() if default is not None else False
+        default = param.raw.get("default")
+        schema, value, note = {"type": "boolean"}, str(default).upper() == on.upper(), ""
     else:
-        schema = {"type": "string"}
-        if allowed:
-            schema["enum"] = [str(v) for v in allowed]
-        for key, target in (("minLength", "minLength"), ("maxLength", "maxLength")):
-            if key in raw and not allowed:
-                schema[target] = int(raw[key])
-        if param.type == "STRING" and ui.get("control") == "MULTILINE_EDIT":
-            schema["format"] = "multiline"
-        value = str(default) if default is not None else ""
-        if param.type == "PATH":
-            where = "an S3 location such as s3://bucket/prefix/"
-            if settings.local:
-                where = "a local path (or s3:// under .local/buckets)"
-            if param.flow in ("IN", "INOUT"):
-                description += f" Input ({param.kind.lower()}): {where}."
-                if param.flow == "INOUT":
-                    description += " What the tasks write lands under the run's own folder."
-            if value and _is_relative(value):
-                description += " The default names a file of the study's bundle."
-    if not description.strip():
+        schema, value, note = _text_schema(param, settings)
+    description = (str(param.raw.get("description") or "") + note).strip()
+    if not description:
         description = f"Job parameter {param.name} ({param.type})."
-    return Param(value, description=description.strip(), **schema, **extra)
+    return Param(value, description=description, **schema, **extra)
+
+
+def _int_schema(raw: Mapping[str, Any]) -> tuple[dict[str, Any], Any, str]:
+    low, high, allowed = raw.get("minValue"), raw.get("maxValue"), raw.get("allowedValues")
+    schema: dict[str, Any] = {"type": "integer"}
+    if allowed:
+        schema["enum"] = [int(v) for v in allowed]
+    elif low is not None or high is not None:
+        # Exclusive bounds: the form would clamp a number to minimum/maximum (engine_form).
+        schema = whole_range(
+            int(low) if low is not None else -(2**53), int(high) if high is not None else 2**53
+        )
+    default = raw.get("default")
+    return schema, int(default) if default is not None else None, ""
+
+
+def _float_schema(raw: Mapping[str, Any]) -> tuple[dict[str, Any], Any, str]:
+    schema: dict[str, Any] = {"type": "number"}
+    if raw.get("allowedValues"):
+        schema["enum"] = [float(v) for v in raw["allowedValues"]]
+    bounds = [
+        f"at least {raw['minValue']}" if "minValue" in raw else "",
+        f"at most {raw['maxValue']}" if "maxValue" in raw else "",
+    ]
+    # No minimum/maximum in the schema: the form would clamp a number to them when the field
+    # loses focus; plan_tasks refuses out-of-range values with OpenJD's message instead.
+    note = f" ({' and '.join(b for b in bounds if b)})" if any(bounds) else ""
+    default = raw.get("default")
+    return schema, float(default) if default is not None else None, note
+
+
+def _text_schema(param: JobParam, settings: Settings) -> tuple[dict[str, Any], Any, str]:
+    raw, allowed = param.raw, param.raw.get("allowedValues")
+    schema: dict[str, Any] = {"type": "string"}
+    if allowed:
+        schema["enum"] = [str(v) for v in allowed]
+    else:
+        schema.update({k: int(raw[k]) for k in ("minLength", "maxLength") if k in raw})
+    if param.type == "STRING" and param.ui.get("control") == "MULTILINE_EDIT":
+        schema["format"] = "multiline"
+    default = raw.get("default")
+    value = str(default) if default is not None else ""
+    note = ""
+    if param.type == "PATH":
+        where = "an S3 location such as s3://bucket/prefix/"
+        if settings.local:
+            where = "a local path (or s3:// under .local/buckets)"
+        if param.flow in ("IN", "INOUT"):
+            note += f" Input ({param.kind.lower()}): {where}."
+            if param.flow == "INOUT":
+                note += " What the tasks write lands under the run's own folder."
+        if value and _is_relative(value):
+            note += " The default names a file of the study's bundle."
+    return schema, value, note
 
 
 # ---- loading (parse time) ------------------------------------------------------------
@@ -790,11 +824,11 @@ def _check_subset(
             "aggregate step that depends on it",
         )
     sweep = steps[0]
-    chunk = _check_step(info, sweep, 0, names, extensions, settings, aggregate=False)
+    chunk = _check_step(info, sweep, 0, names, settings, aggregate=False)
     aggregate_name = None
     if len(steps) == 2:
         second = steps[1]
-        _check_step(info, second, 1, names, extensions, settings, aggregate=True)
+        _check_step(info, second, 1, names, settings, aggregate=True)
         deps = second.get("dependencies") or []
         if [d.get("dependsOn") for d in deps if isinstance(d, dict)] != [sweep.get("name")]:
             raise _fail(
@@ -842,98 +876,119 @@ def _check_params(info: StudyInfo, raw: object) -> list[JobParam]:
     return params
 
 
+@dataclass(frozen=True)
+class _Names:
+    """The names a format string of one step may refer to."""
+
+    params: set[str]
+    task_params: set[str] = field(default_factory=set)
+    files: set[str] = field(default_factory=set)
+
+
 def _check_step(
     info: StudyInfo,
     step: object,
     index: int,
     params: set[str],
-    extensions: Sequence[str],
     settings: Settings,
     *,
     aggregate: bool,
 ) -> str | None:
+    """Check one step; the name of its CHUNK[INT] parameter, if it has one."""
     where = f"steps[{index}]"
     if not isinstance(step, dict):
         raise _fail(info, where, "must be a mapping")
     for key in step:
         if key not in _STEP_KEYS:
-            what = "step environments (a long-lived worker session)" if key == "stepEnvironments" else key
+            what = (
+                "step environments (a long-lived worker session)"
+                if key == "stepEnvironments"
+                else key
+            )
             raise _fail(info, f"{where}.{key}", f"{what} is not supported by this engine")
     if "hostRequirements" in step:
         _check_host(info, step["hostRequirements"], f"{where}.hostRequirements", settings)
     space = step.get("parameterSpace")
-    chunk = None
-    task_params: set[str] = set()
     if aggregate and space:
         raise _fail(
-            info, f"{where}.parameterSpace", "the aggregate step runs once: it has no parameter space"
+            info,
+            f"{where}.parameterSpace",
+            "the aggregate step runs once: it has no parameter space",
         )
-    if space:
-        definitions = space.get("taskParameterDefinitions") or []
-        for i, definition in enumerate(definitions):
-            kind = definition.get("type")
-            loc = f"{where}.parameterSpace.taskParameterDefinitions[{i}]"
-            if kind not in TASK_PARAM_TYPES:
-                raise _fail(info, f"{loc}.type", f"{kind!r} is not supported")
-            if kind == "CHUNK[INT]":
-                chunk = str(definition.get("name"))
-            task_params.add(str(definition.get("name")))
-            for symbol in _symbols(definition.get("range")):
-                _check_symbol(info, symbol, f"{loc}.range", params, set(), set())
-        combination = space.get("combination")
-        if combination is not None:
-            for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(combination)):
-                if name not in task_params:
-                    raise _fail(
-                        info,
-                        f"{where}.parameterSpace.combination",
-                        f"{name!r} is not a task parameter of this step "
-                        f"(known: {', '.join(sorted(task_params)) or 'none'})",
-                    )
+    chunk, task_params = _check_space(info, space or {}, f"{where}.parameterSpace", params)
     script = step.get("script")
     if not isinstance(script, dict):
         raise _fail(info, f"{where}.script", "a step needs a script")
+    _check_script(info, script, f"{where}.script", _Names(params=params, task_params=task_params))
+    return chunk
+
+
+def _check_space(
+    info: StudyInfo, space: Mapping[str, Any], where: str, params: set[str]
+) -> tuple[str | None, set[str]]:
+    chunk = None
+    task_params: set[str] = set()
+    for i, definition in enumerate(space.get("taskParameterDefinitions") or []):
+        kind = definition.get("type")
+        loc = f"{where}.taskParameterDefinitions[{i}]"
+        if kind not in TASK_PARAM_TYPES:
+            raise _fail(info, f"{loc}.type", f"{kind!r} is not supported")
+        if kind == "CHUNK[INT]":
+            chunk = str(definition.get("name"))
+        task_params.add(str(definition.get("name")))
+        for symbol in _symbols(definition.get("range")):
+            _check_symbol(info, symbol, f"{loc}.range", _Names(params=params))
+    combination = space.get("combination")
+    for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(combination or "")):
+        if name not in task_params:
+            raise _fail(
+                info,
+                f"{where}.combination",
+                f"{name!r} is not a task parameter of this step "
+                f"(known: {', '.join(sorted(task_params)) or 'none'})",
+            )
+    return chunk, task_params
+
+
+def _check_script(info: StudyInfo, script: Mapping[str, Any], where: str, names: _Names) -> None:
     for key in script:
         if key not in _SCRIPT_KEYS:
-            raise _fail(info, f"{where}.script.{key}", "is not supported by this engine")
-    files: set[str] = set()
-    for i, embedded in enumerate(script.get("embeddedFiles") or []):
-        loc = f"{where}.script.embeddedFiles[{i}]"
+            raise _fail(info, f"{where}.{key}", "is not supported by this engine")
+    _check_files(info, script.get("embeddedFiles") or [], f"{where}.embeddedFiles", names)
+    _check_actions(info, script.get("actions") or {}, f"{where}.actions", names)
+
+
+def _check_files(info: StudyInfo, embedded_files: Any, where: str, names: _Names) -> None:
+    names.files.update(str(f.get("name")) for f in embedded_files if isinstance(f, dict))
+    for i, embedded in enumerate(embedded_files):
+        loc = f"{where}[{i}]"
         if embedded.get("type") != "TEXT":
             raise _fail(info, f"{loc}.type", f"{embedded.get('type')!r}: only TEXT is supported")
         for key in embedded:
             if key not in _FILE_KEYS:
                 raise _fail(info, f"{loc}.{key}", "is not supported by this engine")
-        files.add(str(embedded.get("name")))
         for symbol in _symbols(embedded.get("data")):
-            _check_symbol(info, symbol, f"{loc}.data", params, task_params, files)
-    actions = script.get("actions") or {}
+            _check_symbol(info, symbol, f"{loc}.data", names)
+
+
+def _check_actions(info: StudyInfo, actions: Any, where: str, names: _Names) -> None:
     for key in actions:
         if key != "onRun":
-            raise _fail(info, f"{where}.script.actions.{key}", "only onRun is supported")
+            raise _fail(info, f"{where}.{key}", "only onRun is supported")
     on_run = actions.get("onRun")
     if not isinstance(on_run, dict):
-        raise _fail(info, f"{where}.script.actions.onRun", "a step needs an onRun action")
+        raise _fail(info, f"{where}.onRun", "a step needs an onRun action")
     for key in on_run:
         if key not in _ACTION_KEYS:
             what = "cancelation modes" if key == "cancelation" else key
-            raise _fail(info, f"{where}.script.actions.onRun.{key}", f"{what} is not supported")
+            raise _fail(info, f"{where}.onRun.{key}", f"{what} is not supported")
     for i, text in enumerate([on_run.get("command"), *(on_run.get("args") or [])]):
-        loc = f"{where}.script.actions.onRun." + ("command" if i == 0 else f"args[{i - 1}]")
+        loc = f"{where}.onRun." + ("command" if i == 0 else f"args[{i - 1}]")
         for symbol in _symbols(text):
-            _check_symbol(info, symbol, loc, params, task_params, files)
-    del extensions
-    return chunk
+            _check_symbol(info, symbol, loc, names)
 
 
-def _check_symbol(
-    info: StudyInfo,
-    symbol: str,
-    where: str,
-    params: set[str],
-    task_params: set[str],
-    files: set[str],
-) -> None:
+def _check_symbol(info: StudyInfo, symbol: str, where: str, names: _Names) -> None:
     if not _SUPPORTED_SYMBOL.match(symbol):
         raise _fail(
             info,
@@ -942,11 +997,11 @@ def _check_symbol(
             "Task.RawParam.*, Task.File.*, Session.WorkingDirectory)",
         )
     parts = symbol.split(".")
-    if parts[0] in ("Param", "RawParam") and parts[1] not in params:
+    if parts[0] in ("Param", "RawParam") and parts[1] not in names.params:
         raise _fail(info, where, f"{{{{{symbol}}}}}: no job parameter {parts[1]!r}")
-    if parts[:2] in (["Task", "Param"], ["Task", "RawParam"]) and parts[2] not in task_params:
+    if parts[:2] in (["Task", "Param"], ["Task", "RawParam"]) and parts[2] not in names.task_params:
         raise _fail(info, where, f"{{{{{symbol}}}}}: no task parameter {parts[2]!r} in this step")
-    if parts[:2] == ["Task", "File"] and parts[2] not in files:
+    if parts[:2] == ["Task", "File"] and parts[2] not in names.files:
         raise _fail(info, where, f"{{{{{symbol}}}}}: no embedded file {parts[2]!r} in this step")
 
 
@@ -979,9 +1034,7 @@ def _check_host(info: StudyInfo, host: object, where: str, settings: Settings) -
         if name not in _ATTRIBUTES:
             raise _fail(info, loc, f"{name} is not an attribute this engine knows")
         if _ATTRIBUTES[name] not in wanted:
-            raise _fail(
-                info, loc, f"{name} {wanted}: this cluster's hosts are {_ATTRIBUTES[name]}"
-            )
+            raise _fail(info, loc, f"{name} {wanted}: this cluster's hosts are {_ATTRIBUTES[name]}")
 
 
 def _check_for_each(
@@ -1061,6 +1114,3 @@ def iter_symbols(document: Mapping[str, Any]) -> Iterator[str]:
 def expected_chunk_s(items: Sequence[Item]) -> float:
     """The expected time of a chunk of items run one after the other."""
     return math.fsum(item.expected_s for item in items)
-
-
-CatalogError = CatalogError  # re-exported for callers that catch both

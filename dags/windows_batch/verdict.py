@@ -45,7 +45,9 @@ def check_run(
         dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=[scale_in_task_id], states=["success"]
     )
     names = _failed_names(ti, sweep_task_id)
-    shown = ", ".join(names[:SHOWN]) + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+    shown = ", ".join(names[:SHOWN]) + (
+        f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    )
     problems = []
     allowed = budget.allowed(chunks) if budget is not None else 0
     other_failed = failed_total - sweep_failed
@@ -58,7 +60,9 @@ def check_run(
             )
         problems.append(what + (f": {shown}" if shown else ""))
     if skipped and budget is not None and sweep_failed > allowed:
-        problems.append(f"{skipped} {sweep_task_id} tasks were not started once the budget was spent")
+        problems.append(
+            f"{skipped} {sweep_task_id} tasks were not started once the budget was spent"
+        )
     if not scaled_in:
         problems.append(f"{scale_in_task_id} did not succeed: the cluster may not be at zero")
     if problems:

@@ -30,14 +30,14 @@ sys.path.insert(0, str(REPO / "plugins"))
 def main() -> int:
     conf = json.loads(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else {}
     logical_date = sys.argv[2] if len(sys.argv) > 2 else None
+    import os
+
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models import TaskInstance
     from airflow.models.xcom import XComModel
     from airflow.sdk.exceptions import ParamValidationError
     from airflow.utils.session import create_session
     from sqlalchemy import select
-
-    import os
 
     bag = DagBag(dag_folder=str(REPO / "dags" / "studies_dags.py"))
     if bag.import_errors:

@@ -172,9 +172,12 @@ def form(settings: Settings, *, slots: int) -> dict[str, Param]:
             section=SECTION_ADVANCED,
         ),
     }
-    return {"s3_bucket": engine["s3_bucket"], **study, **{
-        k: engine[k] for k in ENGINE_SHOWN[1:]
-    }, **prefixes}
+    return {
+        "s3_bucket": engine["s3_bucket"],
+        **study,
+        **{k: engine[k] for k in ENGINE_SHOWN[1:]},
+        **prefixes,
+    }
 
 
 def _points(points: object, num_tasks: int) -> list[float]:
@@ -216,9 +219,7 @@ def _check_own_prefix(field: str, prefix: str, own: str, bucket: str) -> None:
         )
 
 
-def validate(
-    params: Mapping[str, Any], *, bucket: str, results_prefix: str, local: bool
-) -> Inputs:
+def validate(params: Mapping[str, Any], *, bucket: str, results_prefix: str, local: bool) -> Inputs:
     """Check the study's own fields; return the planner's inputs, or raise StudyError.
 
     bucket: the run's bucket (the engine checked it); results_prefix: the study's own prefix,

@@ -69,9 +69,7 @@ class Paths:
     """Where each token of a step points on this machine, and what to publish after an item."""
 
     values: dict[str, str] = field(default_factory=dict)
-    publish: list[tuple[Path, str, dict[str, tuple[int, int]] | None]] = field(
-        default_factory=list
-    )
+    publish: list[tuple[Path, str, dict[str, tuple[int, int]] | None]] = field(default_factory=list)
     """(local folder or file, out URI, the files it held before: publish only new/changed)."""
 
 
@@ -192,8 +190,14 @@ class ChunkRunner:
         marker = join(self.engine, f"items/{step['task_id']}-{index:07d}.json")
         if skip_done and self._done(marker, item_sha):
             log(f"item {index} already done: skipped")
-            return {"index": index, "count": count, "status": "done", "exit_code": 0,
-                    "elapsed_s": 0.0, "skipped": True}
+            return {
+                "index": index,
+                "count": count,
+                "status": "done",
+                "exit_code": 0,
+                "elapsed_s": 0.0,
+                "skipped": True,
+            }
         out_root = self.work / "out" / str(index)
         item_paths = self._item_paths(step, item, paths, out_root)
         argv = [self._local_uri(resolve(a, item_paths.values)) for a in item.get("argv", [])]
@@ -210,42 +214,66 @@ class ChunkRunner:
             }
         )
         timeout = float(step.get("env", {}).get("WB_ACTION_TIMEOUT_S", 0) or 0) or None
-        log(f"item {index}{' (' + item['label'] + ')' if item.get('label') else ''}: "
-            f"{' '.join(argv)}")
+        log(
+            f"item {index}{' (' + item['label'] + ')' if item.get('label') else ''}: "
+            f"{' '.join(argv)}"
+        )
         started = time.time()
         code = self._execute(argv, env=env, timeout=timeout)
         elapsed = time.time() - started
         if code != 0:
             log(f"item {index} exited with {code} after {elapsed:.1f} s: nothing published")
             shutil.rmtree(out_root, ignore_errors=True)
-            return {"index": index, "count": count, "status": "failed", "exit_code": code,
-                    "elapsed_s": round(elapsed, 3)}
+            return {
+                "index": index,
+                "count": count,
+                "status": "failed",
+                "exit_code": code,
+                "elapsed_s": round(elapsed, 3),
+            }
         outputs = self._publish(item_paths.publish)
         self._write_json(
             marker,
-            {"schema": ITEM_SCHEMA, "index": index, "sha": item_sha, "status": "done",
-             "elapsed_s": round(elapsed, 3), "outputs": outputs, "count": count},
+            {
+                "schema": ITEM_SCHEMA,
+                "index": index,
+                "sha": item_sha,
+                "status": "done",
+                "elapsed_s": round(elapsed, 3),
+                "outputs": outputs,
+                "count": count,
+            },
         )
         shutil.rmtree(out_root, ignore_errors=True)
         log(f"item {index} done in {elapsed:.1f} s, {len(outputs)} output file(s) published")
-        return {"index": index, "count": count, "status": "done", "exit_code": 0,
-                "elapsed_s": round(elapsed, 3), "outputs": len(outputs)}
+        return {
+            "index": index,
+            "count": count,
+            "status": "done",
+            "exit_code": 0,
+            "elapsed_s": round(elapsed, 3),
+            "outputs": len(outputs),
+        }
 
     def _local_uri(self, arg: str) -> str:
         """Locally, an `s3://` argument (or `--name=s3://...`) names the local bucket's file."""
         if self.store.local_root is None or "s3://" not in arg:
             return arg
-        head, sep, uri = arg.partition("=s3://") if not arg.startswith("s3://") else ("", "", arg[5:])
+        head, sep, uri = (
+            arg.partition("=s3://") if not arg.startswith("s3://") else ("", "", arg[5:])
+        )
         if not arg.startswith("s3://") and not sep:
             return arg
         path = self.store.local_path("s3://" + uri)
         text = str(path) + ("/" if uri.endswith("/") else "")
         return f"{head}={text}" if sep else text
 
-    def _execute(self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float | None) -> int:
+    def _execute(
+        self, argv: Sequence[str], *, env: Mapping[str, str], timeout: float | None
+    ) -> int:
         posix = os.name == "posix"
         try:
-            self._child = subprocess.Popen(  # noqa: S603 (the study's own command, as planned)
+            self._child = subprocess.Popen(
                 list(argv), cwd=self.work, env=dict(env), start_new_session=posix
             )
         except FileNotFoundError:
@@ -284,7 +312,7 @@ class ChunkRunner:
         paths = Paths(values={"cwd:": str(self.work)})
         bundle_root = self._bundle(step)
         for spec in step.get("paths", []):
-            name, flow, kind = spec["name"], spec["flow"], spec.get("kind", "DIRECTORY")
+            name, flow = spec["name"], spec["flow"]
             key = f"path:{name}"
             if flow == "OUT":
                 if step.get("sees_outputs"):
@@ -369,8 +397,9 @@ class ChunkRunner:
                 paths.publish.append((folder, spec["out_uri"], None))
         for staged in item.get("inputs", []):
             target = self.work / "items" / str(item["index"]) / staged["name"]
-            path = self._fetch_input({"name": staged["name"], "uri": staged["uri"],
-                                      "kind": "FILE"}, target)
+            path = self._fetch_input(
+                {"name": staged["name"], "uri": staged["uri"], "kind": "FILE"}, target
+            )
             paths.values[f"in:{staged['name']}"] = str(path)
         # Embedded files resolve against the paths, and every path can name an embedded file.
         for embedded in step.get("files", []) + item.get("files", []):
@@ -388,8 +417,9 @@ class ChunkRunner:
         if embedded.get("runnable") and os.name == "posix":
             path.chmod(0o755)
 
-    def _publish(self, targets: Sequence[tuple[Path, str, dict[str, tuple[int, int]] | None]]
-                 ) -> list[str]:
+    def _publish(
+        self, targets: Sequence[tuple[Path, str, dict[str, tuple[int, int]] | None]]
+    ) -> list[str]:
         published = []
         for local, uri, before in targets:
             base = local if local.is_dir() else local.parent

@@ -153,7 +153,7 @@ class Store:
             raise _translated(exc, uri, "list") from exc
         return any(item.get("Key") == loc.key for item in listed.get("Contents", []))
 
-    def list(self, prefix: str, *, recursive: bool = True) -> list[tuple[str, int]]:
+    def list_files(self, prefix: str, *, recursive: bool = True) -> list[tuple[str, int]]:
         """(relative name, size) of every object under the folder `prefix`, sorted."""
         path = self.local_path(prefix)
         if path is not None:
@@ -241,7 +241,7 @@ class Store:
 
     def download_tree(self, prefix: str, target: Path) -> list[str]:
         """Fetch every object under `prefix` into `target`, keeping relative names."""
-        names = [name for name, _ in self.list(prefix)]
+        names = [name for name, _ in self.list_files(prefix)]
         target.mkdir(parents=True, exist_ok=True)
 
         def one(name: str) -> None:

@@ -57,7 +57,7 @@ def black_scholes_call(*, spot: float, strike: float, rate: float, vol: float, t
 
 
 def price_batch(args: argparse.Namespace, strike: int, batch: int) -> dict[str, Any]:
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 (only the pricing needs it)
 
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, strike, batch]))
     drift = (args.rate - 0.5 * args.volatility**2) * args.maturity
@@ -106,8 +106,10 @@ def summarize(args: argparse.Namespace) -> int:
             document = json.loads(path.read_text(encoding="utf-8"))
             for record in document["batches"]:
                 if record["batch"] in seen:
-                    print(f"error: batch {record['batch']} of strike {strike} found twice",
-                          file=sys.stderr)
+                    print(
+                        f"error: batch {record['batch']} of strike {strike} found twice",
+                        file=sys.stderr,
+                    )
                     return 1
                 seen[record["batch"]] = record
         missing = sorted(wanted - set(seen))
@@ -155,11 +157,21 @@ def summarize(args: argparse.Namespace) -> int:
         "rows": rows,
     }
     (root / "results.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
-    header = ["strike", "batches", "paths", "price", "price_ci_low", "price_ci_high",
-              "black_scholes", "missing_batches"]
+    header = [
+        "strike",
+        "batches",
+        "paths",
+        "price",
+        "price_ci_low",
+        "price_ci_high",
+        "black_scholes",
+        "missing_batches",
+    ]
     lines = [",".join(header)] + [
-        ",".join("" if r[k] is None else f"{r[k]:.10g}" if isinstance(r[k], float) else str(r[k])
-                 for k in header)
+        ",".join(
+            "" if r[k] is None else f"{r[k]:.10g}" if isinstance(r[k], float) else str(r[k])
+            for k in header
+        )
         for r in rows
     ]
     (root / "results.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -169,29 +181,36 @@ def summarize(args: argparse.Namespace) -> int:
 
 
 def plot(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (only the summary plots)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
     strikes = [r["strike"] for r in rows]
     prices = [r["price"] for r in rows]
-    errors = [[r["price"] - r["price_ci_low"] for r in rows],
-              [r["price_ci_high"] - r["price"] for r in rows]]
+    errors = [
+        [r["price"] - r["price_ci_low"] for r in rows],
+        [r["price_ci_high"] - r["price"] for r in rows],
+    ]
     axes.errorbar(strikes, prices, yerr=errors, fmt="o", capsize=4, label="Monte Carlo, 95 %")
     if strikes:
         grid = [min(strikes) + i * (max(strikes) - min(strikes)) / 100 for i in range(101)]
         axes.plot(
             grid,
-            [black_scholes_call(spot=args.spot, strike=k, rate=args.rate, vol=args.volatility,
-                                t=args.maturity) for k in grid],
+            [
+                black_scholes_call(
+                    spot=args.spot, strike=k, rate=args.rate, vol=args.volatility, t=args.maturity
+                )
+                for k in grid
+            ],
             label="Black-Scholes",
         )
     axes.set_xlabel("strike")
     axes.set_ylabel("call price")
-    axes.set_title(f"European call, spot {args.spot:g}, vol {args.volatility:g}, "
-                   f"T {args.maturity:g} y")
+    axes.set_title(
+        f"European call, spot {args.spot:g}, vol {args.volatility:g}, T {args.maturity:g} y"
+    )
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -231,8 +250,11 @@ def main(argv: list[str]) -> int:
         if argv[:1] == ["summarize"]:
             return summarize(summary_parser().parse_args(argv[1:]))
         args = parser().parse_args(argv)
-        missing = [n for n in ("strike", "batches", "paths", "seed", "variance", "out")
-                   if getattr(args, n) is None]
+        missing = [
+            n
+            for n in ("strike", "batches", "paths", "seed", "variance", "out")
+            if getattr(args, n) is None
+        ]
         if missing:
             print(f"error: missing --{', --'.join(missing)}", file=sys.stderr)
             return 2
