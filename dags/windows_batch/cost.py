@@ -23,8 +23,8 @@ work items, plus TASK_START_S each); the makespan is the list schedule of the ta
 planned order, each to the slot that frees first, which is what the capped fan-out does. All
 instances boot and pull in parallel and run until the group scales in at the end.
 `cluster_size: auto` takes, among the sizes up to the group's maximum, the one that costs least
-while its time is at most AUTO_SLOWDOWN x the fastest size's (ties: the faster one). More instances than the tasks can
-fill at once only cost more, so sizes stop at ceil(tasks / slots).
+while its time is at most AUTO_SLOWDOWN x the fastest size's (ties: the faster one). More
+instances than the tasks can fill at once only cost more, so sizes stop at ceil(tasks / slots).
 
 Prices (USD per instance-hour, Windows licence included). On-demand: the table below, AWS's
 EC2 On-Demand list prices for Windows in US East (N. Virginia) as published in 2025 (the Linux
