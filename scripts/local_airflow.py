@@ -79,6 +79,8 @@ def airflow_env(
             # No login: the UI and the REST API act as admin (local use on 127.0.0.1 only).
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # As on MWAA (mwaa.yaml MaxMapLength): the engine refuses plans by this number.
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),

@@ -278,10 +278,19 @@ def build_all(settings: Settings) -> dict[str, DAG]:
         except (StudyDefinitionError, catalog.CatalogError) as exc:
             log.error("Study %s refused: %s", info.name, exc)
             dags[info.dag_id] = refused_dag(info.dag_id, info.name, str(exc), settings)
-    try:
-        catalog.check_unique([info for info, _ in loaded])
-    except catalog.CatalogError as exc:
-        raise StudyDefinitionError(str(exc)) from None
+    # Two studies with one DAG id or nested prefixes: the later one (by folder) is refused.
+    kept: list[tuple[catalog.StudyInfo, Study]] = []
+    for info, study in loaded:
+        try:
+            catalog.check_unique([i for i, _ in kept] + [info])
+        except catalog.CatalogError as exc:
+            log.error("Study %s refused: %s", info.name, exc)
+            taken = set(dags) | {i.dag_id for i, _ in kept}
+            refused_id = info.dag_id if info.dag_id not in taken else f"{info.name}-refused"
+            dags[refused_id] = refused_dag(refused_id, info.name, str(exc), settings)
+            continue
+        kept.append((info, study))
+    loaded = kept
     ids = tuple(info.dag_id for info, _ in loaded)
     for info, study in loaded:
         others = tuple(d for d in ids if d != info.dag_id)

@@ -1,8 +1,9 @@
 """Parse the DAG file with network access disabled and print what the integrity tests check.
 
-Airflow itself is imported first (its import is not the DAG's business); then every socket and
-every botocore API call raises, and the DAG file is parsed with a DagBag. Prints one JSON line:
-import errors, blocked network attempts, parse time, and the DAG's shape.
+Airflow itself is imported first (its import is not the DAGs' business); then every socket and
+every botocore API call raises, and the DAG file (dags/studies_dags.py, one DAG per study) is
+parsed with a DagBag. Prints one JSON line: import errors, blocked network attempts, parse time,
+and each DAG's shape by DAG id.
 
     python tests/dags/parse_check.py
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-DAG_FILE = REPO / "dags" / "windows_batch_compute_dag.py"
+DAG_FILE = REPO / "dags" / "studies_dags.py"
 sys.path.insert(0, str(REPO / "dags"))
 # Airflow puts its plugins folder on sys.path; the DAG imports its trigger from there.
 sys.path.insert(0, str(REPO / "plugins"))
@@ -87,16 +88,15 @@ def main() -> int:
     started = time.perf_counter()
     bag = DagBag(dag_folder=str(DAG_FILE))
     parse_s = time.perf_counter() - started
-    dag = bag.dags.get("windows-batch-compute-dag")
     out: dict[str, Any] = {
         "import_errors": {str(k): v for k, v in bag.import_errors.items()},
         "network_attempts": attempts,
         "parse_s": parse_s,
-    }
-    if dag is not None:
-        out.update(
-            {
+        "dags": {
+            dag.dag_id: {
                 "dag_id": dag.dag_id,
+                "display_name": dag.dag_display_name,
+                "description": dag.description,
                 "tags": sorted(dag.tags),
                 "catchup": dag.catchup,
                 "schedule": str(dag.schedule),
@@ -106,7 +106,9 @@ def main() -> int:
                 "params": list(dag.params.keys()),
                 "tasks": {t.task_id: task_info(t) for t in dag.tasks},
             }
-        )
+            for dag in bag.dags.values()
+        },
+    }
     print(json.dumps(out, default=str))
     return 0
 
