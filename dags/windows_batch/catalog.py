@@ -49,6 +49,7 @@ ECS_MAX_CPU = 10 * 1024
 """A container's CPU units: ECS allows up to 10 vCPUs' worth (10240) per container."""
 _NAME_RE = re.compile(NAME_PATTERN)
 _DAG_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+# Parts start with a letter or digit: the engine's own `_engine` folders cannot be a prefix.
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*$")
 _BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 _KNOWN_KEYS = {
@@ -65,7 +66,6 @@ _KNOWN_KEYS = {
     "for_each_file",
     "local_conf",
 }
-RESERVED_PREFIXES = ("_engine",)
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,6 @@ def study_info(folder: Path, *, docker_dir: Path | None = None) -> StudyInfo:
             f"{where}: results_prefix: {prefix!r} is not a key prefix such as studies/{name} "
             "(lowercase parts separated by single '/')"
         )
-    if prefix.split("/")[0] in RESERVED_PREFIXES:
-        raise CatalogError(f"{where}: results_prefix: {prefix!r} is reserved for the engine")
     image_dir, image_uri = _image(raw.get("image"), name=name, where=where, docker_dir=docker_dir)
     finals = raw.get("final_exit_codes", [])
     if not isinstance(finals, list) or not all(

@@ -108,7 +108,10 @@ class ChunkRef:
 
     @classmethod
     def parse(cls, value: object) -> ChunkRef:
-        data = json.loads(value) if isinstance(value, str) else value
+        try:
+            data = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            data = None
         if not isinstance(data, dict):
             raise ValueError(f"not a chunk reference: {value!r}")
         chunk, at, sha = data.get("chunk"), str(data.get("at", "")), str(data.get("sha", ""))
