@@ -30,6 +30,7 @@ from windows_batch.runs import (
     is_final,
     params_of,
 )
+from windows_batch.study import failure_budget
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -69,6 +70,13 @@ class LocalRunnerOperator(BaseOperator):
         self.budget = budget
         self._proc: subprocess.Popen[str] | None = None
         self._last_error = ""
+
+    def run_budget(self, context: Context) -> FailureBudget | None:
+        """The run's failure budget: its form's max_failed_tasks, else study.yaml's."""
+        try:
+            return failure_budget(self.study.info, params_of(context))
+        except ValueError:
+            return self.budget
 
     def runner_args(self, context: Context) -> list[str]:
         run = context_for(
@@ -131,7 +139,7 @@ class LocalRunnerOperator(BaseOperator):
             spent = budget_exhausted(
                 context["ti"],
                 task_id=self.task_id,
-                budget=self.budget,
+                budget=self.run_budget(context),
                 chunks=int(context["ti"].xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
             )
             if spent:

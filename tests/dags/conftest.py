@@ -78,6 +78,15 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> 
 
 RunDag = Callable[..., dict[str, Any]]
 DAG_ID = "windows-batch-compute-dag"
+WORKLOADS = REPO / "tests" / "workloads" / "studies"
+
+
+@pytest.fixture(scope="session")
+def workload_env(airflow_env: dict[str, str]) -> dict[str, str]:
+    """airflow_env with the engine's tiny test studies (tests/workloads) as the deployment's."""
+    return {**airflow_env, "AIRFLOW__WINDOWS_BATCH__STUDIES_DIR": str(WORKLOADS)}
+
+
 STANDALONE_MAX_PARALLEL_TASKS = 2
 
 
@@ -91,11 +100,12 @@ def run_dag() -> RunDag:
         *,
         logical_date: str | None = None,
         timeout_s: float = 300,
+        dag_id: str = DAG_ID,
     ) -> dict[str, Any]:
         proc = subprocess.run(
             [PYTHON, str(HERE / "dagtest_runner.py"), json.dumps(conf)]
             + ([logical_date] if logical_date else []),
-            env=env,
+            env={**env, "WB_DAG_ID": dag_id},
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -35,7 +35,7 @@ import boto3
 from cfnlint.decode import decode_str
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
-from windows_batch import catalog  # noqa: E402
+from windows_batch import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"

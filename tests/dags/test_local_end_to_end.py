@@ -1,4 +1,9 @@
-"""The local backend end to end: real Airflow (dag.test), real bersim, real GNU Octave."""
+"""The local backend end to end: real Airflow (dag.test), the task runner, the study's command.
+
+The BER study with real bersim and GNU Octave (it must behave as it always has), and the
+engine's tiny test workloads (tests/workloads) for what the engine itself does: chunks, the
+failure budget, retries that never redo a finished item, one task per input file.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import pytest
 
 from bersim.theory import ber_bpsk_awgn, clopper_pearson
 
-from .conftest import RunDag
+from .conftest import WORKLOADS, RunDag
 
 pytestmark = pytest.mark.airflow
 
@@ -55,8 +60,7 @@ def test_small_study_produces_a_plot_and_a_table_that_agree_with_theory(
         assert errors >= 300 * 0.9  # each point counted (about) its target
     # The results link and the summary the run carries.
     assert (
-        outcome["xcom"]["aggregate._link_ResultsPlotLink"]
-        == (out / "results.png").resolve().as_uri()
+        outcome["xcom"]["aggregate._link_ResultsLink"] == (out / "results.png").resolve().as_uri()
     )
     assert outcome["xcom"]["aggregate.return_value"].startswith("4 Eb/N0 points, ")
     # cluster_size auto (the default): plan_tasks estimated, chose 1 instance (6 short tasks
@@ -67,7 +71,8 @@ def test_small_study_produces_a_plot_and_a_table_that_agree_with_theory(
     assert estimate in outcome["log"]
     assert outcome["xcom"]["plan_tasks.cluster_size"] == 1
     assert "Auto Scaling group 'windows-batch' to 1 and wait" in outcome["log"]
-    assert outcome["xcom"]["aggregate.run_note"].endswith(f"\n\n{estimate}")
+    assert outcome["xcom"]["aggregate.note_results"].startswith("**Results:** [results.png](")
+    assert outcome["xcom"]["scale_in.note_progress"].startswith("6 of 6 work items done, 0 failed")
 
 
 @pytest.mark.octave
@@ -111,3 +116,85 @@ def test_the_schema_refuses_bad_input_before_a_run_exists(
 ) -> None:
     outcome = run_dag(airflow_env, {"num_tasks": -3})
     assert "Invalid input for param num_tasks" in outcome["error"]
+
+
+TINY = "tiny"
+
+
+def test_a_failure_budget_lets_the_run_finish_and_names_the_failed_task(
+    workload_env: dict[str, str], run_dag: RunDag
+) -> None:
+    env = {**workload_env, "AIRFLOW__WINDOWS_BATCH__RETRIES": "0"}
+    conf = {"Items": 6, "PerChunk": 2, "FailItems": "3", "max_failed_tasks": "1"}
+    outcome = run_dag(env, conf, dag_id=TINY)
+    assert outcome["state"] == "success", outcome["log"][-3000:]
+    tasks = outcome["tasks"]
+    assert (tasks["work[0]"], tasks["work[1]"], tasks["work[2]"]) == (
+        "success",
+        "failed",
+        "success",
+    )
+    # The aggregate sees what exists: items 1-2 and 5-6, not chunk 1's (3 failed before 4 ran).
+    assert outcome["xcom"]["combine.return_value"] == "4 items combined"
+    verdict = outcome["xcom"]["finish.return_value"]
+    assert "green within its failure budget: 1 of 3 work tasks failed" in verdict
+    assert "work[1]" in verdict
+    assert "4 of 6 work items done, 2 failed" in outcome["xcom"]["scale_in.note_progress"]
+
+
+def test_a_spent_failure_budget_stops_the_tasks_not_started_and_fails_the_run(
+    workload_env: dict[str, str], run_dag: RunDag
+) -> None:
+    env = {**workload_env, "AIRFLOW__WINDOWS_BATCH__RETRIES": "0"}
+    # Every item fails: whatever order the chunks run in, the first two fail (one more than
+    # the budget) and the other two are not started.
+    conf = {"Items": 8, "PerChunk": 2, "FailItems": "1,2,3,4,5,6,7,8", "max_failed_tasks": "1"}
+    outcome = run_dag(env, conf, dag_id=TINY)
+    assert outcome["state"] == "failed"
+    tasks = outcome["tasks"]
+    states = sorted(tasks[f"work[{i}]"] for i in range(4))
+    assert states == ["failed", "failed", "skipped", "skipped"]
+    assert "the run's failure budget is spent: 2 work tasks failed" in outcome["log"]
+    assert tasks["scale_in"] == "success"
+    assert "The run failed: 2 task(s) failed" in outcome["log"]
+    assert "2 work tasks were not started once the budget was spent" in outcome["log"]
+
+
+def test_a_retried_chunk_does_not_redo_the_items_it_finished(
+    workload_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    """Past a map length of 2 the engine puts 3 items in each chunk; item 2's first run fails,
+    so chunk 0 fails after item 1 finished. Its retry skips item 1 and runs item 2 again."""
+    env = {
+        **workload_env,
+        "AIRFLOW__CORE__MAX_MAP_LENGTH": "2",
+        "AIRFLOW__WINDOWS_BATCH__RETRIES": "1",
+    }
+    runs = tmp_path / "runs"
+    outcome = run_dag(env, {"Items": 6, "FailOnce": "2", "Runs": str(runs)}, dag_id="items")
+    assert outcome["state"] == "success", outcome["log"][-3000:]
+    assert sorted(k for k in outcome["tasks"] if k.startswith("each[")) == ["each[0]", "each[1]"]
+    assert outcome["tries"]["each[0]"] == 2
+    counts = {int(p.name.split("-")[1]): int(p.read_text()) for p in runs.iterdir()}
+    assert counts == {1: 1, 2: 2, 3: 1, 4: 1, 5: 1, 6: 1}
+    assert "item 0 already done: skipped" in outcome["log"]
+    assert "6 of 6 work items done, 0 failed" in outcome["xcom"]["scale_in.note_progress"]
+
+
+def test_one_task_per_input_file(workload_env: dict[str, str], run_dag: RunDag) -> None:
+    outcome = run_dag(workload_env, {}, dag_id="perfile")
+    assert outcome["state"] == "success", outcome["log"][-3000:]
+    assert sorted(k for k in outcome["tasks"] if k.startswith("convert[")) == [
+        "convert[0]",
+        "convert[1]",
+        "convert[2]",
+    ]
+    location = json.loads(outcome["xcom"]["plan_tasks.results_location"])
+    out = (
+        Path(workload_env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"])
+        / location["outputs"][len("s3://") :]
+        / "Out"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["s1.txt.upper", "s2.txt.upper", "s3.txt.upper"]
+    source = (WORKLOADS / "perfile" / "samples" / "s2.txt").read_text()
+    assert (out / "s2.txt.upper").read_text() == source.upper()
