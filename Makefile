@@ -16,8 +16,9 @@ PYTEST_WORKERS ?= 2
 # The trigger form's JSON for make run, e.g. make run CONF='{"num_tasks": 20}'.
 CONF ?=
 
-SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*.sh))
-DOCKERFILES := $(wildcard docker/Dockerfile*)
+SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*/*.sh))
+# Each image's folder: docker/base/ (the engine's) and docker/<study>/.
+DOCKERFILES := $(wildcard docker/*/Dockerfile*)
 TEMPLATES := $(wildcard cloudformation/*.yaml)
 
 .PHONY: help setup run ui test unit lint bench screenshots lock clean
