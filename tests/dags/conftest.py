@@ -2,7 +2,8 @@
 
 Anything that runs Airflow proper (parsing with settings, dag.test) runs in a child process with
 its own AIRFLOW_HOME and environment: each test picks its backend and settings, and nothing
-leaks between tests. The pure modules (plan, params, results) are imported in-process.
+leaks between tests. The pure modules (the studies' plans and forms, engine_form, results) are
+imported in-process.
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
-"""aggregate: read every task result under a prefix, sum per Eb/N0, write CSV, JSON and PNG.
+"""aggregate: read the task results of one run, sum per Eb/N0, write CSV, JSON and PNG.
+
+The input prefix is read one level deep: a sub-folder is never this run's (a later run whose
+task prefix is `<this run's task prefix>/<this run id>` writes there). With `expected_tasks`
+(what the plan always gives), only the names the plan made are read, `task-NNNNN.json` with
+NNNNN < expected_tasks, and each must hold the index its name says; every other object is
+skipped with a note. Without it (a hand-made folder), every `.json` object is read.
 
 Every output is built in memory first; nothing is written unless every input is valid. A task
-index claimed by two files is refused (never double-counted). With `expected_tasks`, indexes
-outside [0, expected_tasks) are refused and missing indexes are listed in the outputs; the caller
-then exits 3.
+index claimed by two files is refused (never double-counted). Missing indexes are listed in the
+outputs; the caller then exits 3.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -39,6 +45,22 @@ OUTPUT_NAMES = ("results.png", "results.csv", "results.json")
 MAX_RESULT_BYTES = 1 << 20
 """A task result is about 1 KB; anything far larger under the prefix is not one."""
 _MISSING_SHOWN = 20
+_SKIPPED_SHOWN = 5
+_TASK_NAME = re.compile(r"task-(\d{5,})\.json")
+
+
+def task_file_name(index: int) -> str:
+    """The name the plan gives task `index`'s result (dags/studies/bersim/plan.py)."""
+    return f"task-{index:05d}.json"
+
+
+def planned_index(name: str) -> int | None:
+    """The task index a result's file name says, if it is a name the plan makes."""
+    match = _TASK_NAME.fullmatch(name)
+    if match is None:
+        return None
+    index = int(match.group(1))
+    return index if task_file_name(index) == name else None
 
 
 @dataclass(frozen=True)
@@ -165,27 +187,52 @@ def to_json(summary: Summary, *, input_uri: str, output_uri: str) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
-def load_results(storage: Storage, prefix: Location) -> list[tuple[str, TaskResult]]:
-    """Read and validate every `.json` object under `prefix`.
+def load_results(
+    storage: Storage, prefix: Location, *, expected_tasks: int | None = None
+) -> list[tuple[str, TaskResult]]:
+    """Read and validate the task results directly under `prefix` (see the module docstring).
 
-    Other objects (e.g. logs) are skipped with a note on stderr. Raises UsageError when the
-    prefix holds no JSON object or one of them is corrupt, foreign or invalid.
+    Raises UsageError when there is no task result, or one is corrupt, foreign, invalid or not
+    the task its name says. Once all are valid, the objects and sub-folders it did not read are
+    named in a note on stderr (a failure stays one line).
     """
-    listing = storage.list_objects(prefix)
-    wanted = [(loc, size) for loc, size in listing if loc.key.endswith(".json")]
-    skipped = len(listing) - len(wanted)
+    listing, folders = storage.list_folder(prefix)
+    if expected_tasks is None:
+        wanted = [(loc, size) for loc, size in listing if loc.name.endswith(".json")]
+        what = "*.json"
+    else:
+        wanted = [
+            (loc, size)
+            for loc, size in listing
+            if (index := planned_index(loc.name)) is not None and index < expected_tasks
+        ]
+        what = f"{task_file_name(0)} to {task_file_name(expected_tasks - 1)}"
+    skipped = sorted({loc.name for loc, _ in listing} - {loc.name for loc, _ in wanted})
     if not wanted:
-        extra = f" ({skipped} other objects)" if skipped else ""
-        raise UsageError(f"{prefix.label}: no task results (*.json) under this prefix{extra}")
-    if skipped:
-        print(f"bersim: note: skipped {skipped} non-JSON objects under {prefix}", file=sys.stderr)
+        extra = f" ({len(skipped)} other objects)" if skipped else ""
+        raise UsageError(f"{prefix.label}: no task results ({what}) under this prefix{extra}")
     for loc, size in wanted:
         if size > MAX_RESULT_BYTES:
             raise UsageError(f"{loc}: {size} bytes is too large to be a bersim task result")
-    return [
-        (loc.uri, result_mod.parse_task_result(data, where=loc.uri))
-        for loc, data in storage.read_many([loc for loc, _ in wanted])
-    ]
+    results = []
+    for loc, data in storage.read_many([loc for loc, _ in wanted]):
+        task = result_mod.parse_task_result(data, where=loc.uri)
+        index = planned_index(loc.name)
+        if index is not None and task.task_index != index:
+            raise UsageError(
+                f"{loc}: holds task_index {task.task_index}, but its name says task {index}"
+            )
+        results.append((loc.uri, task))
+    if skipped:
+        _note(f"skipped {len(skipped)} objects under {prefix} that are not task results", skipped)
+    if folders:
+        _note(f"did not read {len(folders)} sub-folders of {prefix}", [f"{f}/" for f in folders])
+    return results
+
+
+def _note(message: str, names: list[str]) -> None:
+    shown = ", ".join(names[:_SKIPPED_SHOWN]) + (", ..." if len(names) > _SKIPPED_SHOWN else "")
+    print(f"bersim: note: {message}: {shown}", file=sys.stderr, flush=True)
 
 
 def missing_message(summary: Summary) -> str:
@@ -214,7 +261,7 @@ def run_aggregate(
     # Imported here: matplotlib costs about a second and only this command plots.
     from bersim.plot import figure_png  # noqa: PLC0415
 
-    results = load_results(storage, input_prefix)
+    results = load_results(storage, input_prefix, expected_tasks=expected_tasks)
     summary = summarise(results, expected_tasks=expected_tasks)
     outputs = {
         "results.png": figure_png(summary),

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         required=True,
         metavar="URI_PREFIX",
-        help="prefix holding the task results (s3://bucket/prefix or a folder), read recursively",
+        help="prefix holding the task results (s3://bucket/prefix or a folder), one level deep",
     )
     agg.add_argument(
         "--output",
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=integer(low=1, high=MAX_BITS),
         default=None,
         metavar="N",
-        help="task indexes 0..N-1 expected; missing ones are listed and the exit code is 3",
+        help="task indexes 0..N-1 expected: only task-00000.json to task-<N-1>.json are "
+        "read; missing ones are listed and the exit code is 3",
     )
     return parser
 

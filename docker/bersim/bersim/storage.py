@@ -3,7 +3,8 @@
 - Writes are atomic. Local: a temporary file in the same folder, then `os.replace`; S3: one
   PutObject of bytes built completely beforehand. A failure never leaves a partial file.
 - A prefix is a folder: `s3://b/sim/run1` lists the keys under `sim/run1/` (never `sim/run10/`),
-  recursively, as S3 lists them; a local prefix is the directory, walked recursively.
+  one level only (S3's delimiter `/`): what lies in its sub-folders is another run's, never
+  this one's. A local prefix is the directory, listed the same way.
 - S3 uses the standard credential chain; boto3 itself honours `AWS_ENDPOINT_URL`(`_S3`),
   `AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE` (default here: "standard").
 - A bucket that does not exist or a malformed URI is bad input (exit 2); an endpoint that cannot
@@ -52,6 +53,13 @@ class Location:
     def uri(self) -> str:
         """The location written back as a URI (S3) or path (local)."""
         return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else self.key
+
+    @property
+    def name(self) -> str:
+        """The last part of the key or path (an object's file name)."""
+        if self.scheme == "s3":
+            return self.key.rstrip("/").rsplit("/", 1)[-1]
+        return Path(self.key).name
 
     def child(self, name: str) -> Location:
         """The object `name` under this prefix (a relative key, '/'-separated)."""
@@ -242,35 +250,44 @@ class Storage:
         return iter(zip(locs, results, strict=True))
 
     def list_objects(self, prefix: Location) -> list[tuple[Location, int]]:
-        """Every object under the prefix folder, recursively, with its size in bytes, sorted."""
+        """The objects directly in the prefix folder, with their sizes in bytes, sorted."""
+        return self.list_folder(prefix)[0]
+
+    def list_folder(self, prefix: Location) -> tuple[list[tuple[Location, int]], list[str]]:
+        """One level of the prefix folder: its objects with their sizes, sorted, and the names
+        of its sub-folders (not descended into)."""
         if prefix.scheme == "s3":
             return self._list_s3(prefix)
         root = Path(prefix.key)
         if root.exists() and not root.is_dir():
             raise UsageError(f"{prefix.label}: is a file, not a folder of task results")
         if not root.exists():
-            return []
-        found = []
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
+            return [], []
+        found, folders = [], []
+        for path in sorted(root.iterdir()):
+            if path.is_dir():
+                folders.append(path.name)
+            elif path.is_file():
                 found.append(
                     (Location("file", "", str(path), label=str(path)), path.stat().st_size)
                 )
-        return found
+        return found, folders
 
-    def _list_s3(self, prefix: Location) -> list[tuple[Location, int]]:
+    def _list_s3(self, prefix: Location) -> tuple[list[tuple[Location, int]], list[str]]:
         key_prefix = prefix.key.rstrip("/") + "/" if prefix.key.strip("/") else ""
 
         def pages() -> list[dict[str, Any]]:
             paginator = self.s3.get_paginator("list_objects_v2")
+            # Delimiter "/": the keys of this level, and each sub-folder once as a CommonPrefix.
             iterator = paginator.paginate(
                 Bucket=prefix.bucket,
                 Prefix=key_prefix,
+                Delimiter="/",
                 PaginationConfig={"PageSize": _LIST_PAGE_SIZE},
             )
             return list(iterator)
 
-        found = []
+        found, folders = [], []
         for page in self._call_s3(prefix, "list objects", pages):
             for item in page.get("Contents", []):
                 key = item["Key"]
@@ -278,7 +295,9 @@ class Storage:
                     continue
                 uri = f"s3://{prefix.bucket}/{key}"
                 found.append((Location("s3", prefix.bucket, key, label=uri), int(item["Size"])))
-        return sorted(found, key=lambda pair: pair[0].key)
+            for common in page.get("CommonPrefixes", []):
+                folders.append(common["Prefix"][len(key_prefix) :].rstrip("/"))
+        return sorted(found, key=lambda pair: pair[0].key), sorted(folders)
 
 
 def _status(exc: Any) -> int | None:

@@ -1,4 +1,7 @@
-"""results.py: where the results link points, the one-line summary and the run note."""
+"""results.py: where the results link points, and the run note.
+
+(A study's one-line summary is the study's own: tests/dags/studies/bersim/test_study.py.)
+"""
 
 from __future__ import annotations
 
@@ -16,16 +19,6 @@ from windows_batch import settings as settings_mod
 
 RUN_ID = "manual__2026-01-02T03:04:05.678901+00:00"
 PNG = f"s3://my-results/sim/aggregate_results/{RUN_ID}/results.png"
-RESULTS_JSON = {
-    "bits": 123_456_789,
-    "expected_tasks": 6,
-    "missing_tasks": [],
-    "rows": [
-        {"ebn0_db": 0.0, "errors": 9000, "ber": 0.078},
-        {"ebn0_db": 10.0, "errors": 120, "ber": 3.9e-6},
-        {"ebn0_db": 12.0, "errors": 80, "ber": 9.1e-9},
-    ],
-}
 
 
 def test_s3_console_url_encodes_the_run_id() -> None:
@@ -41,29 +34,6 @@ def test_local_link_is_the_file(tmp_path: Path) -> None:
     link = results.results_link(PNG, backend="local", local_root=tmp_path, region=None)
     expected = tmp_path / "my-results" / "sim" / "aggregate_results" / RUN_ID / "results.png"
     assert link == expected.resolve().as_uri()
-
-
-def test_summary_names_points_bits_and_the_worst_point() -> None:
-    line = results.summary_line(RESULTS_JSON)
-    assert line == (
-        "3 Eb/N0 points, 1.23e+08 bits simulated, worst point 12 dB: 80 errors (BER 9.10e-09)"
-    )
-    partial = results.summary_line({**RESULTS_JSON, "missing_tasks": [1, 4]})
-    assert partial.endswith("; 2 of 6 task results MISSING")
-
-
-def test_output_prefix_of_the_aggregate_command() -> None:
-    command = [
-        "aggregate",
-        "--input",
-        "s3://b/i/",
-        "--output",
-        "s3://b/o/",
-        "--expected-tasks",
-        "3",
-    ]
-    assert results.output_prefix_of(command) == "s3://b/o/"
-    assert results.output_prefix_of(["aggregate"]) is None
 
 
 class _NoteHandler(BaseHTTPRequestHandler):
@@ -132,14 +102,20 @@ def test_run_note_failure_is_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not results.set_run_note(settings, dag_id="d", run_id=RUN_ID, note="x")
 
 
-def test_note_text_links_the_plot_and_carries_the_summary() -> None:
-    note = results.note_text(link="https://x/y", location=PNG, summary="3 points", partial=True)
+def test_note_text_links_the_results_and_carries_the_summary() -> None:
+    note = results.note_text(
+        link="https://x/y", location=PNG, summary="3 points", partial=True, label="results.png"
+    )
     assert (
         note.splitlines()[0]
         == "**Results (partial: some tasks failed):** [results.png](https://x/y)"
     )
     assert PNG in note
     assert note.endswith("3 points")
+    whole = results.note_text(
+        link="https://x/y", location="s3://b/out/", summary=None, partial=False, label="outputs"
+    )
+    assert whole == "**Results:** [outputs](https://x/y)\n\n`s3://b/out/`"
 
 
 def test_mwaa_note_goes_through_invoke_rest_api(monkeypatch: pytest.MonkeyPatch) -> None:

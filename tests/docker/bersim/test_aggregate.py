@@ -21,6 +21,7 @@ from bersim.aggregate import (
     MAX_RESULT_BYTES,
     load_results,
     missing_message,
+    planned_index,
     run_aggregate,
     summarise,
     to_csv,
@@ -178,6 +179,51 @@ def test_load_results_refuses_an_oversized_object(tmp_path: Path) -> None:
     (tmp_path / "huge.json").write_bytes(b" " * (MAX_RESULT_BYTES + 1))
     with pytest.raises(UsageError, match="too large to be a bersim task result"):
         load_results(Storage(), Location("file", "", str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("task-00000.json", 0),
+        ("task-00007.json", 7),
+        ("task-99999.json", 99_999),
+        ("task-123456.json", 123_456),
+        ("task-7.json", None),
+        ("task-000007.json", None),
+        ("task-00007.json.tmp", None),
+        (".task-00007.json.abc.tmp", None),
+        ("Task-00007.json", None),
+        ("task-0000a.json", None),
+        ("x.json", None),
+    ],
+)
+def test_planned_index_reads_only_the_plans_names(name: str, index: int | None) -> None:
+    assert planned_index(name) == index
+
+
+def test_load_results_reads_one_level_and_the_planned_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_results(tmp_path, [task_doc(*t) for t in HANDCRAFTED])
+    (tmp_path / "later").mkdir()
+    write_results(tmp_path / "later", [task_doc(0, 0.0, 10, 1)])
+    prefix = Location("file", "", str(tmp_path))
+    results = load_results(Storage(), prefix, expected_tasks=3)
+    assert [task.task_index for _, task in results] == [0, 1, 2]
+    assert capsys.readouterr().err.splitlines() == [
+        f"bersim: note: skipped 1 objects under {tmp_path} that are not task results: "
+        "task-00003.json",
+        f"bersim: note: did not read 1 sub-folders of {tmp_path}: later/",
+    ]
+    assert [task.task_index for _, task in load_results(Storage(), prefix)] == [0, 1, 2, 3]
+
+
+def test_load_results_refuses_a_result_that_is_not_the_task_its_name_says(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "task-00002.json").write_text(json.dumps(task_doc(None, 0.0, 10, 1)))
+    with pytest.raises(UsageError, match="holds task_index None, but its name says task 2"):
+        load_results(Storage(), Location("file", "", str(tmp_path)), expected_tasks=3)
 
 
 def _bytes(doc: Any) -> bytes:

@@ -294,11 +294,21 @@ def aggregate_bad_local(kind: str, root: Path) -> tuple[list[str], str]:  # noqa
         )
         return [], "task-00002.json: 'bits' must be an integer"
     if kind == "duplicate-index":
-        (inputs / "retry" / "task-00001.json").parent.mkdir()
-        (inputs / "retry" / "task-00001.json").write_text(json.dumps(good[1]))
+        (inputs / "task-00001-again.json").write_text(json.dumps(good[1]))
         return [], "task 1 appears twice"
-    if kind == "index-beyond-expected":
-        return ["--expected-tasks", "1"], "task_index 1 is outside [0, 1)"
+    if kind in {"index-not-its-name", "index-not-its-name-by-hand"}:
+        (inputs / "task-00001.json").write_text(json.dumps(good[0]))
+        extra = ["--expected-tasks", "2"] if kind == "index-not-its-name" else []
+        return extra, "task-00001.json: holds task_index 0, but its name says task 1"
+    if kind == "no-planned-name":
+        for doc in good:
+            (inputs / f"task-{doc['task_index']:05d}.json").rename(
+                inputs / f"result-{doc['task_index']}.json"
+            )
+        return (
+            ["--expected-tasks", "2"],
+            "no task results (task-00000.json to task-00001.json) under this prefix (2 other",
+        )
     if kind == "expected-zero":
         return ["--expected-tasks", "0"], "argument --expected-tasks: '0' is outside"
     if kind == "expected-negative":
@@ -316,7 +326,9 @@ def aggregate_bad_local(kind: str, root: Path) -> tuple[list[str], str]:  # noqa
         pytest.param("foreign-json", id="foreign-json"),
         pytest.param("wrong-type", id="wrong-type"),
         pytest.param("duplicate-index", id="duplicate-index"),
-        pytest.param("index-beyond-expected", id="index-beyond-expected"),
+        pytest.param("index-not-its-name", id="index-not-its-name"),
+        pytest.param("index-not-its-name-by-hand", id="index-not-its-name-by-hand"),
+        pytest.param("no-planned-name", id="no-planned-name"),
         pytest.param("expected-zero", id="expected-zero"),
         pytest.param("expected-negative", id="expected-negative"),
     ],
@@ -385,13 +397,13 @@ def test_aggregate_foreign_json_on_s3_names_the_key(
     s3.put_object(
         Bucket=BUCKET, Key="in/task-00000.json", Body=json.dumps(task_doc(0, 0.0, 100, 9))
     )
-    s3.put_object(Bucket=BUCKET, Key="in/x/other.json", Body=b'{"schema": "someone/2"}')
+    s3.put_object(Bucket=BUCKET, Key="in/other.json", Body=b'{"schema": "someone/2"}')
     code, _, err = run(
         ["aggregate", "--input", f"s3://{BUCKET}/in", "--output", f"s3://{BUCKET}/out"], capsys
     )
     assert code == 2
-    assert_one_line_error(err, f"s3://{BUCKET}/in/x/other.json: not a bersim task result")
-    assert bucket_keys(s3) == ["in/task-00000.json", "in/x/other.json"]
+    assert_one_line_error(err, f"s3://{BUCKET}/in/other.json: not a bersim task result")
+    assert bucket_keys(s3) == ["in/other.json", "in/task-00000.json"]
 
 
 def test_aggregate_missing_bucket(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -413,6 +425,113 @@ def test_aggregate_unreachable_endpoint(
     assert_one_line_error(err, "cannot reach the S3 endpoint")
     assert unreachable_endpoint in err
     assert not (tmp_path / "o").exists()
+
+
+# --- aggregate reads what its run's plan named, and nothing else (issue 17 point 4) ---------
+
+
+def test_aggregate_reads_only_the_files_the_plan_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    write_tasks(inputs, [task_doc(0, 0.0, 1_000, 80), task_doc(1, 4.0, 10_000, 125)])
+    stray = {
+        "task-00002.json": task_doc(2, 8.0, 10**6, 7),  # beyond --expected-tasks
+        "task-1.json": task_doc(1, 8.0, 10**6, 7),  # not the plan's spelling of task 1
+        "task-000001.json": task_doc(1, 8.0, 10**6, 7),
+        "config.json": {"name": "something else"},  # foreign
+    }
+    for name, doc in stray.items():
+        (inputs / name).write_text(json.dumps(doc))
+    (inputs / "stdout.log").write_text("not a result")
+    write_tasks(inputs / "retry", [task_doc(1, 8.0, 10**6, 7)])
+    code, out, err = run(
+        [
+            "aggregate",
+            f"--input={inputs}",
+            f"--output={tmp_path / 'agg'}",
+            "--expected-tasks=2",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "2 tasks, 2 Eb/N0 points, 11000 bits, 205 errors" in out
+    notes = err.strip().splitlines()
+    assert notes == [
+        f"bersim: note: skipped 5 objects under {inputs} that are not task results: "
+        "config.json, stdout.log, task-000001.json, task-00002.json, task-1.json",
+        f"bersim: note: did not read 1 sub-folders of {inputs}: retry/",
+    ]
+    document = json.loads((tmp_path / "agg" / "results.json").read_text())
+    assert (document["tasks"], document["bits"], document["missing_tasks"]) == (2, 11_000, [])
+
+
+EARLIER_RUN = "baseline-2026-01"  # a run id given through the REST API
+LATER_RUN = "manual__2026-01-02T03:04:05.678901+00:00"
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        pytest.param(([0, 1, 2], [0, 1, 2]), id="later-run-would-double-count"),
+        pytest.param(([0, 1], [2]), id="later-run-would-fill-a-missing-task"),
+    ],
+)
+def test_a_later_run_inside_an_earlier_runs_folder_is_not_counted(
+    where: str,
+    tasks: tuple[list[int], list[int]],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 17 point 4: a later run whose task prefix is `<task prefix>/<earlier run id>`
+    writes into the earlier run's folder; re-aggregating the earlier run neither counts its
+    results nor fails on them. `tasks`: the earlier run's results, the later run's."""
+    earlier_tasks, later_tasks = tasks
+    if where == "s3":
+        client = request.getfixturevalue("s3")
+        root = f"s3://{BUCKET}"
+
+        def put(key: str, doc: dict[str, Any]) -> None:
+            client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(doc))
+
+        def get(key: str) -> bytes:
+            return bytes(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    else:
+        root = str(tmp_path / "bucket")
+
+        def put(key: str, doc: dict[str, Any]) -> None:
+            (tmp_path / "bucket" / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "bucket" / key).write_text(json.dumps(doc))
+
+        def get(key: str) -> bytes:
+            return (tmp_path / "bucket" / key).read_bytes()
+
+    earlier = f"sim/task_results/{EARLIER_RUN}"
+    for index in earlier_tasks:
+        put(f"{earlier}/task-{index:05d}.json", task_doc(index, 2.0, 10_000, 300 + index))
+    # The later run's task prefix: sim/task_results/<earlier run id>.
+    for index in later_tasks:
+        put(f"{earlier}/{LATER_RUN}/task-{index:05d}.json", task_doc(index, 2.0, 10**6, 9_999))
+    # The earlier run's aggregate, as its plan wrote it.
+    code, _, err = run(
+        [
+            "aggregate",
+            f"--input={root}/{earlier}/",
+            f"--output={root}/sim/aggregate_results/{EARLIER_RUN}/",
+            "--expected-tasks=3",
+        ],
+        capsys,
+    )
+    missing = sorted(set(range(3)) - set(earlier_tasks))
+    assert code == (3 if missing else 0), err
+    assert f"did not read 1 sub-folders of {root}/{earlier}/: {LATER_RUN}/" in err
+    document = json.loads(get(f"sim/aggregate_results/{EARLIER_RUN}/results.json"))
+    assert document["tasks"] == len(earlier_tasks)
+    assert document["bits"] == 10_000 * len(earlier_tasks)
+    assert document["errors"] == sum(300 + i for i in earlier_tasks)
+    assert document["missing_tasks"] == missing
 
 
 # --- aggregate with missing tasks: writes, then exits 3 -------------------------------------

@@ -89,17 +89,19 @@ def test_local_write_over_a_directory_is_bad_input(tmp_path: Path) -> None:
         Storage().write_bytes(loc, b"data")
 
 
-def test_local_list_is_recursive_and_sorted(tmp_path: Path) -> None:
+def test_local_list_is_one_level_and_sorted(tmp_path: Path) -> None:
+    """What lies in a sub-folder of a run's prefix is never that run's (issue 17 point 4)."""
     for rel in ("run/b/task-00002.json", "run/task-00001.json", "run/notes.txt", "run1/x.json"):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
-    listing = Storage().list_objects(
-        parse_uri(str(tmp_path / "run"), option="--input", is_prefix=True)
-    )
+    prefix = parse_uri(str(tmp_path / "run"), option="--input", is_prefix=True)
+    listing = Storage().list_objects(prefix)
     names = [Path(loc.key).relative_to(tmp_path).as_posix() for loc, _ in listing]
-    assert names == ["run/b/task-00002.json", "run/notes.txt", "run/task-00001.json"]
+    assert names == ["run/notes.txt", "run/task-00001.json"]
     assert all(size == 2 for _, size in listing)
+    assert [loc.name for loc, _ in listing] == ["notes.txt", "task-00001.json"]
+    assert Storage().list_folder(prefix) == (listing, ["b"])
 
 
 def test_local_list_of_a_missing_folder_is_empty_and_of_a_file_is_bad_input(
@@ -118,14 +120,23 @@ def test_s3_write_read_list_round_trip(s3, monkeypatch: pytest.MonkeyPatch) -> N
     prefix = parse_uri(f"s3://{BUCKET}/sim/task_results/run1", option="--input", is_prefix=True)
     for index in range(5):
         store.write_bytes(prefix.child(f"task-{index:05d}.json"), f"{index}".encode())
-    store.write_bytes(
-        parse_uri(f"s3://{BUCKET}/sim/task_results/run10/x.json", option="o", is_prefix=False),
-        b"other run",
-    )
-    listing = store.list_objects(prefix)
+    for key in (
+        "sim/task_results/run10/x.json",
+        *(f"sim/task_results/run1/later/task-{i:05d}.json" for i in range(3)),
+        "sim/task_results/run1/more/x.json",
+    ):
+        store.write_bytes(parse_uri(f"s3://{BUCKET}/{key}", option="o", is_prefix=False), b"{}")
+    listing, folders = store.list_folder(prefix)
     assert [loc.key for loc, _ in listing] == [
         f"sim/task_results/run1/task-{i:05d}.json" for i in range(5)
     ]
+    assert [loc.name for loc, _ in listing] == [f"task-{i:05d}.json" for i in range(5)]
+    # S3 rolls a sub-folder's keys up into one CommonPrefixes entry, returned nowhere else
+    # ("These rolled-up keys are not returned elsewhere in the response. Each rolled-up result
+    # counts as only one return against the MaxKeys value": Amazon S3 API Reference,
+    # ListObjectsV2, Delimiter).
+    assert folders == ["later", "more"]
+    assert store.list_objects(prefix) == listing
     assert [data for _, data in store.read_many([loc for loc, _ in listing])] == [
         f"{i}".encode() for i in range(5)
     ]

@@ -1,7 +1,11 @@
-"""params.py: the trigger form (titles, sections, types) and every refusal naming its field."""
+"""studies/bersim/form.py: the BER study's trigger form (titles, sections, types) and every
+refusal naming its field, as plan_tasks makes them (windows_batch.planning.plan_run)."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,22 +13,38 @@ from airflow.sdk.definitions.param import ParamsDict
 from airflow.sdk.exceptions import ParamValidationError
 from airflow.serialization.serialized_objects import BaseSerialization
 
+from studies.bersim import form as ber_form
+from windows_batch import catalog, planning, python_study
 from windows_batch import settings as settings_mod
-from windows_batch.params import (
-    PARAM_NAMES,
-    SECTION_ADVANCED,
-    SECTION_PRECISION,
-    StudyError,
-    check_bucket,
-    form,
-    validate_study,
-)
+from windows_batch.engine_form import SECTION_ADVANCED
+from windows_batch.settings import Settings
+from windows_batch.study import StudyError
 
 SETTINGS = settings_mod.load(
     {
         "AIRFLOW__WINDOWS_BATCH__S3_BUCKET": "my-results",
         "AIRFLOW__WINDOWS_BATCH__MAX_CLUSTER_SIZE": "8",
     }
+)
+LOCAL = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "local"})
+INFO = catalog.study_info(Path(ber_form.__file__).resolve().parent)
+STUDY = python_study.load(INFO, SETTINGS)
+RUN_ID = "manual__2026-01-02T03:04:05.678901+00:00"
+
+# The form's fields in the order it has always shown them (the BER study before the split).
+FORM_NAMES = (
+    "s3_bucket",
+    "num_tasks",
+    "ebn0_db",
+    "max_bits_per_task",
+    "target_errors",
+    "allocation",
+    "seed",
+    "cluster_size",
+    "scale_out_timeout_s",
+    "scale_in_timeout_s",
+    "s3_prefix_task_results",
+    "s3_prefix_aggregate_results",
 )
 
 # (conf, field named in the message): the issue's list, then what only plan_tasks can check.
@@ -47,9 +67,17 @@ SCHEMA_REFUSALS = [
     pytest.param({"cluster_size": "big"}, "cluster_size", id="cluster-other-string"),
     pytest.param({"cluster_size": "4"}, "cluster_size", id="cluster-number-as-string"),
     pytest.param({"cluster_size": 2.5}, "cluster_size", id="cluster-fractional"),
-    pytest.param({"num_tasks": 1025}, "num_tasks", id="too-many-tasks"),
+    pytest.param({"num_tasks": ber_form.MAX_TASKS + 1}, "num_tasks", id="too-many-tasks"),
     pytest.param({"seed": -1}, "seed", id="negative-seed"),
     pytest.param({"s3_prefix_task_results": "/sim//x/"}, "s3_prefix_task_results", id="bad-prefix"),
+    pytest.param(
+        {"s3_prefix_task_results": "sim/../../etc"}, "s3_prefix_task_results", id="dotdot-prefix"
+    ),
+    pytest.param(
+        {"s3_prefix_aggregate_results": "sim/./agg"},
+        "s3_prefix_aggregate_results",
+        id="dot-prefix",
+    ),
     pytest.param({"scale_out_timeout_s": 1}, "scale_out_timeout_s", id="timeout-too-short"),
 ]
 PLAN_ONLY_REFUSALS = [
@@ -60,26 +88,48 @@ PLAN_ONLY_REFUSALS = [
         "s3_prefix_aggregate_results",
         id="nested-prefixes",
     ),
+    pytest.param(
+        {"s3_prefix_task_results": "sim/_engine/tasks"},
+        "s3_prefix_task_results",
+        id="engine-folder",
+    ),
 ]
 
 
-def params_with(conf: dict[str, Any]) -> dict[str, Any]:
+def params_with(conf: dict[str, Any], settings: Settings = SETTINGS) -> dict[str, Any]:
     """What a run's params are: the form's defaults with the trigger's conf on top."""
-    params = ParamsDict(form(SETTINGS))
+    params = ParamsDict(STUDY.form(settings))
     params.update(conf)
     return params.validate()
 
 
+def plan_tasks(
+    params: dict[str, Any], conf: dict[str, Any], settings: Settings = SETTINGS
+) -> planning.Planned:
+    """What plan_tasks does with a run's params before anything is written or started."""
+    return planning.plan_run(STUDY, settings, params=params, conf=conf, run_id=RUN_ID, write=False)
+
+
+@pytest.fixture
+def python_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend checks that the study's command (`python`) exists on this machine."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
 def test_form_fields_have_titles_descriptions_and_sections_common_first() -> None:
-    fields = form(SETTINGS)
-    assert tuple(fields) == PARAM_NAMES
+    fields = STUDY.form(SETTINGS)
+    assert tuple(fields) == FORM_NAMES
     for name, param in fields.items():
         assert param.schema.get("title"), name
         assert len(param.description or "") > 30, name
     sections = [p.schema.get("section") for p in fields.values()]
     # Grouped (each section contiguous), in this order; the common fields without a section,
     # so that they land in the form's default section, the one open when the form opens.
-    assert list(dict.fromkeys(sections)) == [None, SECTION_PRECISION, SECTION_ADVANCED]
+    assert list(dict.fromkeys(sections)) == [
+        None,
+        ber_form.SECTION_PRECISION,
+        SECTION_ADVANCED,
+    ]
     assert [n for n, p in fields.items() if "section" not in p.schema] == [
         "s3_bucket",
         "num_tasks",
@@ -88,7 +138,7 @@ def test_form_fields_have_titles_descriptions_and_sections_common_first() -> Non
 
 
 def test_form_input_types() -> None:
-    fields = form(SETTINGS)
+    fields = STUDY.form(SETTINGS)
     assert fields["num_tasks"].schema["type"] == "integer"
     assert fields["ebn0_db"].schema["type"] == "array"
     assert fields["ebn0_db"].schema["items"]["type"] == "number"
@@ -99,6 +149,8 @@ def test_form_input_types() -> None:
     assert fields["cluster_size"].value == "auto"
     assert fields["cluster_size"].schema["enum"] == ["auto", *range(1, 9)]
     assert set(fields["cluster_size"].schema["values_display"]) == {"auto", *map(str, range(1, 9))}
+    # Each choice says how many tasks run at once: three BER tasks per c5.xlarge (study.yaml).
+    assert fields["cluster_size"].schema["values_display"]["2"] == "2 (6 tasks at a time)"
     # No plain minimum/maximum on whole numbers: the UI would clamp instead of refusing.
     for name, param in fields.items():
         if param.schema.get("type") == "integer":
@@ -107,16 +159,21 @@ def test_form_input_types() -> None:
 
 
 def test_defaults_are_valid() -> None:
-    study, cluster = validate_study(params_with({}), conf={})
-    assert study.num_tasks == 200
-    assert study.ebn0_db == (0, 2, 4, 6, 8, 10, 11, 12)
-    assert cluster == "auto"
+    params = params_with({})
+    planned = plan_tasks(params, {})
+    assert len(planned.plan.items) == 200
+    assert planned.engine.cluster_size == "auto"
+    assert planned.engine.bucket == "my-results"
+    inputs = ber_form.validate(params, bucket="my-results", results_prefix="sim", local=False)
+    assert inputs.num_tasks == 200
+    assert inputs.ebn0_db == (0, 2, 4, 6, 8, 10, 11, 12)
+    assert inputs.s3_prefix_task_results == "sim/task_results"
 
 
 @pytest.mark.parametrize("size", ["auto", 1, 4, 8], ids=str)
 def test_cluster_size_takes_auto_or_a_whole_number(size: int | str) -> None:
-    _, cluster = validate_study(params_with({"cluster_size": size}), conf={"cluster_size": size})
-    assert cluster == size
+    conf = {"cluster_size": size}
+    assert plan_tasks(params_with(conf), conf).engine.cluster_size == size
 
 
 @pytest.mark.parametrize(("conf", "field"), SCHEMA_REFUSALS)
@@ -127,9 +184,9 @@ def test_schema_refuses_bad_input_naming_the_field(conf: dict[str, Any], field: 
 
 @pytest.mark.parametrize(("conf", "field"), SCHEMA_REFUSALS + PLAN_ONLY_REFUSALS)
 def test_plan_tasks_refuses_bad_input_naming_the_field(conf: dict[str, Any], field: str) -> None:
-    params = {**dict(ParamsDict(form(SETTINGS)).validate()), **conf}
+    params = {**dict(ParamsDict(STUDY.form(SETTINGS)).validate()), **conf}
     with pytest.raises(StudyError) as caught:
-        validate_study(params, conf=conf, max_cluster_size=SETTINGS.max_cluster_size)
+        plan_tasks(params, conf)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
 
@@ -141,7 +198,7 @@ def params_of_a_new_run(conf: dict[str, Any]) -> dict[str, Any]:
     as the DAG processor serialized them, `deep_merge(conf)`, `validate()`. Keys the form does
     not have are kept, without a schema.
     """
-    stored = BaseSerialization._serialize_params_dict(ParamsDict(form(SETTINGS)))
+    stored = BaseSerialization._serialize_params_dict(ParamsDict(STUDY.form(SETTINGS)))
     params = BaseSerialization._deserialize_params_dict(stored).deep_merge(conf)
     return params.validate()
 
@@ -153,45 +210,17 @@ def test_plan_only_refusals_pass_the_schema(conf: dict[str, Any], field: str) ->
 
     assert {k: params[k] for k in conf} == conf
     with pytest.raises(StudyError) as caught:
-        validate_study(params, conf=conf, max_cluster_size=SETTINGS.max_cluster_size)
+        plan_tasks(params, conf)
     assert caught.value.field == field
 
 
 def test_unknown_field_suggests_the_right_one() -> None:
     with pytest.raises(StudyError, match="did you mean 'num_tasks'"):
-        validate_study(params_with({}), conf={"num_task": 20})
+        plan_tasks(params_with({}), {"num_task": 20})
 
 
-@pytest.mark.parametrize("name", ["my-results", "a.b.c", "abc", "bucket-123", "x" * 63], ids=str)
-def test_valid_bucket_names(name: str) -> None:
-    assert check_bucket(name) == name
-    params_with({"s3_bucket": name})
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "",
-        "ab",
-        "x" * 64,
-        "-abc",
-        "abc-",
-        "ABC",
-        "a_b",
-        "a..b",
-        "10.0.0.1",
-        "xn--abc",
-        "abc-s3alias",
-    ],
-)
-def test_invalid_bucket_names(name: str) -> None:
-    with pytest.raises(StudyError, match=r"^s3_bucket: "):
-        check_bucket(name)
-    with pytest.raises(ParamValidationError, match="s3_bucket"):
-        params_with({"s3_bucket": name})
-
-
-# The ECS task role may write only the results bucket under sim/ (cloudformation/ecs.yaml).
+# The ECS task role may write only the results bucket under the study's prefix, sim/ for the
+# BER study (study.yaml; cloudformation/ecs.yaml grants it).
 OUTSIDE_THE_TASK_ROLE = [
     pytest.param({"s3_bucket": "someone-elses"}, "s3_bucket", id="other-bucket"),
     pytest.param(
@@ -205,30 +234,31 @@ OUTSIDE_THE_TASK_ROLE = [
 ]
 
 
+@pytest.mark.usefixtures("python_on_path")
 @pytest.mark.parametrize(("conf", "field"), OUTSIDE_THE_TASK_ROLE)
 def test_ecs_backend_refuses_what_the_task_role_cannot_write(
     conf: dict[str, Any], field: str
 ) -> None:
     assert SETTINGS.results_bucket_only == "my-results"
     with pytest.raises(StudyError) as refused:
-        validate_study(
-            params_with(conf), conf=conf, results_bucket_only=SETTINGS.results_bucket_only
-        )
+        plan_tasks(params_with(conf), conf)
     assert refused.value.field == field
     # The local backend writes to local folders: any bucket and prefix will do.
-    local = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__BACKEND": "local"})
-    assert local.results_bucket_only is None
-    validate_study(params_with(conf), conf=conf, results_bucket_only=local.results_bucket_only)
+    assert LOCAL.results_bucket_only is None
+    planned = plan_tasks(params_with(conf, LOCAL), conf, LOCAL)
+    assert len(planned.plan.items) == 200
 
 
 def test_ecs_backend_accepts_the_results_bucket_under_the_role_prefix() -> None:
     conf = {"s3_prefix_task_results": "sim/mine/tasks", "s3_prefix_aggregate_results": "sim/agg"}
-    study, _ = validate_study(params_with(conf), conf=conf, results_bucket_only="my-results")
-    assert study.s3_prefix_task_results == "sim/mine/tasks"
+    planned = plan_tasks(params_with(conf), conf)
+    assert planned.plan.progress_uri == f"s3://my-results/sim/mine/tasks/{RUN_ID}/"
+    assert planned.plan.outputs_uri == f"s3://my-results/sim/agg/{RUN_ID}/"
 
 
 def test_the_checked_prefix_is_the_one_the_task_role_allows() -> None:
     template = (settings_mod._REPO / "cloudformation" / "ecs.yaml").read_text()
-    prefix = settings_mod.RESULTS_PREFIX
+    prefix = INFO.results_prefix
+    assert prefix == "sim"
     assert f"s3:::${{ResultsBucketName}}/{prefix}/*'" in template
     assert f"- {prefix}/*" in template  # the ListBucket condition
