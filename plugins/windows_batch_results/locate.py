@@ -48,6 +48,7 @@ class S3Prefix:
             not name
             or name.startswith("/")
             or "\\" in name
+            or any(ord(c) < 0x20 for c in name)
             or any(p in {"", ".", ".."} for p in parts)
             or posixpath.normpath(name) != name
         ):

@@ -50,6 +50,10 @@ moto does not), patched IN THE SERVER PROCESS:
   with "mapped": false. Every decision is appended as a JSON line to MOTO_IAM_LOG. Not evaluated:
   bucket policies (moto's CloudFormation does not create AWS::S3::BucketPolicy; the calls are
   taken as HTTPS, aws:SecureTransport true, as on AWS), the ECS agent's own calls, trust policies.
+  A GetObject or HeadObject of a key that does not exist answers 403 Access Denied, not 404, to a
+  caller without s3:ListBucket on the bucket (S3 API reference, GetObject/HeadObject,
+  Permissions); a ListBucket allowed only under an s3:prefix condition does not count, since the
+  read carries no prefix.
 
 Every SetDesiredCapacity, RunTask, StopTask, container start and exit, and each answer of
 ListContainerInstances (with the state of each host in its group) is appended as a JSON line to
@@ -122,6 +126,8 @@ from moto.ecs.responses import EC2ContainerServiceResponse  # noqa: E402
 from moto.iam.access_control import IAMPolicy, IAMRequestBase  # noqa: E402
 from moto.logs.models import logs_backends  # noqa: E402
 from moto.moto_api import state_manager  # noqa: E402
+from moto.s3.exceptions import S3AccessDeniedError  # noqa: E402
+from moto.s3.models import S3Backend  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 from moto.sts.models import sts_backends  # noqa: E402
 
@@ -697,10 +703,43 @@ def check_action_permitted(self: Any, resource: str) -> None:
         )
     if not allowed:
         self._raise_access_denied()
+    _may_list.value = _may_list_object(statements, needed)
     if FREEZE_ON_PUT and any(
         r.action == "s3:PutObject" and r.resource.endswith(FREEZE_ON_PUT) for r in needed
     ):
         freeze_caller(self._access_key.arn)
+
+
+_may_list = threading.local()
+"""For the S3 request this thread serves: may its caller list the key it reads (None: not a read
+of one object, or IAM not enforced yet)."""
+
+
+def _may_list_object(statements: Any, needed: list[Any]) -> bool | None:
+    """For a GetObject/HeadObject: may the caller list the bucket under that key?"""
+    reads = [r for r in needed if r.action == "s3:GetObject"]
+    if len(reads) != 1:
+        return None
+    bucket = reads[0].resource[len("arn:aws:s3:::") :].partition("/")[0]
+    # A read carries no s3:prefix: a ListBucket allowed only under a prefix condition does not
+    # apply (a condition on a key the request lacks does not match).
+    request = iam_policy.Request(
+        "s3:ListBucket", f"arn:aws:s3:::{bucket}", {"aws:SecureTransport": "true"}
+    )
+    return iam_policy.evaluate(statements, request) == iam_policy.ALLOW
+
+
+def get_object_as_s3_answers(
+    self: Any, bucket_name: str, key_name: str, *args: Any, **kwargs: Any
+) -> Any:
+    """A read of a key that does not exist is 404 only for a caller who may list it: without
+    s3:ListBucket, S3 answers 403 Access Denied (S3 API reference, GetObject and HeadObject,
+    Permissions: "If you don't have the s3:ListBucket permission, Amazon S3 returns an HTTP
+    status code 403 Forbidden error"). moto answers 404 to everyone."""
+    found = _get_object(self, bucket_name, key_name, *args, **kwargs)
+    if found is None and getattr(_may_list, "value", None) is False:
+        raise S3AccessDeniedError()
+    return found
 
 
 def freeze_caller(principal: str) -> None:
@@ -725,6 +764,8 @@ EC2ContainerServiceResponse.run_task = response_run_task  # type: ignore[method-
 AutoScalingBackend.set_desired_capacity = set_desired_capacity  # type: ignore[method-assign,assignment]
 TaskDefinition.create_from_cloudformation_json = classmethod(task_definition_from_cloudformation)  # type: ignore[method-assign,assignment]
 IAMRequestBase.check_action_permitted = check_action_permitted  # type: ignore[method-assign]
+_get_object = S3Backend.get_object
+S3Backend.get_object = get_object_as_s3_answers  # type: ignore[method-assign,assignment]
 
 
 def main() -> int:

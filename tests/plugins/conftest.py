@@ -2,19 +2,22 @@
 
 The app runs in-process under FastAPI's TestClient, mounted as the API server mounts it. Its
 access check is Airflow's own (`requires_access_dag` with SimpleAuthManager, all-admins off), so
-a test logs in with a JWT the auth manager signed, as the UI's `_token` cookie carries it. Runs
-and their planned aggregate command are rows in a real SQLite metadata database (`airflow db
-migrate` once per session, in a child process, like tests/dags).
+a test logs in with a JWT the auth manager signed, as the UI's `_token` cookie carries it. The
+study DAGs (with the tags the engine gives them), their runs and the results location plan_tasks
+records are rows in a real SQLite metadata database (`airflow db migrate` once per session, in a
+child process, like tests/dags).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,8 @@ for _path in (PLUGINS, REPO / "dags"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 DAG_ID = "windows-batch-compute-dag"
+STUDY = "bersim"
+PREFIX = "sim"
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,41 @@ class Airflow:
 
     home: Path
 
-    def add_run(self, run_id: str, *, state: str, aggregate_command: list[str] | None) -> None:
-        """A run of the DAG; with the aggregate command plan_tasks pushes when it has planned.
+    def add_dag(
+        self, dag_id: str = DAG_ID, *, study: str = STUDY, prefix: str = PREFIX, engine: bool = True
+    ) -> None:
+        """A DAG as the engine tags it (windows-batch, study:<name>, results:<prefix>)."""
+        from airflow.models.dag import DagModel, DagTag
+        from airflow.models.dagbundle import DagBundleModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            if session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == dag_id)):
+                return
+            if not session.scalar(
+                select(DagBundleModel.name).where(DagBundleModel.name == "tests")
+            ):
+                session.add(DagBundleModel(name="tests"))
+                session.flush()
+            session.add(
+                DagModel(
+                    dag_id=dag_id,
+                    bundle_name="tests",
+                    max_active_tasks=16,
+                    max_consecutive_failed_dag_runs=0,
+                    has_task_concurrency_limits=False,
+                )
+            )
+            session.flush()
+            tags = [f"study:{study}", f"results:{prefix}"] + (["windows-batch"] if engine else [])
+            for tag in tags:
+                session.add(DagTag(name=tag, dag_id=dag_id))
+
+    def add_run(
+        self, run_id: str, *, state: str, location: dict[str, Any] | None, dag_id: str = DAG_ID
+    ) -> None:
+        """A run of the DAG; with the results location plan_tasks records when it has planned.
 
         A run id that exists already is left as it is (the database lives for the session).
         """
@@ -44,16 +82,18 @@ class Airflow:
         from sqlalchemy import insert, select
 
         with create_session() as session:
-            if session.scalar(select(DagRun.id).where(DagRun.run_id == run_id)) is not None:
+            if session.scalar(
+                select(DagRun.id).where(DagRun.run_id == run_id, DagRun.dag_id == dag_id)
+            ):
                 return
-            session.add(DagRun(dag_id=DAG_ID, run_id=run_id, run_type="manual", state=state))
+            session.add(DagRun(dag_id=dag_id, run_id=run_id, run_type="manual", state=state))
             session.flush()
-            if aggregate_command is None:
+            if location is None:
                 return
             session.execute(
                 insert(TaskInstance.__table__).values(
                     id=uuid.uuid4(),
-                    dag_id=DAG_ID,
+                    dag_id=dag_id,
                     task_id="plan_tasks",
                     run_id=run_id,
                     map_index=-1,
@@ -63,9 +103,9 @@ class Airflow:
                 )
             )
             XComModel.set(
-                "aggregate_command",
-                aggregate_command,
-                dag_id=DAG_ID,
+                "results_location",
+                json.dumps(location),
+                dag_id=dag_id,
                 task_id="plan_tasks",
                 run_id=run_id,
                 session=session,
