@@ -147,7 +147,8 @@ def engine_fields(
     if "max_failed_tasks" in wanted:
         fields["max_failed_tasks"] = Param(
             budget_default,
-            type="string",
+            # Airflow's form sends an empty field as null: the budget is optional.
+            type=["string", "null"],
             maxLength=12,
             pattern=BUDGET_PATTERN,
             title="Failed tasks the run may go on past",

@@ -743,6 +743,9 @@ def _text_schema(param: JobParam, settings: Settings) -> tuple[dict[str, Any], A
         schema["format"] = "multiline"
     default = raw.get("default")
     value = str(default) if default is not None else ""
+    if not value and not allowed and not int(raw.get("minLength", 0) or 0):
+        # Airflow's form sends an empty field as null: an optional text must allow it.
+        schema["type"] = ["string", "null"]
     note = ""
     if param.type == "PATH":
         where = "an S3 location such as s3://bucket/prefix/"

@@ -190,16 +190,16 @@ class FinishedRun:
 
 
 def _results_dir(ui: AirflowUI, run_id: str) -> Path | None:
-    """Where a run published its results (from the aggregate command it planned), if it did."""
+    """Where a run published its results (plan_tasks' record of its outputs), if it did."""
     status, entry = ui.api(
-        "GET", f"{ui.run_path(run_id)}/taskInstances/plan_tasks/xcomEntries/aggregate_command"
+        "GET", f"{ui.run_path(run_id)}/taskInstances/plan_tasks/xcomEntries/results_location"
     )
-    command = entry.get("value") if status == 200 and isinstance(entry, dict) else None
-    if isinstance(command, str):
-        command = json.loads(command)
-    if not isinstance(command, list) or "--output" not in command:
+    location = entry.get("value") if status == 200 and isinstance(entry, dict) else None
+    while isinstance(location, str):
+        location = json.loads(location)
+    if not isinstance(location, dict) or not str(location.get("outputs", "")).startswith("s3://"):
         return None
-    bucket, _, key = command[command.index("--output") + 1][len("s3://") :].partition("/")
+    bucket, _, key = location["outputs"][len("s3://") :].partition("/")
     folder = ui.local_root / bucket / key
     return folder if (folder / "results.json").is_file() else None
 

@@ -83,20 +83,23 @@ form => Array.from(form.querySelectorAll('[data-scope=accordion][data-part=item]
 """
 
 
-def _open_trigger_form(page: Any, ui: AirflowUI) -> Any:
+def _open_trigger_form(
+    page: Any, ui: AirflowUI, *, dag_id: str = DAG_ID, first: str = "num_tasks"
+) -> Any:
     """Open the DAG page, press Trigger, wait for the params form; return the dialog."""
-    page.goto(f"{ui.url}/dags/{DAG_ID}")
+    page.goto(f"{ui.url}/dags/{dag_id}")
     page.get_by_role("button", name="Trigger Dag").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_test_id("config-form").wait_for()
     # The params render once the DAG's details have loaded.
-    dialog.locator('[id="element_num_tasks"], [name="element_num_tasks"]').first.wait_for(
+    dialog.locator(f'[id="element_{first}"], [name="element_{first}"]').first.wait_for(
         state="attached"
     )
-    # The Eb/N0 list's editor mounts last (about a second later once plugins add UI views); if
-    # it never does, the form checks report the field, so a timeout here is not the failure.
-    with suppress(PlaywrightTimeoutError):
-        dialog.locator('[id="element_ebn0_db"] .monaco-editor').wait_for(timeout=15_000)
+    if dag_id == DAG_ID:
+        # The Eb/N0 list's editor mounts last (about a second later once plugins add UI
+        # views); if it never does, the form checks report the field, so no failure here.
+        with suppress(PlaywrightTimeoutError):
+            dialog.locator('[id="element_ebn0_db"] .monaco-editor').wait_for(timeout=15_000)
     return dialog
 
 
@@ -140,18 +143,27 @@ def _error_texts(dialog: Any) -> list[str]:
     return [t.strip() for t in texts if t.strip()]
 
 
-def _run_ids(ui: AirflowUI) -> set[str]:
-    return {run["dag_run_id"] for run in ui.runs()}
+def _run_ids(ui: AirflowUI, dag_id: str = DAG_ID) -> set[str]:
+    runs = ui.get(f"dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+    return {run["dag_run_id"] for run in runs}
 
 
-def _delete_runs(ui: AirflowUI, run_ids: set[str]) -> None:
+def _delete_runs(ui: AirflowUI, run_ids: set[str], dag_id: str = DAG_ID) -> None:
     """Remove runs a failed check created, so they do not compete with the other tests."""
     for run_id in run_ids:
-        ui.api("DELETE", ui.run_path(run_id))
+        ui.api("DELETE", f"dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")
 
 
 def _press_trigger_and_expect_refusal(
-    page: Any, dialog: Any, ui: AirflowUI, *, name: str, title: str, bad: str, hint: str = ""
+    page: Any,
+    dialog: Any,
+    ui: AirflowUI,
+    *,
+    name: str,
+    title: str,
+    bad: str,
+    hint: str = "",
+    dag_id: str = DAG_ID,
 ) -> None:
     """Press Trigger (if the form lets us) and check the input is refused before any run exists.
 
@@ -159,20 +171,20 @@ def _press_trigger_and_expect_refusal(
     either in that field's own row (its label is the field's title) or in the alert of the
     refused request (which names the param).
     """
-    before = _run_ids(ui)
+    before = _run_ids(ui, dag_id)
     submit = dialog.get_by_test_id("trigger-dag-submit")
     server_answer = None
     if submit.is_enabled():
         with page.expect_response(
-            lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{DAG_ID}/dagRuns")
+            lambda r: r.request.method == "POST" and r.url.endswith(f"/dags/{dag_id}/dagRuns")
         ) as response:
             submit.click()
         server_answer = f"HTTP {response.value.status}: {response.value.text()[:300]}"
         if response.value.status >= 400:
             dialog.get_by_test_id("error-alert").wait_for(timeout=10_000)
-    created = _run_ids(ui) - before
+    created = _run_ids(ui, dag_id) - before
     if created:
-        _delete_runs(ui, created)
+        _delete_runs(ui, created, dag_id)
     assert not created, (
         f"{name}={bad}: the form started a run instead of refusing the input "
         f"(server answered {server_answer}; created {sorted(created)}). {hint}"
@@ -641,6 +653,43 @@ def test_small_study_runs_and_links_its_results(
         f"{shown_note!r}. Airflow's UI empties file:// links in notes and does not show "
         f"non-http(s) extra links ({links}): in the local backend, write the local path "
         "itself into the note (dags/windows_batch/results.py, note_text)."
+    )
+
+
+PRICING = "option-pricing"
+
+
+def test_a_template_study_s_form_has_its_titles_sections_and_choices(
+    page: Any, airflow_ui: AirflowUI
+) -> None:
+    """A job template's parameters, as the form shows them: each UI hint becomes a widget."""
+    dialog = _open_trigger_form(page, airflow_ui, dag_id=PRICING, first="StrikeLow")
+    sections = dialog.get_by_test_id("config-form").evaluate(_COLLECT_FIELDS_JS)
+    fields = {f["name"]: {**f, "section": s["section"]} for s in sections for f in s["fields"]}
+    assert fields["StrikeLow"]["label"] == "Lowest strike"
+    assert fields["Spot"]["section"] == "Market"
+    assert fields["Seed"]["section"] == "Precision and reproducibility"
+    assert fields["cluster_size"]["section"].startswith("Advanced")
+    assert fields["StrikeLow"]["kind"] == "number"
+    assert fields["Variance"]["kind"] == "select"  # DROPDOWN_LIST
+    assert fields["Comment"]["kind"] == "lines"  # MULTILINE_EDIT
+    assert "Kernel" not in fields  # HIDDEN
+    assert "Results" not in fields  # an OUT folder is the engine's to choose
+
+
+def test_a_template_study_refuses_a_bad_value_naming_its_parameter(
+    page: Any, airflow_ui: AirflowUI
+) -> None:
+    dialog = _open_trigger_form(page, airflow_ui, dag_id=PRICING, first="StrikeLow")
+    _number_input(dialog, "Batches").fill("0")
+    _press_trigger_and_expect_refusal(
+        page,
+        dialog,
+        airflow_ui,
+        name="Batches",
+        title="Batches per strike",
+        bad="0",
+        dag_id=PRICING,
     )
 
 
