@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 import shutil
 import time
+import urllib.parse
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
