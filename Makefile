@@ -17,6 +17,8 @@ PYTEST_WORKERS ?= 2
 CONF ?=
 # The study make run and make ui run: a folder under dags/studies/ (default: the BER study).
 STUDY ?=
+# The local Airflow's port on 127.0.0.1 for make run and make ui.
+PORT ?= 8080
 
 SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*/*.sh))
 # Each image's folder: docker/base/ (the engine's) and docker/<study>/.
@@ -32,10 +34,10 @@ setup: ## Install Octave, Chromium, .venv and checkov (skipped when up to date)
 	@scripts/bootstrap.sh
 
 run: setup ## Run a study locally through Airflow (STUDY=option_pricing CONF='{"Batches": 10}')
-	@$(PY) scripts/run_local.py --study '$(STUDY)' --conf '$(CONF)'
+	@$(PY) scripts/run_local.py --study '$(STUDY)' --port '$(PORT)' --conf '$(CONF)'
 
 ui: setup ## Start Airflow locally with the DAG, for "Trigger DAG w/ config"
-	@$(PY) scripts/run_local.py --study '$(STUDY)' --ui
+	@$(PY) scripts/run_local.py --study '$(STUDY)' --port '$(PORT)' --ui
 
 test: setup lint unit ## Lint, then run every test (the command CI runs)
 
