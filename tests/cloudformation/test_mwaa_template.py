@@ -22,6 +22,7 @@ RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
     "cloudwatch:PutMetricData": None,  # no resource type
     "autoscaling:DescribeAutoScalingGroups": None,  # Describe* take no resource
     "autoscaling:DescribeScalingActivities": None,  # Describe* take no resource
+    "autoscaling:DescribeWarmPool": None,  # Describe* take no resource
     "ec2:DescribeInstances": None,  # EC2 Describe* take no resource
     "ec2:DescribeSpotPriceHistory": None,  # EC2 Describe* take no resource
     "ecs:ListTasks": "ecs:cluster",  # takes no cluster ARN as resource: pinned by condition
@@ -51,6 +52,8 @@ DAG_SETTINGS = {
     "mwaa_environment": {"Ref": "AWS::StackName"},
     "boot_s": {"Ref": "InstanceBootSeconds"},
     "pull_s": {"Ref": "ImagePullSeconds"},
+    "warm_pool_size": {"Ref": "WarmPoolSize"},
+    "root_volume_gib": {"Ref": "RootVolumeSizeInGiB"},
 }
 
 

@@ -171,9 +171,10 @@ def test_every_default_type_is_one_x86_64_size_and_holds_the_dags_slots() -> Non
 
 
 def test_user_data_turns_spot_draining_on_before_the_agent_starts() -> None:
-    user_data = load("ecs")["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"][
+    sub = load("ecs")["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"][
         "UserData"
     ]["Fn::Base64"]["Fn::Sub"]
+    user_data = sub if isinstance(sub, str) else sub[0]
     initialize = user_data.index("Initialize-ECSAgent")
     machine = dict(
         re.findall(
