@@ -189,7 +189,7 @@ class EcsDeployment:
             time.sleep(0.2)
 
 
-def _deploy(deployment: EcsDeployment) -> None:
+def _deploy(deployment: EcsDeployment, ecs_parameters: dict[str, str] | None = None) -> None:
     setup = {"endpoint_url": deployment.url, "region_name": REGION, **_SETUP_KEYS}
     iam = boto3.client("iam", **setup)
     iam.create_user(UserName="test-admin")
@@ -218,6 +218,7 @@ def _deploy(deployment: EcsDeployment) -> None:
             "InstanceSecurityGroupId": network["EcsInstanceSecurityGroupId"],
             "ResultsBucketName": storage["ResultsBucketName"],
             "ImageUri": IMAGE_URI,
+            **(ecs_parameters or {}),
         },
     )
     body, options = mwaa_role_template()
@@ -241,6 +242,8 @@ def _deploy(deployment: EcsDeployment) -> None:
         "OnDemandBaseCapacity": ecs["OnDemandBaseCapacity"],
         "TaskRoleArn": ecs["TaskRoleArn"],
         "TaskExecutionRoleArn": ecs["TaskExecutionRoleArn"],
+        "WarmPoolSize": ecs["WarmPoolSize"],
+        "RootVolumeSizeInGiB": ecs["RootVolumeSizeInGiB"],
     }
     mwaa = _create(cloudformation, mwaa_stack, body, parameters)
     deployment.outputs = {"storage": storage, "network": network, "ecs": ecs, "mwaa": mwaa}
@@ -271,8 +274,11 @@ def _deploy(deployment: EcsDeployment) -> None:
 
 
 @contextmanager
-def moto_ecs(tmp: Path, **server_env: str) -> Iterator[EcsDeployment]:
-    """Start the server (extra MOTO_* settings in `server_env`), deploy, yield; always stop it."""
+def moto_ecs(
+    tmp: Path, *, ecs_parameters: dict[str, str] | None = None, **server_env: str
+) -> Iterator[EcsDeployment]:
+    """Start the server (extra MOTO_* settings in `server_env`), deploy (the ECS stack with
+    `ecs_parameters` as well), yield; always stop it."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     deployment = EcsDeployment(
@@ -305,7 +311,7 @@ def moto_ecs(tmp: Path, **server_env: str) -> Iterator[EcsDeployment]:
                     f"moto server did not start:\n{deployment.server_log.read_text()[-3000:]}"
                 )
             time.sleep(0.1)
-        _deploy(deployment)
+        _deploy(deployment, ecs_parameters)
         yield deployment
     finally:
         with suppress(ProcessLookupError):

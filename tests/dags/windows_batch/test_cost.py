@@ -190,7 +190,11 @@ def test_aws_answers_make_the_same_timeline_and_line(
         ],
     )
     assert timeline.missing == []
-    assert sorted(timeline.instances, key=lambda i: i.instance_id) == INSTANCES
+    # Both launched cold; each went InService when its launch activity ended.
+    assert sorted(timeline.instances, key=lambda i: i.instance_id) == [
+        dataclasses.replace(INSTANCES[0], origin="cold", in_service_at=T0 + 30),
+        dataclasses.replace(INSTANCES[1], origin="cold", in_service_at=T0 + 90),
+    ]
     assert timeline.tasks == SPANS
     line = cost.usage(
         timeline.instances, timeline.tasks, now=T0 + 9999, prices=cost.prices_from(TABLE)
