@@ -22,6 +22,17 @@ computes it for the default types), at most 10 instances, the prices of cost.py'
 seed's own per-frame kernel was slower still (benchmarks/bench_kernel.py measures by how
 much); it is left out, so the ratios below are only what this issue's changes give. MWAA and
 the NAT gateway (the idle floor) are not in the cluster cost.
+
+Then the cold start of the default study (adaptive, on-demand, `cluster_size: auto`) under four
+set-ups, trigger to first task (QUEUED_S + boot + pull) and trigger to results (that + the
+simulations' makespan + one TASK_START_S for the aggregate):
+- public AMI: boot BOOT_S (900 s), pull PULL_S (300 s);
+- baked AMI: the image in the AMI (pull 0 s), a standard Windows boot (Fast Launch off, or its
+  pre-provisioned snapshots used up);
+- baked AMI with Fast Launch: boot 0.35 x BOOT_S, pull 0 s;
+- warm pool: the baked AMI's instances started from stopped (WARM_START_S, an assumption), a
+  pool of MAX_SIZE so it covers any size auto picks; its refill (one Fast Launch boot per
+  instance used) is in the cost, its EBS per idle hour printed apart.
 """
 
 from __future__ import annotations
@@ -64,6 +75,12 @@ def task_seconds(allocation: str, settings: cost.CostSettings) -> list[float]:
 
 
 def main() -> None:
+    seed_to_now()
+    cold_starts()
+
+
+def seed_to_now() -> None:
+    """The seed's study, then one change at a time (module docstring)."""
     base = cost.CostSettings()
     spot = dataclasses.replace(base, purchase_option="spot", on_demand_base=0)
     baked = dataclasses.replace(spot, boot_s=base.boot_s * FAST_LAUNCH_BOOT, pull_s=0.0)
@@ -104,4 +121,49 @@ def main() -> None:
             f"{found.instance_hours:.2f} instance-hours, {found.cost_usd:.2f} USD; "
             f"time {found.wall_s / seed.wall_s:.2f}x, cost {found.cost_usd / seed.cost_usd:.2f}x "
             "the seed's"
+        )
+
+
+def cold_starts() -> None:
+    """The four set-ups of the module docstring, with their assumptions."""
+    base = cost.CostSettings()
+    fast = base.boot_s * FAST_LAUNCH_BOOT
+    setups = [
+        ("public AMI", base),
+        ("baked AMI", dataclasses.replace(base, pull_s=0.0)),
+        ("baked AMI with Fast Launch", dataclasses.replace(base, boot_s=fast, pull_s=0.0)),
+        (
+            "warm pool",
+            dataclasses.replace(base, boot_s=fast, pull_s=0.0, warm_pool_size=MAX_SIZE),
+        ),
+    ]
+    print(
+        f"cold start assumptions: queued {base.queued_s:.0f} s (trigger to scale-out), boot "
+        f"{base.boot_s:.0f} s (Fast Launch {fast:.0f} s), pull {base.pull_s:.0f} s (baked: 0 s), "
+        f"start from the warm pool {base.warm_start_s:.0f} s, aggregate {base.task_start_s:.0f}"
+        f" s, warm pool of {MAX_SIZE} x {base.root_volume_gib:g} GiB gp3 at "
+        f"{base.ebs_usd_per_gb_month} USD/GB-month, on-demand, cluster_size auto"
+    )
+    for name, settings in setups:
+        task_s = task_seconds("adaptive", settings)
+        found = cost.size_cluster(
+            task_s,
+            requested=cost.AUTO,
+            max_size=MAX_SIZE,
+            slots_per_instance=SLOTS,
+            settings=settings,
+            prices=cost.prices_from(settings),
+        ).chosen
+        results_s = found.first_task_s + found.compute_s + settings.task_start_s
+        assert found.cost_usd is not None
+        pool = ""
+        if found.pool is not None:
+            pool = (
+                f" (refill {found.pool.refill_usd or 0:.2f} USD included); the stopped pool "
+                f"bills {found.pool.ebs_usd_per_h:.3f} USD per idle hour"
+            )
+        print(
+            f"{name}: trigger to first task {found.first_task_s / 60:.1f} min, trigger to "
+            f"results {results_s / 60:.1f} min, {found.size} instances, "
+            f"{found.cost_usd:.2f} USD{pool}"
         )

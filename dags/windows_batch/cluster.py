@@ -5,6 +5,13 @@ back (state "up_for_reschedule"), so waiting ten minutes for Windows instances t
 seconds of worker time. Each check (re)sets the desired capacity, which is idempotent and also
 undoes a change someone made by hand meanwhile. A timeout fails the task with what was seen.
 
+With a warm pool (WARM_POOL_SIZE above 0) scale_out also reads the pool and the group's launch
+activities: each check says how many instances came from the pool (started from stopped) and how
+many launched cold (a pool smaller than the cluster is allowed), and what the pool holds. The wait
+is the same: an instance counts once the group has it InService (a lifecycle hook holds it in
+Pending:Wait until its user data completes) and its agent has registered (the agent registers
+only once the instance is bound for InService, ECS_WARM_POOLS_CHECK).
+
 No ECS task outlives its run: every task a run starts carries the run's task group
 (`run_task_group`), and each check of scale_in first stops any task of that group still running
 (one whose Airflow task was marked failed before its trigger could stop it, or whose triggerer
@@ -21,12 +28,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from windows_batch import cost_report
+from windows_batch import cost, cost_report
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,6 +45,8 @@ ADAPTIVE_RETRIES: dict[str, Any] = {"retries": {"mode": "adaptive", "max_attempt
 """botocore retry config: client-side rate limiting plus backoff against API throttling."""
 _DESCRIBE_BATCH = 100
 LEFTOVER_REASON = "Stopped by Airflow: its run is scaling in (scale_in stops every task of the run)"
+WARMED_STATES = ("Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated")
+"""Warm pool instances ready to be started into the group."""
 _PLACEHOLDER_TIMEOUT_S = 3600
 
 
@@ -93,6 +103,7 @@ def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
     instances = info.get("Instances", [])
     return {
         "desired": info.get("DesiredCapacity"),
+        "ids": [str(i.get("InstanceId")) for i in instances],
         "instances": [i.get("LifecycleState", "?") for i in instances],
         "in_service": {
             i.get("InstanceId")
@@ -106,6 +117,61 @@ def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
             or str(i.get("LifecycleState", "")).startswith("Terminating")
         },
     }
+
+
+def warm_pool(autoscaling: Any, group: str) -> list[str] | None:
+    """DescribeWarmPool: the lifecycle states of the pool's instances; None without a pool."""
+    pages = autoscaling.get_paginator("describe_warm_pool").paginate(AutoScalingGroupName=group)
+    configured = False
+    states: list[str] = []
+    for page in pages:
+        configured = configured or bool(page.get("WarmPoolConfiguration"))
+        states += [str(i.get("LifecycleState", "?")) for i in page.get("Instances", [])]
+    return states if configured else None
+
+
+def launch_origins(autoscaling: Any, group: str, *, since: datetime) -> dict[str, str]:
+    """Instance ID -> `warm` (started from the warm pool) or `cold` (launched), from the group's
+    launch activities since `since` (Auto Scaling lists them newest first)."""
+    origins: dict[str, str] = {}
+    pages = autoscaling.get_paginator("describe_scaling_activities").paginate(
+        AutoScalingGroupName=group
+    )
+    for page in pages:
+        activities = page.get("Activities", [])
+        for activity in activities:
+            start = activity.get("StartTime")
+            description = str(activity.get("Description", ""))
+            origin = cost.launch_origin(description)
+            if start is None or start < since or origin not in ("warm", "cold"):
+                continue
+            instance_id = description.rsplit(":", 1)[-1].strip()
+            origins.setdefault(instance_id, str(origin))
+        oldest = activities[-1].get("StartTime") if activities else None
+        if oldest is not None and oldest < since:
+            break
+    return origins
+
+
+def warm_pool_note(autoscaling: Any, group: str, ids: list[str], *, since: datetime) -> str:
+    """`; warm pool: 2 of 3 instances started from it, 1 launched cold; pool: ...` (or why
+    it could not be read: the wait never depends on it)."""
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+    try:
+        pool = warm_pool(autoscaling, group)
+        origins = launch_origins(autoscaling, group, since=since) if pool is not None else {}
+    except (BotoCoreError, ClientError) as exc:
+        return f"; warm pool not read ({exc})"
+    if pool is None:
+        return f"; no warm pool: {len(ids)} launched cold"
+    warm = sum(1 for i in ids if origins.get(i) == "warm")
+    ready = sum(1 for state in pool if state in WARMED_STATES)
+    left = f"{_lifecycle_summary(pool)} ({ready} ready)" if pool else "empty"
+    return (
+        f"; warm pool: {warm} of {len(ids)} instances started from it, {len(ids) - warm} "
+        f"launched cold; pool: {left}"
+    )
 
 
 def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
@@ -242,9 +308,14 @@ class ScaleOutSensor(_ClusterSensor):
             f"{group['desired']}, instances {_lifecycle_summary(group['instances'])}"
             f"{_replacement_note(group, hosts, desired)}"
         )
+        if self.settings.cost.warm_pool_size > 0:
+            self.seen += warm_pool_note(
+                autoscaling, self.settings.asg_name, group["ids"], since=_run_start(context)
+            )
         self.log.info("%s", self.seen)
         if len(ready) >= desired:
             cost_report.remember_instances(self.settings, context, ecs)
+            cost_report.remember_scale_out_start(context)
             return True
         return False
 
@@ -326,6 +397,12 @@ def _replacement_note(group: dict[str, Any], hosts: dict[str, bool], desired: in
     if leaving:
         notes.append(f"not counted, not InService and Healthy in the group: {', '.join(leaving)}")
     return "".join(f"; {note}" for note in notes)
+
+
+def _run_start(context: Context) -> datetime:
+    """When the run began (activities before it belong to other runs)."""
+    started = getattr(context.get("dag_run"), "start_date", None)
+    return started if isinstance(started, datetime) else datetime.fromtimestamp(0, tz=UTC)
 
 
 def _lifecycle_summary(states: list[str]) -> str:

@@ -52,6 +52,28 @@ Settings (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - SCALE_IN_S [60]: from the scale-in request until the instances stop being billed.
 - TASK_START_S [30]: per task, the container's start, the study's program start-up, polling.
 - AUTO_SLOWDOWN [1.25]: `cluster_size: auto` may take up to this factor of the fastest time.
+- WARM_POOL_SIZE [0]: stopped, pre-initialized instances the group's warm pool keeps (ecs.yaml
+  WarmPoolSize). When it covers the cluster (size <= pool) the estimate boots in WARM_START_S.
+- WARM_START_S [120]: start of a warm pool instance from stopped to ECS registration (Windows
+  starting an instance it has initialized once, then the agent registering): an assumption,
+  not measured here.
+- ROOT_VOLUME_GIB [100], EBS_USD_PER_GB_MONTH [0.08]: what a stopped pool instance bills (its
+  gp3 root volume; us-east-1 2025 list price).
+- QUEUED_S [30]: trigger to scale-out request (plan_tasks and the scheduler), for the estimated
+  time to the first task.
+
+Warm pool (ecs.yaml WarmPoolSize). A scale-out starts pool instances from stopped; each one used
+is replaced after scale-in by a new launch into the pool, which runs a cold boot (BOOT_S, the
+AMI's) before it is stopped: that refill is priced with the run, n_from_pool x BOOT_S at the
+on-demand price (and EC2's 60-second minimum). The stopped pool bills only its EBS volumes,
+WARM_POOL_SIZE x ROOT_VOLUME_GIB x EBS_USD_PER_GB_MONTH / 730 per hour, whether studies run or not.
+
+Time to the first task (measured, per run). From the trigger to the first task's container
+start, split into: queued (trigger to scale_out's first request), boot (a cold launch) or start
+(from the warm pool) until the instance went InService, registration (InService to the ECS
+agent's registration; 0 when the agent registered first), cluster wait (until RunTask placed the
+task: the rest of the cluster and Airflow), pull (RunTask to the image pulled) and container
+start. The parts add up to the total. Estimated: QUEUED_S + boot + pull.
 """
 
 from __future__ import annotations
@@ -70,7 +92,9 @@ PURCHASE_OPTIONS = ("on-demand", "spot")
 PRICE_SOURCES = ("aws", "table")
 PHASES = ("boot", "pull", "compute", "idle", "scale-in")
 BILLING_MINIMUM_S = 60.0
-"""EC2 per-second billing charges at least this much per instance launch."""
+"""EC2 per-second billing charges at least this much per instance launch (and per start)."""
+HOURS_PER_MONTH = 730.0
+"""AWS's monthly prices (EBS per GB-month) are for 730 hours."""
 AUTO = "auto"
 
 DEFAULT_ON_DEMAND_USD_PER_H: dict[str, float] = {
@@ -108,6 +132,22 @@ class CostSettings:
     scale_in_s: float = 60.0
     task_start_s: float = 30.0
     auto_slowdown: float = 1.25
+    warm_pool_size: int = 0
+    warm_start_s: float = 120.0
+    root_volume_gib: float = 100.0
+    ebs_usd_per_gb_month: float = 0.08
+    queued_s: float = 30.0
+
+    def pool_covers(self, size: int) -> bool:
+        """Whether every instance of a `size` cluster can start from the warm pool."""
+        return 0 < size <= self.warm_pool_size
+
+    @property
+    def pool_ebs_usd_per_h(self) -> float:
+        """What the stopped warm pool bills per hour: its instances' root volumes."""
+        return (
+            self.warm_pool_size * self.root_volume_gib * self.ebs_usd_per_gb_month / HOURS_PER_MONTH
+        )
 
 
 def _number(env: Mapping[str, str], key: str, default: float, *, low: float, high: float) -> float:
@@ -170,6 +210,11 @@ def load_cost_settings(env: Mapping[str, str], *, backend: str) -> CostSettings:
         scale_in_s=_number(env, "SCALE_IN_S", 60, low=0, high=7200),
         task_start_s=_number(env, "TASK_START_S", 30, low=0, high=3600),
         auto_slowdown=_number(env, "AUTO_SLOWDOWN", 1.25, low=1.0, high=100.0),
+        warm_pool_size=int(_number(env, "WARM_POOL_SIZE", 0, low=0, high=1000)),
+        warm_start_s=_number(env, "WARM_START_S", 120, low=0, high=7200),
+        root_volume_gib=_number(env, "ROOT_VOLUME_GIB", 100, low=1, high=65536),
+        ebs_usd_per_gb_month=_number(env, "EBS_USD_PER_GB_MONTH", 0.08, low=0, high=10),
+        queued_s=_number(env, "QUEUED_S", 30, low=0, high=7200),
     )
 
 
@@ -239,8 +284,9 @@ def spot_prices(ec2: Any, instance_types: Iterable[str], *, now: datetime) -> di
 class InstanceSpan:
     """One EC2 instance of the run; times in seconds since the epoch.
 
-    launched_at: billing starts; registered_at: joined the ECS cluster (None: unknown);
-    scale_in_at: the group began terminating it; terminated_at: None if still running.
+    launched_at: billing starts (a warm instance: its start from stopped); registered_at:
+    joined the ECS cluster (None: unknown); scale_in_at: the group began terminating it;
+    terminated_at: None if still running.
     """
 
     instance_id: str
@@ -250,6 +296,10 @@ class InstanceSpan:
     registered_at: float | None = None
     scale_in_at: float | None = None
     terminated_at: float | None = None
+    origin: str | None = None
+    """`warm` (started from the warm pool), `cold` (launched), None (unknown)."""
+    in_service_at: float | None = None
+    """When its launch activity ended: the group put it InService."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +311,8 @@ class TaskSpan:
     pull_stopped_at: float | None = None
     started_at: float | None = None
     stopped_at: float | None = None
+    created_at: float | None = None
+    """RunTask placed it."""
 
 
 def _phase_of(
@@ -424,6 +476,66 @@ def usage(
     )
 
 
+@dataclass(frozen=True)
+class FirstTask:
+    """Trigger to the first task's start, split into parts that add up to it."""
+
+    total_s: float
+    parts: tuple[tuple[str, float], ...]
+    origin: str | None
+    instances: Mapping[str, int]
+    """How many of the run's instances were `warm`, `cold` or of unknown origin."""
+
+    def line(self) -> str:
+        """`first task: 3.1 min after the trigger (queued 0.5 min, start from stopped ...)`."""
+        parts = ", ".join(f"{name} {_minutes(seconds)}" for name, seconds in self.parts)
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.instances.items()) if n)
+        return (
+            f"first task: {_minutes(self.total_s)} after the trigger ({parts}); "
+            f"instances: {counts or 'none found'}"
+        )
+
+
+def first_task(
+    timeline: Timeline, *, triggered_at: float, scale_out_at: float | None
+) -> FirstTask | None:
+    """The split of trigger -> first task started (module docstring), or None if no task of
+    the run started. A point that is not known takes the one before it (its part is 0)."""
+    started = [t for t in timeline.tasks if t.started_at is not None]
+    if not started:
+        return None
+    task = min(started, key=lambda t: t.started_at or 0.0)
+    host = next((i for i in timeline.instances if i.instance_id == task.instance_id), None)
+    origin = host.origin if host is not None else None
+    booting = "start from stopped" if origin == "warm" else "boot"
+    in_service = host.in_service_at if host is not None else None
+    registered = host.registered_at if host is not None else None
+    if in_service is None or (registered is not None and registered < in_service):
+        # Unknown, or the agent registered while the group still held it: all of it is boot.
+        in_service = registered
+    pull_done = task.pull_stopped_at or task.pull_started_at
+    points = [
+        ("queued", scale_out_at),
+        (booting, in_service),
+        ("registration", registered),
+        ("cluster wait", task.created_at),
+        ("pull", pull_done),
+        ("container start", task.started_at),
+    ]
+    parts: list[tuple[str, float]] = []
+    before = triggered_at
+    for name, moment in points:
+        at = before if moment is None else max(before, moment)
+        parts.append((name, at - before))
+        before = at
+    counts = {"warm": 0, "cold": 0, "unknown": 0}
+    for instance in timeline.instances:
+        counts[instance.origin or "unknown"] += 1
+    return FirstTask(
+        total_s=before - triggered_at, parts=tuple(parts), origin=origin, instances=counts
+    )
+
+
 def makespan_s(task_s: Sequence[float], slots: int) -> float:
     """The tasks in their order, each to the slot that frees first: when the last one ends."""
     if not task_s:
@@ -432,6 +544,58 @@ def makespan_s(task_s: Sequence[float], slots: int) -> float:
     for duration in task_s:
         heapq.heappush(free_at, heapq.heappop(free_at) + duration)
     return max(free_at)
+
+
+@dataclass(frozen=True)
+class PoolUse:
+    """What a run does with the warm pool: instances started from it, their refill, its EBS."""
+
+    pool_size: int
+    from_pool: int
+    cold: int
+    refill_boot_s: float
+    refill_hours: float
+    refill_usd: float | None
+    ebs_usd_per_h: float
+    root_volume_gib: float
+
+    def line(self, *, measured: bool = False) -> str:
+        """`warm pool: 4 of 4 started from stopped; refill 4 x 5.3 min ..., about $0.12; ...`."""
+        started = "started" if measured else "start"
+        total = self.from_pool + self.cold
+        parts = [f"warm pool: {self.from_pool} of {total} {started} from stopped"]
+        if self.cold:
+            launched = "launched" if measured else "launch"
+            parts[0] += f", {self.cold} {launched} cold"
+        refill = "unknown" if self.refill_usd is None else f"about ${self.refill_usd:.2f}"
+        if self.from_pool:
+            parts.append(
+                f"refill{' (estimated)' if measured else ''} {self.from_pool} x "
+                f"{_minutes(self.refill_boot_s)} cold boot = {_hours(self.refill_hours)} "
+                f"instance-hours, {refill}"
+            )
+        parts.append(
+            f"the stopped pool ({self.pool_size} x {self.root_volume_gib:g} GiB EBS) bills "
+            f"about ${self.ebs_usd_per_h:.3f}/h"
+        )
+        return "; ".join(parts)
+
+
+def pool_use(settings: CostSettings, prices: Prices, *, from_pool: int, cold: int) -> PoolUse:
+    """The refill of `from_pool` instances taken from the pool (each replaced by a launch that
+    boots cold, BOOT_S, before it is stopped; on-demand: pools take no Spot) and the pool's EBS."""
+    refill_h = from_pool * max(settings.boot_s, BILLING_MINIMUM_S) / 3600
+    price = prices.price(settings.instance_types[0], "on-demand")
+    return PoolUse(
+        pool_size=settings.warm_pool_size,
+        from_pool=from_pool,
+        cold=cold,
+        refill_boot_s=settings.boot_s,
+        refill_hours=refill_h,
+        refill_usd=None if price is None else refill_h * price,
+        ebs_usd_per_h=settings.pool_ebs_usd_per_h,
+        root_volume_gib=settings.root_volume_gib,
+    )
 
 
 @dataclass(frozen=True)
@@ -446,10 +610,18 @@ class Estimate:
     hours: Mapping[tuple[str, str], float]
     cost_usd: float | None
     price_source: str
+    queued_s: float = 0.0
+    pool: PoolUse | None = None
+    """With a warm pool: what the run takes from it; its refill is in cost_usd."""
 
     @property
     def wall_s(self) -> float:
         return self.boot_s + self.pull_s + self.compute_s + self.scale_in_s
+
+    @property
+    def first_task_s(self) -> float:
+        """Trigger to the first task's start: queued, boot (or start from stopped), pull."""
+        return self.queued_s + self.boot_s + self.pull_s
 
     @property
     def instance_hours(self) -> float:
@@ -459,12 +631,13 @@ class Estimate:
         """`estimate: 4 instances, about 29 min (boot 15 min, ...), 1.9 instance-hours ...`."""
         kinds = _kinds(self.hours)
         cost = "cost unknown" if self.cost_usd is None else f"about ${self.cost_usd:.2f}"
+        pool = "" if self.pool is None else f"; {self.pool.line()}"
         return (
             f"estimate: {self.size} instance{'' if self.size == 1 else 's'}, about "
             f"{_minutes(self.wall_s)} (boot {_minutes(self.boot_s)}, pull "
             f"{_minutes(self.pull_s)}, compute {_minutes(self.compute_s)}, scale-in "
             f"{_minutes(self.scale_in_s)}), {_hours(self.instance_hours)} instance-hours "
-            f"({kinds}), {cost}; prices: {self.price_source}"
+            f"({kinds}), {cost}{pool}; prices: {self.price_source}"
         )
 
 
@@ -476,9 +649,15 @@ def estimate(
     settings: CostSettings,
     prices: Prices,
 ) -> Estimate:
-    """The time and cost of running tasks of `task_s` seconds on `size` instances."""
+    """The time and cost of running tasks of `task_s` seconds on `size` instances.
+
+    With a warm pool that covers the cluster every instance starts from stopped (WARM_START_S);
+    one that does not cover it leaves the cold boot setting the time. Either way the instances
+    taken from the pool are refilled, and that refill is in the cost.
+    """
     compute = makespan_s(task_s, size * slots_per_instance)
-    wall = settings.boot_s + settings.pull_s + compute + settings.scale_in_s
+    boot = settings.warm_start_s if settings.pool_covers(size) else settings.boot_s
+    wall = boot + settings.pull_s + compute + settings.scale_in_s
     on_demand = size
     if settings.purchase_option == "spot":
         on_demand = min(size, settings.on_demand_base)
@@ -499,15 +678,22 @@ def estimate(
             cost += count * billed_h * sum(known) / len(known)
         else:
             cost = None
+    pool = None
+    if settings.warm_pool_size > 0:
+        from_pool = min(size, settings.warm_pool_size)
+        pool = pool_use(settings, prices, from_pool=from_pool, cold=size - from_pool)
+        cost = None if cost is None or pool.refill_usd is None else cost + pool.refill_usd
     return Estimate(
         size=size,
-        boot_s=settings.boot_s,
+        boot_s=boot,
         pull_s=settings.pull_s,
         compute_s=compute,
         scale_in_s=settings.scale_in_s,
         hours=hours,
         cost_usd=cost,
         price_source=prices.source,
+        queued_s=settings.queued_s,
+        pool=pool,
     )
 
 
@@ -584,11 +770,16 @@ def _batches(items: Sequence[str], size: int = _DESCRIBE_BATCH) -> Iterable[list
 
 @dataclass
 class Timeline:
-    """What AWS said about a run: its instances and tasks, and what could not be read."""
+    """What AWS said about a run: its instances and tasks, and what could not be read.
+
+    refills: instances launched into the warm pool since the run began (not the run's, but
+    its cost: they replace the ones it took from the pool).
+    """
 
     instances: list[InstanceSpan]
     tasks: list[TaskSpan]
     missing: list[str] = field(default_factory=list)
+    refills: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -602,6 +793,9 @@ class _Facts:
     scale_in: dict[str, float] = field(default_factory=dict)
     terminated: dict[str, float] = field(default_factory=dict)
     purchases: dict[str, str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    in_service: dict[str, float] = field(default_factory=dict)
+    refills: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
 
@@ -619,6 +813,7 @@ def _read_tasks(ecs: Any, cluster: str, task_arns: Sequence[str], facts: _Facts)
                         pull_stopped_at=_epoch(task.get("pullStoppedAt")),
                         started_at=_epoch(task.get("startedAt")),
                         stopped_at=_epoch(task.get("stoppedAt")),
+                        created_at=_epoch(task.get("createdAt")),
                     )
                 )
     except Exception as exc:  # any AWS error: report what the other sources give
@@ -646,6 +841,20 @@ def _read_container_instances(ecs: Any, cluster: str, arns: Sequence[str], facts
         facts.missing.append(f"ECS container instances ({type(exc).__name__})")
 
 
+# Auto Scaling's activity descriptions (what the console's activity history shows).
+_LAUNCH_ORIGINS = (
+    ("Launching a new EC2 instance from warm pool:", "warm"),
+    ("Launching a new EC2 instance into warm pool:", "refill"),
+    ("Launching a new EC2 instance:", "cold"),
+)
+
+
+def launch_origin(description: str) -> str | None:
+    """`warm` (started from the warm pool), `refill` (launched into it), `cold` (launched into
+    the group), or None for an activity that launches nothing."""
+    return next((origin for lead, origin in _LAUNCH_ORIGINS if description.startswith(lead)), None)
+
+
 def _read_activities(autoscaling: Any, group: str, since: datetime, facts: _Facts) -> None:
     """DescribeScalingActivities since the run began: launches and terminations by instance."""
     try:
@@ -661,8 +870,15 @@ def _read_activities(autoscaling: Any, group: str, since: datetime, facts: _Fact
                 if not found or start is None or start < since:
                     continue
                 instance_id = found.group(1)
-                if description.startswith("Launching"):
+                origin = launch_origin(description)
+                if origin == "refill":
+                    facts.refills.append(instance_id)
+                elif origin is not None:
                     facts.launched[instance_id] = start.timestamp()
+                    facts.origins[instance_id] = origin
+                    end = activity.get("EndTime")
+                    if end is not None and activity.get("StatusCode") == "Successful":
+                        facts.in_service[instance_id] = end.timestamp()
                 elif description.startswith("Terminating"):
                     facts.scale_in[instance_id] = start.timestamp()
                     end = activity.get("EndTime")
@@ -729,12 +945,13 @@ def collect_timeline(
             pull_stopped_at=t.pull_stopped_at,
             started_at=t.started_at,
             stopped_at=t.stopped_at,
+            created_at=t.created_at,
         )
         for t in by_arn
     ]
     _read_activities(autoscaling, group, since, facts)
     on_tasks = {t.instance_id for t in tasks if t.instance_id}
-    ids = sorted(set(facts.registered) | set(facts.launched) | on_tasks)
+    ids = sorted((set(facts.registered) | set(facts.launched) | on_tasks) - set(facts.refills))
     if ec2 is not None and ids:
         _read_instances(ec2, ids, facts)
     instances = []
@@ -752,6 +969,8 @@ def collect_timeline(
                 registered_at=facts.registered.get(instance_id),
                 scale_in_at=facts.scale_in.get(instance_id),
                 terminated_at=facts.terminated.get(instance_id),
+                origin=facts.origins.get(instance_id),
+                in_service_at=facts.in_service.get(instance_id),
             )
         )
-    return Timeline(instances=instances, tasks=tasks, missing=facts.missing)
+    return Timeline(instances=instances, tasks=tasks, missing=facts.missing, refills=facts.refills)

@@ -4,8 +4,11 @@
   purchase option is Spot), the size `cluster_size: auto` picks, and the estimate line.
 - `remember_instances` (scale_out, once the cluster is complete): the container instances'
   registration times and types, kept in XCom; ECS may forget a deregistered one by scale-in.
+- `remember_scale_out_start` (scale_out, once the cluster is complete): when its first check
+  asked for the capacity, for the time to the first task.
 - `report_usage` (scale_in, once the group is empty): the run's timeline from ECS, Auto Scaling
-  and EC2, the phase and cost line in the log, and the run note extended with it.
+  and EC2, the phase and cost line (with the warm pool's refill and EBS when there is a pool)
+  and the time-to-first-task line, logged and returned for the run note (notes.py).
 Reading costs never fails a run: an AWS error is logged and the line says what was missing.
 AWS calls: ecs:DescribeTasks, ecs:ListContainerInstances, ecs:DescribeContainerInstances,
 autoscaling:DescribeScalingActivities, ec2:DescribeInstances, ec2:DescribeSpotPriceHistory.
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 ESTIMATE_KEY = "cost_estimate"
 CLUSTER_SIZE_KEY = "cluster_size"
 INSTANCES_KEY = "container_instances"
+SCALE_OUT_AT_KEY = "scale_out_requested_at"
 CLUSTER_SIZE_TEMPLATE = (
     "{{ ti.xcom_pull(task_ids='plan_tasks', key='" + CLUSTER_SIZE_KEY + "') "
     "or params.cluster_size }}"
@@ -124,6 +128,22 @@ def remember_instances(settings: Settings, context: Mapping[str, Any], ecs: Any)
         log.warning("Could not record the container instances for the cost report: %s", exc)
 
 
+def remember_scale_out_start(context: Mapping[str, Any]) -> None:
+    """Keep, in scale_out's XCom, when its first check set the capacity (epoch seconds).
+
+    A sensor in reschedule mode loses its XCom at each check; the first check's start is
+    Airflow's first reschedule date, and the check itself when there was none.
+    """
+    try:
+        ti = context["ti"]
+        first = getattr(ti, "get_first_reschedule_date", None)
+        started = first(context) if callable(first) else None
+        moment = started.timestamp() if isinstance(started, datetime) else time.time()
+        ti.xcom_push(key=SCALE_OUT_AT_KEY, value=moment)
+    except Exception as exc:  # the time to the first task is a convenience, never fatal
+        log.warning("Could not record when scale_out began: %s", exc)
+
+
 def _task_arns(ti: Any, task_ids: Sequence[str]) -> list[str]:
     arns = ti.xcom_pull(task_ids=list(task_ids), key="ecs_task_arn") or []
     if isinstance(arns, str):
@@ -134,7 +154,8 @@ def _task_arns(ti: Any, task_ids: Sequence[str]) -> list[str]:
 def report_usage(
     settings: Settings, context: Mapping[str, Any], *, task_ids: Sequence[str]
 ) -> str | None:
-    """Log the run's phase and cost line and return it; task_ids: the run's ECS tasks' ids."""
+    """Log the run's phase and cost line and the time to its first task, and return them for
+    the run note; task_ids: the run's ECS tasks' ids."""
     try:
         ti = context["ti"]
         dag_run = context.get("dag_run")
@@ -161,10 +182,48 @@ def report_usage(
                 settings, instance_types=sorted({i.instance_type for i in timeline.instances})
             )
         line = cost.usage(timeline.instances, timeline.tasks, now=time.time(), prices=prices).line()
+        pool = _pool_line(settings, timeline, prices)
+        if pool:
+            line += f"; {pool}"
         if timeline.missing:
             line += f" (not read: {'; '.join(timeline.missing)})"
         log.info("%s", line)
+        first = _first_task_line(ti, dag_run, timeline)
+        if first:
+            log.info("%s", first)
+            return f"{line}\n{first}"
         return line
     except Exception as exc:  # the cost report is a convenience, never fatal
         log.warning("Could not report the cluster's time and cost: %s", exc)
         return None
+
+
+def _pool_line(settings: Settings, timeline: cost.Timeline, prices: cost.Prices) -> str:
+    """The warm pool's part of the run (instances started from it, their estimated refill,
+    the stopped pool's EBS per hour), or "" without a pool."""
+    origins = [i.origin for i in timeline.instances]
+    if settings.cost.warm_pool_size <= 0 and "warm" not in origins:
+        return ""
+    use = cost.pool_use(
+        settings.cost,
+        prices,
+        from_pool=origins.count("warm"),
+        cold=len(origins) - origins.count("warm"),
+    )
+    refills = len(timeline.refills)
+    launched = f"; {refills} launched into the pool since the run began" if refills else ""
+    return use.line(measured=True) + launched
+
+
+def _first_task_line(ti: Any, dag_run: Any, timeline: cost.Timeline) -> str:
+    """`first task: ... after the trigger (queued ..., boot ..., ...)`, or "" if none started."""
+    triggered = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None)
+    if not isinstance(triggered, datetime):
+        return ""
+    scale_out_at = ti.xcom_pull(task_ids="scale_out", key=SCALE_OUT_AT_KEY)
+    found = cost.first_task(
+        timeline,
+        triggered_at=triggered.timestamp(),
+        scale_out_at=float(scale_out_at) if scale_out_at is not None else None,
+    )
+    return "" if found is None else found.line()

@@ -42,8 +42,9 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - RUN_NOTE [off; local: api]: how the engine sets the run note: `api` (this Airflow's REST
   API at AIRFLOW__API__BASE_URL), `mwaa` (mwaa:InvokeRestApi), `off`.
 - MWAA_ENVIRONMENT [empty]: the MWAA environment's name, for RUN_NOTE=mwaa.
-- Cost and estimate (INSTANCE_TYPES, PURCHASE_OPTION, PRICES, BOOT_S, PULL_S, ...): see
-  windows_batch/cost.py, which reads them.
+- Cost and estimate (INSTANCE_TYPES, PURCHASE_OPTION, PRICES, BOOT_S, PULL_S, the warm pool's
+  WARM_POOL_SIZE, WARM_START_S, ROOT_VOLUME_GIB, ...): see windows_batch/cost.py, which reads
+  them. With WARM_POOL_SIZE above 0 scale_out also reads the pool (cluster.py).
 """
 
 from __future__ import annotations

@@ -52,6 +52,31 @@ moto has no EC2 Image Builder and no EC2 Fast Launch, so the ami stack's part of
   pre-provisioned snapshots (DisableFastLaunch "clean[s] up existing pre-provisioned snapshots")
   and the state stays `disabling` for one more DescribeFastLaunchImages before the AMI leaves
   the list.
+EC2 Auto Scaling warm pools: moto 5.2.5 keeps PutWarmPool's settings and nothing else (no
+instance ever enters the pool, DescribeWarmPool lists none, DescribeScalingActivities answers
+nothing, CloudFormation knows neither AWS::AutoScaling::WarmPool nor ::LifecycleHook, and there
+is no CompleteLifecycleAction). `warm_pool_patches` emulates the lifecycle the Auto Scaling user
+guide describes ("Use lifecycle hooks with a warm pool in Auto Scaling group",
+https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecycle.html, and
+"Decrease latency for applications with long boot times using warm pools"):
+- the pool holds max(MinSize, MaxGroupPreparedCapacity (default MaxSize) - desired capacity)
+  instances; missing ones launch into it (Warmed:Pending; activity "Launching a new EC2
+  instance into warm pool: i-..."), surplus ones are terminated;
+- with an autoscaling:EC2_INSTANCE_LAUNCHING hook an instance pauses in Warmed:Pending:Wait,
+  then Warmed:Pending:Proceed, and is stopped (Warmed:Stopped; Warmed:Running or :Hibernated
+  for those pool states);
+- a scale-out draws warmed instances first: started, Pending (Pending:Wait with the hook), then
+  InService (activity "Launching a new EC2 instance from warm pool: i-..."); what the pool
+  cannot cover launches cold ("Launching a new EC2 instance: i-..."), pausing only in
+  Pending:Wait; a scale-in terminates (ECS forbids ReuseOnScaleIn) and the pool refills;
+- a lifecycle action is completed by CompleteLifecycleAction, or by the instance itself when
+  the launch template's user data calls Complete-ASLifecycleAction for that hook (at the first
+  boot; at later boots, i.e. when it leaves the pool, only with <persist>true</persist>, as
+  EC2Launch runs user data), or by the hook's DefaultResult after HeartbeatTimeout;
+  INSTANCE_MAY_COMPLETE lets the ECS server also require the instance role's permission;
+- each DescribeAutoScalingGroups and DescribeWarmPool takes one step of these transitions (Auto
+  Scaling acts on its own clock; these calls are how a caller sees it).
+Only groups with a warm pool or a launch hook are emulated; the others behave as in moto.
 Run as `python moto_server.py --port N`.
 """
 
@@ -61,6 +86,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -123,6 +149,8 @@ def apply_patches() -> None:
     _patch_build_host()
     _patch_image_builder()
     _patch_fast_launch()
+    for target, name, value in warm_pool_patches():
+        setattr(target, name, value)
 
 
 def _patch_cluster_deletion() -> None:
@@ -747,6 +775,531 @@ def _patch_vpc_deletion() -> None:
         delete_vpc(cls, resource_name, cloudformation_json, account_id, region_name)
 
     VPC.delete_from_cloudformation_json = classmethod(delete_vpc_after_its_resources)  # type: ignore[method-assign,assignment]
+
+
+# --- EC2 Auto Scaling warm pools (module docstring) ------------------------------------------
+
+LAUNCH_TRANSITION = "autoscaling:EC2_INSTANCE_LAUNCHING"
+# Lifecycle states an instance of the group counts in while it launches or serves.
+IN_GROUP_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
+_COMPLETES_HOOK = re.compile(
+    r"Complete-ASLifecycleAction\b[^\n]*-LifecycleHookName\s+[\"']?([A-Za-z0-9_.-]+)"
+)
+_PERSIST = "<persist>true</persist>"
+INSTANCE_MAY_COMPLETE: list[Callable[[Any, str], bool]] = []
+"""Extra checks an emulated instance's own CompleteLifecycleAction must pass (group, instance)."""
+
+
+def _now() -> float:
+    """The emulation's clock (a test moves it past a hook's HeartbeatTimeout)."""
+    return time.time()
+
+
+def _launch_hook(group: Any) -> Any:
+    hooks = group.autoscaling_backend.lifecycle_hooks.values()
+    return next(
+        (
+            hook
+            for hook in hooks
+            if hook.auto_scaling_group_name == group.name
+            and hook.lifecycle_transition == LAUNCH_TRANSITION
+        ),
+        None,
+    )
+
+
+def _emulated(group: Any) -> bool:
+    return getattr(group, "warm_pool", None) is not None or _launch_hook(group) is not None
+
+
+def _warm(group: Any) -> list[Any]:
+    if not hasattr(group, "warm_instances"):
+        group.warm_instances = []
+    return group.warm_instances  # type: ignore[no-any-return]
+
+
+def _activities(group: Any) -> list[Any]:
+    if not hasattr(group, "warm_activities"):
+        group.warm_activities = []
+    return group.warm_activities  # type: ignore[no-any-return]
+
+
+def _record(group: Any, description: str, state: Any, *, done: bool = False) -> None:
+    from moto.autoscaling.models import Activity
+
+    activity = Activity(
+        description=description,
+        cause=f"At {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} an instance was "
+        f"started in response to the warm pool or desired capacity of group {group.name}.",
+        auto_scaling_group=group,
+        status_code="Successful" if done else "InProgress",
+    )
+    if not done:
+        activity.end_time = None  # type: ignore[assignment]
+    activity.instance_id = state.instance.id  # type: ignore[attr-defined]
+    _activities(group).append(activity)
+
+
+def _finish(group: Any, state: Any) -> None:
+    from moto.core.utils import utcnow
+
+    for activity in _activities(group):
+        if getattr(activity, "instance_id", None) == state.instance.id and (
+            activity.status_code == "InProgress"
+        ):
+            activity.status_code = "Successful"
+            activity.end_time = utcnow()
+            activity.progress = 100
+
+
+def _user_data(group: Any) -> str:
+    raw = group.user_data
+    if not raw:
+        return ""
+    if hasattr(raw, "decode"):
+        return str(raw.decode())
+    import base64
+
+    return base64.b64decode(raw).decode(errors="replace")
+
+
+def _completes_itself(group: Any, state: Any, hook: Any) -> bool:
+    """Whether the instance's own user data completes `hook` at this boot (module docstring)."""
+    text = _user_data(group)
+    if hook.name not in _COMPLETES_HOOK.findall(text):
+        return False
+    if getattr(state, "boots", 1) > 1 and _PERSIST not in text:
+        return False
+    return all(check(group, state.instance.id) for check in INSTANCE_MAY_COMPLETE)
+
+
+def _wait(state: Any, waiting: str) -> None:
+    state.lifecycle_state = waiting
+    state.waiting_since = _now()
+
+
+def _continue(group: Any, state: Any, hook: Any, result: str) -> None:
+    """A lifecycle action ends: CONTINUE moves on, ABANDON terminates the instance."""
+    warmed = state.lifecycle_state.startswith("Warmed:")
+    if result.upper() == "ABANDON":
+        group.autoscaling_backend.ec2_backend.terminate_instances([state.instance.id])
+        for states in (_warm(group), group.instance_states):
+            if state in states:
+                states.remove(state)
+        return
+    state.lifecycle_state = "Warmed:Pending:Proceed" if warmed else "Pending:Proceed"
+
+
+def _timed_out(state: Any, hook: Any) -> bool:
+    return _now() - getattr(state, "waiting_since", _now()) >= int(hook.heartbeat_timeout)
+
+
+def warm_pool_step(group: Any) -> None:
+    """One step of every emulated instance of `group` (module docstring), then the refill."""
+    if not _emulated(group):
+        return
+    hook = _launch_hook(group)
+    for state in list(_warm(group)):
+        _step_in_pool(group, state, hook)
+    for state in list(group.instance_states):
+        _step_in_group(group, state, hook)
+    refill(group)
+
+
+def _waited(group: Any, state: Any, hook: Any) -> None:
+    """An instance in a :Wait state: its user data completes the action, or the timeout does."""
+    if _completes_itself(group, state, hook):
+        _continue(group, state, hook, "CONTINUE")
+    elif _timed_out(state, hook):
+        _continue(group, state, hook, hook.default_result)
+
+
+def _step_in_pool(group: Any, state: Any, hook: Any) -> None:
+    current = state.lifecycle_state
+    if current == "Warmed:Pending":
+        if hook is None:
+            state.lifecycle_state = "Warmed:Pending:Proceed"
+        else:
+            _wait(state, "Warmed:Pending:Wait")
+    elif current == "Warmed:Pending:Wait":
+        _waited(group, state, hook)
+    elif current == "Warmed:Pending:Proceed":
+        pool_state = group.warm_pool.pool_state if group.warm_pool else "Stopped"
+        if pool_state in ("Stopped", "Hibernated"):
+            group.autoscaling_backend.ec2_backend.stop_instances([state.instance.id])
+        state.lifecycle_state = f"Warmed:{pool_state}"
+        _finish(group, state)
+
+
+def _step_in_group(group: Any, state: Any, hook: Any) -> None:
+    current = state.lifecycle_state
+    if current == "Pending":
+        if hook is None:
+            state.lifecycle_state = "InService"
+            _finish(group, state)
+        else:
+            _wait(state, "Pending:Wait")
+    elif current == "Pending:Wait" and hook is not None:
+        _waited(group, state, hook)
+    elif current == "Pending:Proceed":
+        state.lifecycle_state = "InService"
+        _finish(group, state)
+
+
+def pool_target(group: Any) -> int:
+    """Instances the warm pool holds: max(MinSize, MaxGroupPreparedCapacity - desired)."""
+    pool = group.warm_pool
+    prepared = pool.max_group_prepared_capacity
+    if prepared is None or int(prepared) < 0:
+        prepared = group.max_size
+    return max(int(pool.min_size or 0), int(prepared) - int(group.desired_capacity or 0))
+
+
+def refill(group: Any) -> None:
+    """Launch into the pool what it misses; terminate what it has too many of."""
+    if getattr(group, "warm_pool", None) is None:
+        return
+    pool = _warm(group)
+    missing = pool_target(group) - len(pool)
+    if missing > 0:
+        before = len(group.instance_states)
+        _ORIGINAL["launch"](group, missing, group.get_propagated_tags())
+        launched = group.instance_states[before:]
+        del group.instance_states[before:]
+        for state in launched:
+            state.lifecycle_state = "Warmed:Pending"
+            state.boots = 1
+            pool.append(state)
+            description = f"Launching a new EC2 instance into warm pool: {state.instance.id}"
+            _record(group, description, state)
+    elif missing < 0:
+        # The ones still warming up go first.
+        surplus = sorted(pool, key=lambda s: s.lifecycle_state.startswith("Warmed:Pending"))[
+            missing:
+        ]
+        terminate = [s.instance.id for s in surplus]
+        group.autoscaling_backend.ec2_backend.terminate_instances(terminate)
+        group.warm_instances = [s for s in pool if s not in surplus]
+
+
+def _draw(group: Any, count: int) -> int:
+    """Start up to `count` warmed instances from the pool into the group; how many."""
+    from moto.core.utils import utcnow
+
+    ready = [s for s in _warm(group) if s.lifecycle_state in WARMED_STATES][:count]
+    ec2 = group.autoscaling_backend.ec2_backend
+    for state in ready:
+        group.warm_instances.remove(state)
+        if state.instance.state != "running":
+            ec2.start_instances([state.instance.id])
+            state.instance.launch_time = utcnow()  # EC2's LaunchTime is the last start
+        state.boots = getattr(state, "boots", 1) + 1
+        state.lifecycle_state = "Pending"
+        group.instance_states.append(state)
+        _record(group, f"Launching a new EC2 instance from warm pool: {state.instance.id}", state)
+    return len(ready)
+
+
+WARMED_STATES = ("Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated")
+
+
+def _launch_with_pool(self: Any, count_needed: int, propagated_tags: dict[str, str]) -> None:
+    """FakeAutoScalingGroup.replace_autoscaling_group_instances: warmed instances first."""
+    if not _emulated(self):
+        _ORIGINAL["launch"](self, count_needed, propagated_tags)
+        return
+    cold = count_needed - _draw(self, count_needed)
+    if cold > 0:
+        before = len(self.instance_states)
+        _ORIGINAL["launch"](self, cold, propagated_tags)
+        for state in self.instance_states[before:]:
+            state.lifecycle_state = "Pending"
+            state.boots = 1
+            _record(self, f"Launching a new EC2 instance: {state.instance.id}", state)
+
+
+def _set_desired_and_refill(self: Any, new_capacity: int | None) -> None:
+    """FakeAutoScalingGroup.set_desired_capacity: a terminated instance is a scaling activity,
+    and the pool refills afterwards."""
+    before = {s.instance.id: s for s in self.instance_states}
+    _ORIGINAL["set_desired"](self, new_capacity)
+    if not _emulated(self):
+        return
+    for instance_id, state in before.items():
+        if all(s.instance.id != instance_id for s in self.instance_states):
+            _record(self, f"Terminating EC2 instance: {instance_id}", state, done=True)
+    refill(self)
+
+
+def _active_instances(self: Any) -> list[Any]:
+    """Pending instances count toward the desired capacity too (moto counts only InService)."""
+    return [s for s in self.instance_states if s.lifecycle_state in IN_GROUP_STATES]
+
+
+def _warm_pool_size(self: Any) -> int | None:
+    return len(_warm(self)) if getattr(self, "warm_pool", None) is not None else None
+
+
+def _put_warm_pool_and_fill(self: Any, **kwargs: Any) -> None:
+    _ORIGINAL["put_warm_pool"](self, **kwargs)
+    refill(self)
+
+
+def _delete_warm_pool(self: Any, group_name: str, force_delete: bool = False) -> None:
+    """DeleteWarmPool terminates the pool's instances with it."""
+    group = self.autoscaling_groups.get(group_name)
+    if group is None:  # deleted with its group (moto deletes a stack's resources in any order)
+        return
+    ids = [s.instance.id for s in _warm(group)]
+    if ids:
+        self.ec2_backend.terminate_instances(ids)
+    group.warm_instances = []
+    group.warm_pool = None
+
+
+def _delete_group_and_pool(self: Any, group_name: str) -> None:
+    group = self.autoscaling_groups.get(group_name)
+    if group is not None and _warm(group):
+        self.ec2_backend.terminate_instances([s.instance.id for s in _warm(group)])
+        group.warm_instances = []
+    _ORIGINAL["delete_group"](self, group_name)
+
+
+def complete_lifecycle_action(
+    backend: Any, group_name: str, hook_name: str, instance_id: str, result: str
+) -> None:
+    """CompleteLifecycleAction for an instance waiting on `hook_name`."""
+    from moto.autoscaling.exceptions import ValidationError
+
+    group = backend.describe_auto_scaling_groups([group_name])[0]
+    hook = _launch_hook(group)
+    if hook is None or hook.name != hook_name:
+        raise ValidationError(f"No Lifecycle Hook named {hook_name} found for group {group_name}")
+    for state in [*_warm(group), *group.instance_states]:
+        if state.instance.id == instance_id and state.lifecycle_state.endswith("Pending:Wait"):
+            _continue(group, state, hook, result)
+            return
+    raise ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
+
+
+def _respond_complete_lifecycle_action(self: Any) -> Any:
+    from moto.core.responses import EmptyResult
+
+    complete_lifecycle_action(
+        self.autoscaling_backend,
+        self._get_param("AutoScalingGroupName"),
+        self._get_param("LifecycleHookName"),
+        self._get_param("InstanceId"),
+        self._get_param("LifecycleActionResult", "CONTINUE"),
+    )
+    return EmptyResult()
+
+
+def _respond_describe_groups(self: Any) -> Any:
+    for group in self.autoscaling_backend.autoscaling_groups.values():
+        warm_pool_step(group)
+    return _ORIGINAL["describe_groups"](self)
+
+
+def _respond_describe_warm_pool(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+
+    group = self.autoscaling_backend.describe_auto_scaling_groups(
+        [self._get_param("AutoScalingGroupName")]
+    )[0]
+    warm_pool_step(group)
+    return ActionResult({"WarmPoolConfiguration": group.warm_pool, "Instances": list(_warm(group))})
+
+
+def _respond_delete_warm_pool(self: Any) -> Any:
+    from moto.core.responses import EmptyResult
+
+    _delete_warm_pool(
+        self.autoscaling_backend,
+        self._get_param("AutoScalingGroupName"),
+        str(self._get_param("ForceDelete")).lower() == "true",
+    )
+    return EmptyResult()
+
+
+def _respond_describe_activities(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+
+    name = self._get_param("AutoScalingGroupName")
+    groups = self.autoscaling_backend.autoscaling_groups
+    found = [
+        activity
+        for group in groups.values()
+        if name in (None, group.name)
+        for activity in _activities(group)
+    ]
+    # Newest first, as Auto Scaling lists them.
+    found.sort(key=lambda a: a.start_time, reverse=True)
+    return ActionResult({"Activities": found})
+
+
+def _lifecycle_hook_model() -> Any:
+    from moto.autoscaling.models import autoscaling_backends
+    from moto.core.common_models import CloudFormationModel
+
+    class LifecycleHookResource(CloudFormationModel):
+        __module__ = "moto.autoscaling.models"
+
+        def __init__(self, hook: Any) -> None:
+            self.hook = hook
+
+        @staticmethod
+        def cloudformation_name_type() -> str:
+            return "LifecycleHookName"
+
+        @staticmethod
+        def cloudformation_type() -> str:
+            return "AWS::AutoScaling::LifecycleHook"
+
+        @property
+        def physical_resource_id(self) -> str:
+            return str(self.hook.name)
+
+        @classmethod
+        def create_from_cloudformation_json(  # type: ignore[override]
+            cls,
+            resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+            **kwargs: Any,
+        ) -> Any:
+            properties = cloudformation_json["Properties"]
+            backend = autoscaling_backends[account_id][region_name]
+            hook = backend.create_lifecycle_hook(
+                name=properties.get("LifecycleHookName", resource_name),
+                as_name=properties["AutoScalingGroupName"],
+                transition=properties.get("LifecycleTransition"),
+                timeout=int(properties.get("HeartbeatTimeout", 3600)),
+                result=properties.get("DefaultResult", "ABANDON"),
+            )
+            return cls(hook)
+
+        @classmethod
+        def delete_from_cloudformation_json(  # type: ignore[override]
+            cls,
+            resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+        ) -> None:
+            properties = cloudformation_json["Properties"]
+            autoscaling_backends[account_id][region_name].delete_lifecycle_hook(
+                properties["AutoScalingGroupName"], properties.get("LifecycleHookName")
+            )
+
+        def delete(self, account_id: str, region_name: str) -> None:
+            autoscaling_backends[account_id][region_name].delete_lifecycle_hook(
+                self.hook.auto_scaling_group_name, self.hook.name
+            )
+
+    return LifecycleHookResource
+
+
+def _warm_pool_model() -> Any:
+    from moto.autoscaling.models import autoscaling_backends
+    from moto.core.common_models import CloudFormationModel
+
+    class WarmPoolResource(CloudFormationModel):
+        __module__ = "moto.autoscaling.models"
+
+        def __init__(self, group_name: str) -> None:
+            self.group_name = group_name
+
+        @staticmethod
+        def cloudformation_type() -> str:
+            return "AWS::AutoScaling::WarmPool"
+
+        @property
+        def physical_resource_id(self) -> str:
+            return self.group_name
+
+        @classmethod
+        def create_from_cloudformation_json(  # type: ignore[override]
+            cls,
+            resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+            **kwargs: Any,
+        ) -> Any:
+            properties = cloudformation_json["Properties"]
+            backend = autoscaling_backends[account_id][region_name]
+            prepared = properties.get("MaxGroupPreparedCapacity")
+            backend.put_warm_pool(
+                group_name=properties["AutoScalingGroupName"],
+                max_group_prepared_capacity=None if prepared is None else int(prepared),
+                min_size=int(properties.get("MinSize", 0)),
+                pool_state=properties.get("PoolState", "Stopped"),
+                instance_reuse_policy=properties.get("InstanceReusePolicy"),
+            )
+            return cls(properties["AutoScalingGroupName"])
+
+        @classmethod
+        def delete_from_cloudformation_json(  # type: ignore[override]
+            cls,
+            resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+        ) -> None:
+            backend = autoscaling_backends[account_id][region_name]
+            _delete_warm_pool(backend, cloudformation_json["Properties"]["AutoScalingGroupName"])
+
+        def delete(self, account_id: str, region_name: str) -> None:
+            _delete_warm_pool(autoscaling_backends[account_id][region_name], self.group_name)
+
+    return WarmPoolResource
+
+
+_MODELS: list[Any] = []
+_ORIGINAL: dict[str, Any] = {}
+
+
+def _register_models() -> None:
+    """Make CloudFormation know the two resource types (once per process)."""
+    from moto.cloudformation.parsing import get_model_list, get_model_map, get_name_type_map
+
+    if not _MODELS:
+        _MODELS.extend([_lifecycle_hook_model(), _warm_pool_model()])
+    get_model_list.cache_clear()
+    get_model_map.cache_clear()
+    get_name_type_map.cache_clear()
+
+
+def warm_pool_patches() -> list[tuple[Any, str, Any]]:
+    """(object, attribute, value) triples that emulate warm pools; apply them with setattr (the
+    server) or monkeypatch.setattr (a test). Registers the CloudFormation models as well."""
+    from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup
+    from moto.autoscaling.responses import AutoScalingResponse
+
+    _register_models()
+    if not _ORIGINAL:  # moto's own methods, whatever is patched later
+        _ORIGINAL.update(
+            launch=FakeAutoScalingGroup.replace_autoscaling_group_instances,
+            set_desired=FakeAutoScalingGroup.set_desired_capacity,
+            put_warm_pool=FakeAutoScalingGroup.put_warm_pool,
+            delete_group=AutoScalingBackend.delete_auto_scaling_group,
+            describe_groups=AutoScalingResponse.describe_auto_scaling_groups,
+        )
+    return [
+        (FakeAutoScalingGroup, "replace_autoscaling_group_instances", _launch_with_pool),
+        (FakeAutoScalingGroup, "set_desired_capacity", _set_desired_and_refill),
+        (FakeAutoScalingGroup, "active_instances", _active_instances),
+        (FakeAutoScalingGroup, "warm_pool_size", property(_warm_pool_size)),
+        (FakeAutoScalingGroup, "put_warm_pool", _put_warm_pool_and_fill),
+        (AutoScalingBackend, "delete_auto_scaling_group", _delete_group_and_pool),
+        (AutoScalingResponse, "complete_lifecycle_action", _respond_complete_lifecycle_action),
+        (AutoScalingResponse, "describe_auto_scaling_groups", _respond_describe_groups),
+        (AutoScalingResponse, "describe_warm_pool", _respond_describe_warm_pool),
+        (AutoScalingResponse, "delete_warm_pool", _respond_delete_warm_pool),
+        (AutoScalingResponse, "describe_scaling_activities", _respond_describe_activities),
+    ]
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
     "cloudwatch:PutMetricData": None,  # no resource type
     "autoscaling:DescribeAutoScalingGroups": None,  # Describe* take no resource
     "autoscaling:DescribeScalingActivities": None,  # Describe* take no resource
+    "autoscaling:DescribeWarmPool": None,  # Describe* take no resource
     "ec2:DescribeInstances": None,  # EC2 Describe* take no resource
     "ec2:DescribeSpotPriceHistory": None,  # EC2 Describe* take no resource
     "ecs:ListTasks": "ecs:cluster",  # takes no cluster ARN as resource: pinned by condition
@@ -37,20 +38,21 @@ DAG_SETTINGS = {
     "region": {"Ref": "AWS::Region"},
     "cluster_name": {"Ref": "ClusterName"},
     "asg_name": {"Ref": "AutoScalingGroupName"},
-    "task_definition": {"Ref": "TaskDefinitionFamily"},
-    "container_name": {"Ref": "ContainerName"},
+    "task_family_prefix": {"Ref": "TaskFamilyPrefix"},
     "log_group": {"Ref": "LogGroupName"},
-    "log_stream_prefix": {"Ref": "LogStreamPrefix"},
     "s3_bucket": {"Ref": "ResultsBucketName"},
-    "slots_per_instance": {"Ref": "SlotsPerInstance"},
     "max_cluster_size": {"Ref": "MaxClusterSize"},
     "instance_types": {"Ref": "InstanceTypes"},
+    "instance_sizes": {"Ref": "InstanceSizes"},
+    "reserved_memory_mib": {"Ref": "ReservedMemoryInMiB"},
     "purchase_option": {"Ref": "PurchaseOption"},
     "on_demand_base": {"Ref": "OnDemandBaseCapacity"},
     "run_note": "mwaa",
     "mwaa_environment": {"Ref": "AWS::StackName"},
     "boot_s": {"Ref": "InstanceBootSeconds"},
     "pull_s": {"Ref": "ImagePullSeconds"},
+    "warm_pool_size": {"Ref": "WarmPoolSize"},
+    "root_volume_gib": {"Ref": "RootVolumeSizeInGiB"},
 }
 
 
@@ -115,7 +117,7 @@ def test_kms_only_outside_this_account_and_through_sqs(statements: list[dict[str
     ]
 
 
-def test_ecs_permissions_are_pinned_to_our_family_and_cluster(
+def test_ecs_permissions_are_pinned_to_our_families_and_cluster(
     statements: list[dict[str, Any]],
 ) -> None:
     cluster_arn = {
@@ -125,7 +127,7 @@ def test_ecs_permissions_are_pinned_to_our_family_and_cluster(
     run = statement_for(statements, "ecs:RunTask")
     assert run["Resource"] == {
         "Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}"
-        ":task-definition/${TaskDefinitionFamily}:*"
+        ":task-definition/${TaskFamilyPrefix}*:*"
     }
     assert run["Condition"] == {"ArnEquals": {"ecs:cluster": cluster_arn}}
     tasks = {
@@ -154,7 +156,11 @@ def test_scaling_only_our_group_and_passing_only_our_roles(
     assert statement_for(statements, "autoscaling:SetDesiredCapacity")["Resource"] == group
     assert statement_for(statements, "autoscaling:UpdateAutoScalingGroup")["Resource"] == group
     passing = statement_for(statements, "iam:PassRole")
-    assert passing["Resource"] == [{"Ref": "TaskRoleArn"}, {"Ref": "TaskExecutionRoleArn"}]
+    # The studies' task roles are named after their stacks: <TaskFamilyPrefix><study>.
+    assert passing["Resource"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${TaskFamilyPrefix}*"},
+        {"Ref": "TaskExecutionRoleArn"},
+    ]
     assert passing["Condition"] == {
         "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
     }
@@ -203,7 +209,7 @@ def test_environment_pins_airflow_and_sets_the_dag_settings(template: dict[str, 
         assert option == option.lower()
 
 
-def test_requirements_pin_the_airflow_constraints() -> None:
+def test_requirements_pin_the_airflow_constraints_and_add_the_engine_s_own() -> None:
     lines = [
         line.strip()
         for line in (TEMPLATE.parents[1] / "requirements-mwaa.txt").read_text().splitlines()
@@ -211,8 +217,14 @@ def test_requirements_pin_the_airflow_constraints() -> None:
     ]
     assert lines == [
         '--constraint "https://raw.githubusercontent.com/apache/airflow/'
-        'constraints-3.3.1/constraints-3.12.txt"'
+        'constraints-3.3.1/constraints-3.12.txt"',
+        # Not in MWAA's image: pinned exactly, as in requirements.txt.
+        "openjd-model==0.14.0",
+        # In Airflow's constraints (the line above pins it).
+        "scipy",
     ]
+    local = (TEMPLATE.parents[1] / "requirements.txt").read_text()
+    assert "openjd-model==0.14.0" in local.splitlines()
 
 
 def resolve(value: Any, template: dict[str, Any], parameters: dict[str, Any]) -> Any:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The DAG's own settings readers (MWAA puts dags/ on sys.path; tests/dags/conftest.py does too).
 if str(REPO / "dags") not in sys.path:
     sys.path.insert(0, str(REPO / "dags"))
-from windows_batch import cost, settings  # noqa: E402
+from windows_batch import capacity, catalog, cost, settings  # noqa: E402
 
 from ..conftest import load_module  # noqa: E402
 from .test_templates import REGION, TEMPLATES, aws, create_stack, load  # noqa: E402, F401  (aws: fixture)
@@ -142,38 +142,59 @@ def dag_env(ecs_outputs: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if v != "None"}
 
 
-def slots_on(instance_type: str, parameters: dict[str, Any]) -> int:
-    """Tasks of the template's defaults that fit on one instance (deploy.sh's formula)."""
-    info = INSTANCE_TYPES[instance_type]  # moto's copy of EC2's DescribeInstanceTypes data
-    vcpus = info["VCpuInfo"]["DefaultVCpus"]
-    registered_mib = (
-        info["MemoryInfo"]["SizeInMiB"] * REPORTED_MEMORY_PERCENT // 100
-        - parameters["ReservedMemoryInMiB"]["Default"]
-    )
-    by_cpu = vcpus * 1024 // parameters["TaskCpu"]["Default"]
-    return int(min(by_cpu, registered_mib // parameters["TaskMemoryInMiB"]["Default"]))
+def slots_on(instance_type: str, *, cpu: int, memory_mib: int, reserved_mib: int) -> int:
+    """Tasks of this size that fit on one instance, from moto's copy of EC2's
+    DescribeInstanceTypes data (registered memory: what Windows reports, taken as 95 %, less
+    what the agent keeps back)."""
+    info = INSTANCE_TYPES[instance_type]
+    registered_mib = info["MemoryInfo"]["SizeInMiB"] * REPORTED_MEMORY_PERCENT // 100 - reserved_mib
+    by_cpu = info["VCpuInfo"]["DefaultVCpus"] * 1024 // cpu
+    return int(min(by_cpu, registered_mib // memory_mib))
 
 
-def test_every_default_type_is_one_x86_64_size_and_holds_the_dags_slots() -> None:
+def test_every_default_type_is_one_x86_64_size_and_the_dag_sizes_each_study_on_the_smallest() -> (
+    None
+):
     parameters = load("ecs")["Parameters"]
     types = [parameters[name]["Default"] for name in TYPE_PARAMETERS]
     assert len(set(types)) == len(types) == 4
-    # What the DAG plans with on AWS: SlotsPerInstance through mwaa.yaml's options.
-    env = dag_env({"SlotsPerInstance": str(parameters["SlotsPerInstance"]["Default"])})
-    dag_slots = settings.load(env).slots_per_instance
-    assert dag_slots == parameters["SlotsPerInstance"]["Default"]
     for instance_type in types:
         info = INSTANCE_TYPES[instance_type]
         assert "x86_64" in info["ProcessorInfo"]["SupportedArchitectures"], instance_type
         assert info["VCpuInfo"]["DefaultVCpus"] == 4, instance_type
-        assert slots_on(instance_type, parameters) >= dag_slots, instance_type
-    assert min(slots_on(t, parameters) for t in types) == dag_slots
+        # The engine's own table (used when InstanceSizes is empty) agrees with EC2's data.
+        assert capacity.KNOWN_SIZES[instance_type] == capacity.InstanceSize(
+            info["VCpuInfo"]["DefaultVCpus"], info["MemoryInfo"]["SizeInMiB"]
+        ), instance_type
+    reserved = int(parameters["ReservedMemoryInMiB"]["Default"])
+    # What the DAG plans with on AWS: the ECS stack's outputs through mwaa.yaml's options.
+    env = dag_env(
+        {
+            "InstanceTypes": ",".join(types),
+            "ReservedMemoryInMiB": str(reserved),
+            "InstanceSizes": ",".join(
+                f"{t}={INSTANCE_TYPES[t]['VCpuInfo']['DefaultVCpus']}/"
+                f"{INSTANCE_TYPES[t]['MemoryInfo']['SizeInMiB']}"
+                for t in types
+            ),
+        }
+    )
+    dag_settings = settings.load(env)
+    for info in catalog.discover(REPO / "dags" / "studies"):
+        on_each = [
+            slots_on(t, cpu=info.cpu, memory_mib=info.memory_mib, reserved_mib=reserved)
+            for t in types
+        ]
+        assert min(on_each) >= 1, info.name  # every shipped study runs on every default type
+        found = capacity.slots_for(dag_settings, cpu=info.cpu, memory_mib=info.memory_mib)
+        assert found == min(on_each), info.name
 
 
 def test_user_data_turns_spot_draining_on_before_the_agent_starts() -> None:
-    user_data = load("ecs")["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"][
+    sub = load("ecs")["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"][
         "UserData"
     ]["Fn::Base64"]["Fn::Sub"]
+    user_data = sub if isinstance(sub, str) else sub[0]
     initialize = user_data.index("Initialize-ECSAgent")
     machine = dict(
         re.findall(
@@ -189,7 +210,7 @@ def test_the_dags_cost_model_is_told_what_the_group_launches() -> None:
         "InstanceTypes": "c6i.xlarge,c5a.xlarge",
         "PurchaseOption": "spot",
         "OnDemandBaseCapacity": "2",
-        "SlotsPerInstance": "3",
+        "ReservedMemoryInMiB": "2048",
     }
     mwaa_parameters = load("mwaa")["Parameters"]
     for name, value in outputs.items():
@@ -222,8 +243,6 @@ def test_a_spot_stack_with_two_types_deploys_in_moto(spot_aws: Any) -> None:
         "s-ecs",
         PrivateSubnetIds=network["PrivateSubnetIds"],
         InstanceSecurityGroupId=network["EcsInstanceSecurityGroupId"],
-        ResultsBucketName="results-bucket",
-        ImageUri="123456789012.dkr.ecr.us-east-1.amazonaws.com/s/bersim:1",
         InstanceType="c6i.xlarge",
         InstanceType2="c5.xlarge",
         InstanceType3="",

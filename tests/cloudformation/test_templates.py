@@ -49,6 +49,11 @@ def outputs(cloudformation: Any, stack: str) -> dict[str, str]:
 
 
 def create_stack(cloudformation: Any, layer: str, stack: str, **parameters: str) -> dict[str, str]:
+    # CloudFormation refuses a parameter the template does not declare ("Parameters: [X] do
+    # not exist in the template"); moto ignores it.
+    declared = load(layer).get("Parameters", {})
+    unknown = sorted(set(parameters) - set(declared))
+    assert not unknown, f"Parameters: {unknown} do not exist in {layer}.yaml"
     cloudformation.create_stack(
         StackName=stack,
         TemplateBody=(TEMPLATES / f"{layer}.yaml").read_text(),

@@ -128,8 +128,12 @@ def ecs_deployment(tmp_path: Path) -> Iterator[Callable[..., EcsDeployment]]:
     """Factory: our stacks in a fresh moto ECS server (ecs_harness.py), stopped after the test."""
     with ExitStack() as stack:
 
-        def start(**server_env: str) -> EcsDeployment:
-            return stack.enter_context(ecs_harness.moto_ecs(tmp_path / "moto", **server_env))
+        def start(
+            *, ecs_parameters: dict[str, str] | None = None, **server_env: str
+        ) -> EcsDeployment:
+            return stack.enter_context(
+                ecs_harness.moto_ecs(tmp_path / "moto", ecs_parameters=ecs_parameters, **server_env)
+            )
 
         yield start
 

@@ -205,7 +205,7 @@ class EcsDeployment:
             time.sleep(0.2)
 
 
-def _deploy(deployment: EcsDeployment) -> None:
+def _deploy(deployment: EcsDeployment, ecs_parameters: dict[str, str] | None = None) -> None:
     setup = {"endpoint_url": deployment.url, "region_name": REGION, **_SETUP_KEYS}
     iam = boto3.client("iam", **setup)
     iam.create_user(UserName="test-admin")
@@ -232,6 +232,7 @@ def _deploy(deployment: EcsDeployment) -> None:
             "MaxInstances": str(MAX_INSTANCES),
             "PrivateSubnetIds": network["PrivateSubnetIds"],
             "InstanceSecurityGroupId": network["EcsInstanceSecurityGroupId"],
+            **(ecs_parameters or {}),
         },
     )
     family_prefix = f"{PREFIX}-study-"
@@ -270,6 +271,8 @@ def _deploy(deployment: EcsDeployment) -> None:
         "PurchaseOption": ecs["PurchaseOption"],
         "OnDemandBaseCapacity": ecs["OnDemandBaseCapacity"],
         "TaskExecutionRoleArn": ecs["TaskExecutionRoleArn"],
+        "WarmPoolSize": ecs["WarmPoolSize"],
+        "RootVolumeSizeInGiB": ecs["RootVolumeSizeInGiB"],
     }
     mwaa = _create(cloudformation, mwaa_stack, body, parameters)
     deployment.outputs = {
@@ -308,10 +311,15 @@ def _deploy(deployment: EcsDeployment) -> None:
 
 @contextmanager
 def moto_ecs(
-    tmp: Path, *, studies_dir: Path = WORKLOADS, **server_env: str
+    tmp: Path,
+    *,
+    studies_dir: Path = WORKLOADS,
+    ecs_parameters: dict[str, str] | None = None,
+    **server_env: str,
 ) -> Iterator[EcsDeployment]:
-    """Start the server (extra MOTO_* settings in `server_env`), deploy a study stack for every
-    study of `studies_dir`, yield; always stop it."""
+    """Start the server (extra MOTO_* settings in `server_env`), deploy the ECS stack (with
+    `ecs_parameters` as well) and a study stack for every study of `studies_dir`, yield;
+    always stop it."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     deployment = EcsDeployment(
@@ -345,7 +353,7 @@ def moto_ecs(
                     f"moto server did not start:\n{deployment.server_log.read_text()[-3000:]}"
                 )
             time.sleep(0.1)
-        _deploy(deployment)
+        _deploy(deployment, ecs_parameters)
         yield deployment
     finally:
         with suppress(ProcessLookupError):

@@ -13,6 +13,9 @@ moto does not), patched IN THE SERVER PROCESS:
   definition's task role (assumed like ECS's credential endpoint does). The task stays RUNNING
   while the process runs; when it exits, the task and container are STOPPED with the process's
   exit code (128 + signal when killed, as Docker reports it) and the task's resources are freed.
+  The task carries ECS's timestamps (moto sets none): createdAt when RunTask placed it,
+  pullStartedAt and pullStoppedAt (one moment: the image is on this machine) and startedAt when
+  its container starts, stoppedAt when it exits.
   stdout and stderr go to the awslogs stream `<prefix>/<container>/<task id>` of the container's
   log group. StopTask sends SIGTERM to the container's process group, then SIGKILL after
   MOTO_CONTAINER_STOP_TIMEOUT_S (ECS_CONTAINER_STOP_TIMEOUT, 30 s by default on ECS).
@@ -119,7 +122,7 @@ iam_policy = _load("iam_policy", HERE / "iam_policy.py")
 
 from moto.autoscaling.models import AutoScalingBackend, autoscaling_backends  # noqa: E402
 from moto.core.responses import ActionResult  # noqa: E402
-from moto.core.utils import pascal_to_camelcase, remap_nested_keys  # noqa: E402
+from moto.core.utils import pascal_to_camelcase, remap_nested_keys, utcnow  # noqa: E402
 from moto.ec2.models.instances import InstanceBackend  # noqa: E402
 from moto.ecs.models import EC2ContainerServiceBackend, TaskDefinition, ecs_backends  # noqa: E402
 from moto.ecs.responses import EC2ContainerServiceResponse  # noqa: E402
@@ -204,6 +207,8 @@ class Container:
                 logs.create_log_stream(self.log_group, self.stream)
             else:
                 self.log_group = None
+        started = utcnow()
+        task.pull_started_at = task.pull_stopped_at = task.started_at = started
         self.process = subprocess.Popen(
             ["bash", str(ENTRYPOINT), *self.command],
             cwd=self.workdir,
@@ -242,6 +247,7 @@ class Container:
         with _lock:
             reason = self.task.stopped_reason or "Essential container in task exited"
             _original_stop_task(self.backend, self.task.cluster_arn, self.task.task_arn, reason)
+            self.task.stopped_at = utcnow()
             for container in self.task.containers:
                 container.last_status = "STOPPED"
                 container.exitCode = exit_code
@@ -309,6 +315,7 @@ def run_task(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> lis
             for ci in hidden:
                 ci.status = "ACTIVE"
         for task in tasks:
+            task.created_at = utcnow()
             _containers[task.task_arn] = Container(self, task)
         return tasks
 
@@ -581,7 +588,7 @@ def _requests_ecs(action: str, body: dict[str, Any]) -> list[Any]:  # noqa: PLR0
 
 def _requests_autoscaling(action: str, form: dict[str, list[str]]) -> list[Any]:
     Request = iam_policy.Request
-    if action in {"DescribeAutoScalingGroups", "DescribeScalingActivities"}:
+    if action in {"DescribeAutoScalingGroups", "DescribeScalingActivities", "DescribeWarmPool"}:
         return [Request(f"autoscaling:{action}", "*")]
     if action in {"SetDesiredCapacity", "UpdateAutoScalingGroup"}:
         name = form["AutoScalingGroupName"][0]
@@ -664,6 +671,41 @@ def requests_of(iam_request: Any) -> list[Any]:
         # EC2's Describe* actions have no resource-level permissions: only "*" grants them.
         return [iam_policy.Request(f"ec2:{action}", "*")]
     return []
+
+
+def instance_role_allows(group: Any, instance_id: str) -> bool:
+    """Whether an instance of `group` may complete its own lifecycle action, as its instance
+    role's inline policies say (the launch template's instance profile); logged to MOTO_IAM_LOG.
+
+    What a warm pool instance's user data does on AWS (Complete-ASLifecycleAction with the
+    instance's credentials). AWS managed policies are not read.
+    """
+    from moto.iam.models import iam_backends
+
+    version = group.ec2_launch_template.get_version(group.launch_template_version)
+    profile_arn = (version.data.get("IamInstanceProfile") or {}).get("Arn", "")
+    iam = iam_backends[ACCOUNT]["aws"]
+    profile = next((p for p in iam.instance_profiles.values() if p.arn == profile_arn), None)
+    documents = [
+        document
+        for role in (profile.roles if profile is not None else [])
+        for document in role.policies.values()
+    ]
+    request = iam_policy.Request("autoscaling:CompleteLifecycleAction", group.arn)
+    decision = iam_policy.evaluate(iam_policy.statements_of(documents), request)
+    record(
+        IAM_LOG,
+        {
+            "principal": f"instance-profile {profile_arn} ({instance_id})",
+            "call": "autoscaling:CompleteLifecycleAction",
+            "action": request.action,
+            "resource": request.resource,
+            "context": {},
+            "mapped": True,
+            "decision": decision,
+        },
+    )
+    return decision == iam_policy.ALLOW
 
 
 def _document(policy: Any) -> Any:
@@ -772,6 +814,7 @@ def main() -> int:
     port = int(sys.argv[1])
     _state["endpoint"] = f"http://127.0.0.1:{port}"
     cfn_moto.apply_patches()
+    cfn_moto.INSTANCE_MAY_COMPLETE.append(instance_role_allows)
     cfn_moto.seed_windows_ami(REGION)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

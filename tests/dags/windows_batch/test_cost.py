@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from windows_batch import cost, plan
-from windows_batch.params import DEFAULTS
+from windows_batch import cost
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 CLUSTER = "windows-batch"
@@ -190,7 +189,11 @@ def test_aws_answers_make_the_same_timeline_and_line(
         ],
     )
     assert timeline.missing == []
-    assert sorted(timeline.instances, key=lambda i: i.instance_id) == INSTANCES
+    # Both launched cold; each went InService when its launch activity ended.
+    assert sorted(timeline.instances, key=lambda i: i.instance_id) == [
+        dataclasses.replace(INSTANCES[0], origin="cold", in_service_at=T0 + 30),
+        dataclasses.replace(INSTANCES[1], origin="cold", in_service_at=T0 + 90),
+    ]
     assert timeline.tasks == SPANS
     line = cost.usage(
         timeline.instances, timeline.tasks, now=T0 + 9999, prices=cost.prices_from(TABLE)
@@ -299,20 +302,16 @@ def test_the_estimate_for_a_given_size_adds_boot_pull_compute_and_scale_in() -> 
     )
 
 
-def default_task_s(settings: cost.CostSettings, **changes: Any) -> list[float]:
-    study = plan.Study(
-        s3_bucket="b",
-        num_tasks=DEFAULTS["num_tasks"],
-        ebn0_db=tuple(float(x) for x in DEFAULTS["ebn0_db"]),
-        max_bits_per_task=DEFAULTS["max_bits_per_task"],
-        target_errors=DEFAULTS["target_errors"],
-        allocation=DEFAULTS["allocation"],
-        seed=1,
-        s3_prefix_task_results="t",
-        s3_prefix_aggregate_results="a",
-    )
-    bits = plan.plan_study(dataclasses.replace(study, **changes), "r").expected_task_bits
-    return [settings.task_start_s + b / settings.task_bits_per_s for b in bits]
+def workload_s(settings: cost.CostSettings, shape: str = "skewed") -> list[float]:
+    """Task seconds of a study-like fan-out: 200 tasks whose work falls off geometrically (a few
+    long ones, many short ones), 200 equal ones, or 40 short ones."""
+    if shape == "equal":
+        work = [300.0] * 200
+    elif shape == "small":
+        work = [120.0 * 0.97**i for i in range(40)]
+    else:
+        work = [3000.0 * 0.98**i for i in range(200)]
+    return [settings.task_start_s + w for w in work]
 
 
 def auto(task_s: list[float], settings: cost.CostSettings, max_size: int = 10) -> cost.Sizing:
@@ -326,18 +325,9 @@ def auto(task_s: list[float], settings: cost.CostSettings, max_size: int = 10) -
     )
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        pytest.param({}, id="default-study"),
-        pytest.param({"allocation": "equal"}, id="equal-split"),
-        pytest.param({"num_tasks": 40, "target_errors": 100}, id="small-study"),
-    ],
-)
-def test_auto_takes_the_cheapest_size_within_the_factor_of_the_fastest(
-    changes: dict[str, Any],
-) -> None:
-    task_s = default_task_s(TABLE, **changes)
+@pytest.mark.parametrize("shape", ["skewed", "equal", "small"])
+def test_auto_takes_the_cheapest_size_within_the_factor_of_the_fastest(shape: str) -> None:
+    task_s = workload_s(TABLE, shape)
     sizing = auto(task_s, TABLE)
     every = [
         cost.estimate(
@@ -363,7 +353,7 @@ def test_auto_never_starts_more_instances_than_the_tasks_can_fill() -> None:
 
 
 def test_auto_with_a_stricter_factor_takes_more_instances() -> None:
-    task_s = default_task_s(TABLE)
+    task_s = workload_s(TABLE)
     loose = auto(task_s, dataclasses.replace(TABLE, auto_slowdown=2.0))
     strict = auto(task_s, dataclasses.replace(TABLE, auto_slowdown=1.05))
     assert loose.size < auto(task_s, TABLE).size < strict.size
@@ -442,7 +432,7 @@ def test_the_estimate_asks_aws_for_spot_prices_and_falls_back_to_the_table(
             "AIRFLOW__WINDOWS_BATCH__PRICE_SOURCE": source,
         }
     )
-    sizing = cost_report.plan_estimate(settings, task_s=[60.0] * 8, requested=2)
+    sizing = cost_report.plan_estimate(settings, task_s=[60.0] * 8, requested=2, slots=4)
     hours = sizing.chosen.instance_hours
     assert sizing.chosen.cost_usd == pytest.approx(hours * expected)
     assert ("Spot now" in sizing.line()) is (source == "aws" and isinstance(answer, dict))
