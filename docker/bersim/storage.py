@@ -6,6 +6,9 @@
   recursively, as S3 lists them; a local prefix is the directory, walked recursively.
 - S3 uses the standard credential chain; boto3 itself honours `AWS_ENDPOINT_URL`(`_S3`),
   `AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE` (default here: "standard").
+- A write is a task's last step, after all its work: it gets RESULT_WRITE_ATTEMPTS attempts
+  with back-off (`result_write_client`), not the 3 of a read, so that one 503 does not throw a
+  long computation away.
 - A bucket that does not exist or a malformed URI is bad input (exit 2); an endpoint that cannot
   be reached, missing credentials or access denied are runtime failures (exit 1).
 """
@@ -32,6 +35,11 @@ _LIST_PAGE_SIZE = 1000
 """Keys per ListObjectsV2 page (the S3 maximum)."""
 _READ_THREADS = 16
 """Parallel GETs when reading many small objects (one task result each)."""
+
+RESULT_WRITE_ATTEMPTS = 10
+"""Attempts of one result PutObject. botocore's standard retry mode retries 500/502/503/504,
+throttling (503 SlowDown) and connection errors, waiting a random 0 to min(2^n, 20) s before
+retry n: up to about 2 minutes in all, which a task that ran for hours is worth."""
 
 CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv", ".png": "image/png"}
 
@@ -98,19 +106,25 @@ def parse_uri(text: str, *, option: str, is_prefix: bool) -> Location:
     return Location("s3", bucket, key, label=label)
 
 
-def s3_client() -> Any:
+def s3_client(*, total_max_attempts: int | None = None) -> Any:
     """A boto3 S3 client: standard credential chain, endpoint and retries from the environment.
 
     An explicit `retries` mode makes the SDK back off on throttling and transient errors;
-    `AWS_RETRY_MODE` / `AWS_MAX_ATTEMPTS` still override it (botocore reads them itself).
+    total_max_attempts: attempts per request (None: the mode's own, 3 for standard).
+    `AWS_RETRY_MODE` / `AWS_MAX_ATTEMPTS` still override both (botocore reads them itself).
     """
     # Imported here: boto3 costs ~0.3 s and a local run never needs it.
     import boto3  # noqa: PLC0415
     from botocore.config import Config  # noqa: PLC0415
 
+    # A key left out leaves it to botocore, which reads the environment variable.
+    retries: dict[str, Any] = {}
+    if not os.environ.get("AWS_RETRY_MODE"):
+        retries["mode"] = "standard"
+    if total_max_attempts is not None and not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["total_max_attempts"] = total_max_attempts
     config = Config(
-        # None leaves AWS_RETRY_MODE to botocore.
-        retries=None if os.environ.get("AWS_RETRY_MODE") else {"mode": "standard"},
+        retries=retries or None,
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=_READ_THREADS,
@@ -119,6 +133,11 @@ def s3_client() -> Any:
         return boto3.session.Session().client("s3", config=config)
     except Exception as exc:  # botocore raises several unrelated types for bad config
         raise RuntimeFailure(f"cannot create an S3 client: {exc}") from exc
+
+
+def result_write_client() -> Any:
+    """An S3 client for writing results: RESULT_WRITE_ATTEMPTS attempts with back-off."""
+    return s3_client(total_max_attempts=RESULT_WRITE_ATTEMPTS)
 
 
 def _s3_error(exc: Exception, loc: Location, action: str) -> BersimError:
@@ -151,18 +170,35 @@ def _s3_error(exc: Exception, loc: Location, action: str) -> BersimError:
 
 
 class Storage:
-    """Reads, writes and lists Locations; one S3 client per instance, created on first use."""
+    """Reads, writes and lists Locations; S3 clients are created on first use.
 
-    def __init__(self, client_factory: Callable[[], Any] = s3_client) -> None:
+    client_factory: the client for reads and listings; write_client_factory: the one for
+    writes (more attempts: a write is what a task's whole work comes down to).
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any] = s3_client,
+        write_client_factory: Callable[[], Any] = result_write_client,
+    ) -> None:
         self._client_factory = client_factory
+        self._write_client_factory = write_client_factory
         self._client: Any = None
+        self._write_client: Any = None
 
     @property
     def s3(self) -> Any:
-        """The S3 client, created when first needed."""
+        """The S3 client for reads, created when first needed."""
         if self._client is None:
             self._client = self._client_factory()
         return self._client
+
+    @property
+    def s3_writer(self) -> Any:
+        """The S3 client for writes, created when first needed."""
+        if self._write_client is None:
+            self._write_client = self._write_client_factory()
+        return self._write_client
 
     def _call_s3(self, loc: Location, action: str, func: Callable[[], Any]) -> Any:
         """Run one S3 call and translate its failure."""
@@ -208,7 +244,7 @@ class Storage:
             self._call_s3(
                 loc,
                 "write",
-                lambda: self.s3.put_object(
+                lambda: self.s3_writer.put_object(
                     Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type
                 ),
             )
