@@ -39,7 +39,9 @@ _READ_THREADS = 16
 RESULT_WRITE_ATTEMPTS = 10
 """Attempts of one result PutObject. botocore's standard retry mode retries 500/502/503/504,
 throttling (503 SlowDown) and connection errors, waiting a random 0 to min(2^n, 20) s before
-retry n: up to about 2 minutes in all, which a task that ran for hours is worth."""
+retry n: up to about 2 minutes in all, which a task that ran for hours is worth. (AWS SDKs and
+Tools Reference Guide, "Retry behavior": standard mode makes three attempts unless max_attempts
+is configured.)"""
 
 CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv", ".png": "image/png"}
 
