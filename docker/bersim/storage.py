@@ -120,7 +120,7 @@ def s3_client(*, total_max_attempts: int | None = None) -> Any:
     from botocore.config import Config  # noqa: PLC0415
 
     # A key left out leaves it to botocore, which reads the environment variable.
-    retries: dict[str, Any] = {}
+    retries: Any = {}  # botocore's _RetryDict (a TypedDict of these keys)
     if not os.environ.get("AWS_RETRY_MODE"):
         retries["mode"] = "standard"
     if total_max_attempts is not None and not os.environ.get("AWS_MAX_ATTEMPTS"):
