@@ -6,6 +6,7 @@
   recursively, as S3 lists them; a local prefix is the directory, walked recursively.
 - S3 uses the standard credential chain; boto3 itself honours `AWS_ENDPOINT_URL`(`_S3`),
   `AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE` (default here: "standard").
+- A task's result is tagged TASK_RESULT_TAGS (the bucket's lifecycle rule expires it).
 - A write is a task's last step, after all its work: it gets RESULT_WRITE_ATTEMPTS attempts
   with back-off (`result_write_client`), not the 3 of a read, so that one 503 does not throw a
   long computation away.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bersim.errors import BersimError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -42,6 +44,11 @@ throttling (503 SlowDown) and connection errors, waiting a random 0 to min(2^n, 
 retry n: up to about 2 minutes in all, which a task that ran for hours is worth. (AWS SDKs and
 Tools Reference Guide, "Retry behavior": standard mode makes three attempts unless max_attempts
 is configured.)"""
+
+TASK_RESULT_TAGS = {"windows-batch-retention": "task-result"}
+"""The S3 object tags of one task's result. The results bucket expires objects that carry them
+after TaskResultsExpirationInDays (cloudformation/storage.yaml, rule ExpireTaskResults), under
+whatever prefix they were written; published (aggregate) results carry none and are kept."""
 
 CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv", ".png": "image/png"}
 
@@ -239,15 +246,22 @@ class Storage:
                 return
             raise
 
-    def write_bytes(self, loc: Location, data: bytes) -> None:
-        """Write `data` to `loc` atomically (all of it, or nothing)."""
+    def write_bytes(
+        self, loc: Location, data: bytes, *, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Write `data` to `loc` atomically (all of it, or nothing).
+
+        tags: S3 object tags set by the same PutObject (e.g. TASK_RESULT_TAGS); a local file
+        has none.
+        """
         content_type = CONTENT_TYPES.get(Path(loc.key).suffix, "application/octet-stream")
         if loc.scheme == "s3":
+            extra = {"Tagging": urllib.parse.urlencode(dict(tags))} if tags else {}
             self._call_s3(
                 loc,
                 "write",
                 lambda: self.s3_writer.put_object(
-                    Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type
+                    Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type, **extra
                 ),
             )
             return
