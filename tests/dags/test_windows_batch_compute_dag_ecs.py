@@ -64,7 +64,8 @@ MWAA_ACTIONS = {
     "logs:GetLogEvents",
     "s3:GetObject",
 }
-TASK_ROLE_ACTIONS = {"s3:ListBucket", "s3:PutObject", "s3:GetObject"}
+# s3:PutObjectTagging: bersim tags each task result in its PutObject (the expiry tag).
+TASK_ROLE_ACTIONS = {"s3:ListBucket", "s3:PutObject", "s3:PutObjectTagging", "s3:GetObject"}
 
 Deploy = Callable[..., EcsDeployment]
 
