@@ -35,7 +35,7 @@ import airflow.sdk.definitions.decorators  # noqa: F401
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from windows_batch import cost_report, task_result, verdict
+from windows_batch import capacity, cost_report, task_result, verdict
 from windows_batch import settings as settings_mod
 from windows_batch.params import StudyError, form, validate_study
 from windows_batch.plan import plan_study
@@ -82,6 +82,14 @@ with DAG(
             )
         except StudyError as exc:
             raise AirflowFailException(f"Invalid input: {exc}") from None
+        if SETTINGS.backend == "ecs":
+            refusal = capacity.plan_refusal(
+                task=SETTINGS.task_size,
+                instance_types=SETTINGS.cost.instance_types,
+                reserved_memory_mib=SETTINGS.reserved_memory_mib,
+            )
+            if refusal:
+                raise AirflowFailException(f"The cluster cannot run this study: {refusal}")
         plan = plan_study(study, str(run_id))
         rate = SETTINGS.cost
         sizing = cost_report.plan_estimate(

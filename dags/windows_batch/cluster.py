@@ -21,6 +21,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from windows_batch import cost_report
+from windows_batch.capacity import Size
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -102,23 +103,42 @@ def group_state(autoscaling: Any, group: str) -> dict[str, Any]:
     }
 
 
-def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
-    """The cluster's ACTIVE container instances: EC2 instance ID -> agent connected.
+def active_container_instances(ecs: Any, cluster: str) -> list[dict[str, Any]]:
+    """The cluster's ACTIVE container instances, as DescribeContainerInstances gives them.
 
     DRAINING (a Spot interruption notice) and INACTIVE (deregistered, e.g. its instance was
     terminated) container instances are not listed.
     """
     pages = ecs.get_paginator("list_container_instances").paginate(cluster=cluster, status="ACTIVE")
     arns = [arn for page in pages for arn in page.get("containerInstanceArns", [])]
-    hosts: dict[str, bool] = {}
+    found: list[dict[str, Any]] = []
     for start in range(0, len(arns), _DESCRIBE_BATCH):
         described = ecs.describe_container_instances(
             cluster=cluster, containerInstances=arns[start : start + _DESCRIBE_BATCH]
         )
-        for ci in described.get("containerInstances", []):
-            key = str(ci.get("ec2InstanceId") or ci.get("containerInstanceArn"))
-            hosts[key] = bool(ci.get("agentConnected", True))
-    return hosts
+        found += described.get("containerInstances", [])
+    return found
+
+
+def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
+    """The cluster's ACTIVE container instances: EC2 instance ID -> agent connected."""
+    return {
+        str(ci.get("ec2InstanceId") or ci.get("containerInstanceArn")): bool(
+            ci.get("agentConnected", True)
+        )
+        for ci in active_container_instances(ecs, cluster)
+    }
+
+
+def registered_sizes(ecs: Any, cluster: str) -> list[Size]:
+    """The CPU and memory each ACTIVE container instance registered (registeredResources)."""
+    sizes = []
+    for ci in active_container_instances(ecs, cluster):
+        registered = ci.get("registeredResources", [])
+        resources = {r.get("name"): r.get("integerValue") for r in registered}
+        if resources.get("CPU") is not None and resources.get("MEMORY") is not None:
+            sizes.append(Size(int(resources["CPU"]), int(resources["MEMORY"])))
+    return sizes
 
 
 def run_task_group(dag_id: str, run_id: str) -> str:

@@ -18,7 +18,9 @@ allowed x slots per instance). When RunTask still finds no room, ECS says why in
 connected) or refuses with "No Container Instances were found in your cluster" while instances
 are still registering: the task then waits in the triggerer for CAPACITY_RETRY_S and calls
 RunTask again, without using up an Airflow retry, until the deadline. Any other placement
-failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason.
+failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason. So does a `RESOURCE:*`
+failure when the task is larger than every registered container instance (capacity.py): no
+amount of waiting makes room for it.
 
 No simulation runs twice: before it starts a container, a simulate try looks for this run's
 result of its index (the study's `result_check`); a valid one is reported instead.
@@ -54,10 +56,12 @@ from windows_batch_triggers.deadline import (
     try_deadline_ts,
 )
 
+from windows_batch.capacity import Size, placement_refusal
 from windows_batch.cluster import (
     ADAPTIVE_RETRIES,
     ScaleInSensor,
     ScaleOutSensor,
+    registered_sizes,
     run_task_group,
 )
 from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
@@ -138,7 +142,9 @@ class BersimEcsOperator(EcsRunTaskOperator):
     command: the bersim argv (container command override);
     capacity_retry_s: seconds to wait before calling RunTask again when the cluster has no room;
     task_timeout_s: the try's deadline, in seconds from its start, across every deferral;
-    result_check: the study's lookup of an already written result (None: always run).
+    result_check: the study's lookup of an already written result (None: always run);
+    task_cpu, task_memory_mib: what the task definition's container reserves (None: not
+    compared with the instances, every RESOURCE:* failure is a wait).
     Exit 2 (bad input) and 3 (missing task results) fail without retries.
     """
 
@@ -153,6 +159,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
         defer_settle_s: int = 10,
         task_timeout_s: int = 7200,
         result_check: ResultCheck | None = None,
+        task_cpu: int | None = None,
+        task_memory_mib: int | None = None,
         overrides: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -162,6 +170,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
         self.defer_settle_s = defer_settle_s
         self.task_timeout_s = task_timeout_s
         self.result_check = result_check
+        self.task_cpu = task_cpu
+        self.task_memory_mib = task_memory_mib
         self.last_exit_code: int | None = None
         self.deadline_ts: float | None = None
 
@@ -301,9 +311,11 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 raise AirflowFailException(
                     f"ECS cannot place this task: {failure_text(exc.failures)}"
                 ) from exc
-            self._wait_for_room(
-                context, ", ".join(sorted({str(f.get("reason")) for f in exc.failures}))
-            )
+            why = ", ".join(sorted({str(f.get("reason")) for f in exc.failures}))
+            # Once per try (its first wait): the instances are the ones scale_out waited for.
+            if waiting_for is None and "RESOURCE:" in why:
+                self._fail_if_it_never_fits(why)
+            self._wait_for_room(context, why)
         except ClientError as exc:
             if NO_INSTANCES not in str(exc):
                 raise
@@ -335,6 +347,20 @@ class BersimEcsOperator(EcsRunTaskOperator):
             self.log.warning("%s exists but is not a valid result of this task: simulating", uri)
             return None
         return f"existing result {uri}: {summary}"
+
+    def _fail_if_it_never_fits(self, why: str) -> None:
+        """Fail without retries if every registered container instance is smaller than the task."""
+        if self.task_cpu is None or self.task_memory_mib is None:
+            return
+        try:
+            registered = registered_sizes(self.client, str(self.cluster))
+        except Exception as exc:  # not knowing only means waiting, as before
+            self.log.warning("Could not read the cluster's container instances: %s", exc)
+            return
+        task = Size(self.task_cpu, self.task_memory_mib)
+        refusal = placement_refusal(task=task, registered=registered)
+        if refusal:
+            raise AirflowFailException(f"ECS cannot place this task ({why}): {refusal}")
 
     def _wait_for_room(self, context: Context, why: str) -> None:
         map_index = getattr(context.get("ti"), "map_index", -1) or 0
@@ -499,6 +525,8 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
         "capacity_retry_s": settings.capacity_retry_s,
         "defer_settle_s": settings.defer_settle_s,
         "task_timeout_s": timeout_s,
+        "task_cpu": settings.task_cpu,
+        "task_memory_mib": settings.task_memory_mib,
     }
     if settings.log_group:
         kwargs["awslogs_group"] = settings.log_group

@@ -28,6 +28,9 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
   by a sensor) before it may resume. Airflow 3.3.1 can fail a task whose trigger fires before
   the scheduler has read the worker's report of the deferral ("state mismatch", apache/airflow
   #72716); seconds of waiting avoid it (see windows_batch_triggers/deadline.py).
+- TASK_CPU [1024], TASK_MEMORY_MIB [1536]: what one task's container reserves (ecs.yaml's TaskCpu,
+  TaskMemoryInMiB); RESERVED_MEMORY_MIB [2048]: ECS_RESERVED_MEMORY of the instances. A task
+  no instance type of the group can hold is refused before anything scales (capacity.py).
 - TASK_TIMEOUT_S [7200]: deadline of each try of simulate/aggregate, from the try's start, across
   every deferral (its waits for room included); the ECS task is stopped at it.
 - RETRIES [2], RETRY_DELAY_S [60]: Airflow retries per task and the wait before one.
@@ -45,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from windows_batch.capacity import Size
 from windows_batch.cost import CostSettings, CostSettingsError, load_cost_settings
 
 PREFIX = "AIRFLOW__WINDOWS_BATCH__"
@@ -82,6 +86,9 @@ class Settings:
     scale_poke_interval_s: int
     capacity_retry_s: int
     defer_settle_s: int
+    task_cpu: int
+    task_memory_mib: int
+    reserved_memory_mib: int
     task_timeout_s: int
     retries: int
     retry_delay_s: int
@@ -95,6 +102,11 @@ class Settings:
         that may write only the deployment's results bucket under RESULTS_PREFIX; None (any
         bucket) for the local backend."""
         return self.s3_bucket if self.backend == "ecs" else None
+
+    @property
+    def task_size(self) -> Size:
+        """What one task's container reserves on an instance."""
+        return Size(self.task_cpu, self.task_memory_mib)
 
     @property
     def log_stream_prefix_for_operator(self) -> str:
@@ -158,6 +170,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         scale_poke_interval_s=_int(env, "SCALE_POKE_INTERVAL_S", 30, low=1, high=3600),
         capacity_retry_s=_int(env, "CAPACITY_RETRY_S", 30, low=1, high=3600),
         defer_settle_s=_int(env, "DEFER_SETTLE_S", 10, low=0, high=600),
+        # ecs.yaml's TaskCpu, TaskMemoryInMiB and ReservedMemoryInMiB bounds.
+        task_cpu=_int(env, "TASK_CPU", 1024, low=128, high=16384),
+        task_memory_mib=_int(env, "TASK_MEMORY_MIB", 1536, low=512, high=65536),
+        reserved_memory_mib=_int(env, "RESERVED_MEMORY_MIB", 2048, low=0, high=16384),
         task_timeout_s=_int(env, "TASK_TIMEOUT_S", 7200, low=10, high=7 * 24 * 3600),
         retries=_int(env, "RETRIES", 2, low=0, high=20),
         retry_delay_s=_int(env, "RETRY_DELAY_S", 60, low=0, high=24 * 3600),
