@@ -5,6 +5,11 @@ back (state "up_for_reschedule"), so waiting ten minutes for Windows instances t
 seconds of worker time. Each check (re)sets the desired capacity, which is idempotent and also
 undoes a change someone made by hand meanwhile. A timeout fails the task with what was seen.
 
+While scale_out waits, each check also tells the ECS stack's idle alarm that a scale-out is
+under way (`signal_scaling_out`): the first instances of a slow scale-out are idle by design,
+and the alarm must not set the group back to 0 under the sensor. The signal is a heartbeat, not
+a switch: if Airflow dies mid-way it stops, and the alarm is armed again.
+
 No ECS task outlives its run: every task a run starts carries the run's task group
 (`run_task_group`), and each check of scale_in first stops any task of that group still running
 (one whose Airflow task was marked failed before its trigger could stop it, or whose triggerer
@@ -52,6 +57,27 @@ def _botocore_config() -> Any:
     from botocore.config import Config  # noqa: PLC0415
 
     return Config(**ADAPTIVE_RETRIES)
+
+
+SCALING_OUT_NAMESPACE = "WindowsBatch"
+SCALING_OUT_METRIC = "ScalingOut"
+"""scale_out's heartbeat (dimension AutoScalingGroupName), sent at each check: the idle alarm
+(cloudformation/ecs.yaml, IdleClusterAlarm) counts no minute that has one as idle."""
+
+
+def signal_scaling_out(cloudwatch: Any, group: str) -> None:
+    """Tell the idle alarm that a scale-out of `group` is under way, for this minute."""
+    cloudwatch.put_metric_data(
+        Namespace=SCALING_OUT_NAMESPACE,
+        MetricData=[
+            {
+                "MetricName": SCALING_OUT_METRIC,
+                "Dimensions": [{"Name": "AutoScalingGroupName", "Value": group}],
+                "Value": 1.0,
+                "Unit": "Count",
+            }
+        ],
+    )
 
 
 def set_desired_capacity(autoscaling: Any, group: str, desired: int) -> None:
@@ -199,6 +225,7 @@ class _ClusterSensor(BaseSensorOperator):
 class ScaleOutSensor(_ClusterSensor):
     """Set the group's desired capacity to `desired`; done once that many container instances
     are ACTIVE with the agent connected on instances the group has InService and Healthy.
+    Each check keeps the idle alarm quiet for the minute (signal_scaling_out).
 
     An instance the group is replacing (terminated, unhealthy, reclaimed, rebalanced) is not
     counted even while its agent is still connected: the wait goes on, within the timeout,
@@ -212,6 +239,14 @@ class ScaleOutSensor(_ClusterSensor):
         desired = int(self.desired)
         autoscaling = aws_client(self.settings, "autoscaling")
         ecs = aws_client(self.settings, "ecs")
+        try:
+            signal_scaling_out(aws_client(self.settings, "cloudwatch"), self.settings.asg_name)
+        except Exception as exc:  # the wait goes on; only the alarm's patience is at stake
+            self.log.warning(
+                "Could not tell the idle alarm that the group is scaling out (%s): instances "
+                "idle for IdleScaleInMinutes before the scale-out completes may be scaled in",
+                exc,
+            )
         set_desired_capacity(autoscaling, self.settings.asg_name, desired)
         group = group_state(autoscaling, self.settings.asg_name)
         hosts = container_hosts(ecs, self.settings.cluster_name)

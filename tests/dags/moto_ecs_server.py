@@ -632,7 +632,7 @@ def _requests_s3(method: str, path: str, headers: Any = None) -> list[Any]:
     return []
 
 
-def requests_of(iam_request: Any) -> list[Any]:
+def requests_of(iam_request: Any) -> list[Any]:  # noqa: PLR0911 (one per service)
     """The authorizations one request needs; [] when this module does not map the call."""
     service, _, action = iam_request._action.partition(":")
     body = iam_request._body or b""
@@ -653,6 +653,11 @@ def requests_of(iam_request: Any) -> list[Any]:
     if service == "ec2" and action.startswith("Describe"):
         # EC2's Describe* actions have no resource-level permissions: only "*" grants them.
         return [iam_policy.Request(f"ec2:{action}", "*")]
+    if service == "monitoring" and action == "PutMetricData":
+        # moto names CloudWatch by its endpoint prefix; IAM's is "cloudwatch". No resource type
+        # (scale_out's heartbeat for the idle alarm); cloudwatch:namespace is not decoded here
+        # (CBOR body), and no policy of ours conditions on it.
+        return [iam_policy.Request("cloudwatch:PutMetricData", "*")]
     return []
 
 
