@@ -1026,6 +1026,9 @@ main() {
     "LogGroupName=$(stack_output "${ecs}" LogGroupName)" \
     "LogStreamPrefix=$(stack_output "${ecs}" LogStreamPrefix)" \
     "SlotsPerInstance=$(stack_output "${ecs}" SlotsPerInstance)" \
+    "TaskCpu=$(stack_output "${ecs}" TaskCpu)" \
+    "TaskMemoryInMiB=$(stack_output "${ecs}" TaskMemoryInMiB)" \
+    "ReservedMemoryInMiB=$(stack_output "${ecs}" ReservedMemoryInMiB)" \
     "InstanceTypes=$(stack_output "${ecs}" InstanceTypes)" \
     "PurchaseOption=$(stack_output "${ecs}" PurchaseOption)" \
     "OnDemandBaseCapacity=$(stack_output "${ecs}" OnDemandBaseCapacity)" \

@@ -6,6 +6,12 @@ minus what its running tasks reserve cover the task's container (Windows: the co
 vCPU, and as memory what Windows reports (taken as REPORTED_MEMORY_FRACTION of the instance
 type's nominal memory: firmware and hypervisor keep some) minus ECS_RESERVED_MEMORY.
 
+Two checks use this module: `check_fits` (plan_tasks, before anything scales) compares the
+study's task with what each instance type of the group would register; `placement_refusal`
+(the ECS operator, on its first RESOURCE:* failure) with what the cluster's ACTIVE container
+instances did register. Either names both sizes: no amount of waiting makes room for a task
+larger than every instance.
+
 The deployer reads each instance type's vCPUs and memory from EC2 (DescribeInstanceTypes) and
 passes them as INSTANCE_SIZES (`c5.xlarge=4/8192,...`, vCPUs/MiB); the table below covers the
 default types when it does not.
@@ -129,3 +135,30 @@ def check_fits(settings: Settings, *, cpu: int, memory_mib: int) -> str | None:
                 "MiB reserved): it would never be placed"
             )
     return None
+
+
+@dataclass(frozen=True)
+class Size:
+    """CPU units and MiB: what a task reserves, or what a container instance registers."""
+
+    cpu: int
+    memory_mib: int
+
+    def holds(self, task: Size) -> bool:
+        return task.cpu <= self.cpu and task.memory_mib <= self.memory_mib
+
+    def __str__(self) -> str:
+        return f"{self.cpu} CPU units and {self.memory_mib} MiB"
+
+
+def placement_refusal(*, task: Size, registered: Iterable[Size]) -> str | None:
+    """Why none of the cluster's registered container instances can hold the task, or None."""
+    hosts = list(registered)
+    if not hosts or any(host.holds(task) for host in hosts):
+        return None
+    most = Size(max(h.cpu for h in hosts), max(h.memory_mib for h in hosts))
+    return (
+        f"the task needs {task}, and none of the cluster's {len(hosts)} registered "
+        f"container instances has that much (the most registered: {most}): it would wait "
+        "for room until its deadline for nothing"
+    )

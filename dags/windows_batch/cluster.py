@@ -12,6 +12,11 @@ is the same: an instance counts once the group has it InService (a lifecycle hoo
 Pending:Wait until its user data completes) and its agent has registered (the agent registers
 only once the instance is bound for InService, ECS_WARM_POOLS_CHECK).
 
+While scale_out waits, each check also tells the ECS stack's idle alarm that a scale-out is
+under way (`signal_scaling_out`): the first instances of a slow scale-out are idle by design,
+and the alarm must not set the group back to 0 under the sensor. The signal is a heartbeat, not
+a switch: if Airflow dies mid-way it stops, and the alarm is armed again.
+
 No ECS task outlives its run: every task a run starts carries the run's task group
 (`run_task_group`), and each check of scale_in first stops any task of that group still running
 (one whose Airflow task was marked failed before its trigger could stop it, or whose triggerer
@@ -35,6 +40,7 @@ from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from windows_batch import cost, cost_report
+from windows_batch.capacity import Size
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -67,6 +73,27 @@ def _botocore_config() -> Any:
     from botocore.config import Config  # noqa: PLC0415
 
     return Config(**ADAPTIVE_RETRIES)
+
+
+SCALING_OUT_NAMESPACE = "WindowsBatch"
+SCALING_OUT_METRIC = "ScalingOut"
+"""scale_out's heartbeat (dimension AutoScalingGroupName), sent at each check: the idle alarm
+(cloudformation/ecs.yaml, IdleClusterAlarm) counts no minute that has one as idle."""
+
+
+def signal_scaling_out(cloudwatch: Any, group: str) -> None:
+    """Tell the idle alarm that a scale-out of `group` is under way, for this minute."""
+    cloudwatch.put_metric_data(
+        Namespace=SCALING_OUT_NAMESPACE,
+        MetricData=[
+            {
+                "MetricName": SCALING_OUT_METRIC,
+                "Dimensions": [{"Name": "AutoScalingGroupName", "Value": group}],
+                "Value": 1.0,
+                "Unit": "Count",
+            }
+        ],
+    )
 
 
 def set_desired_capacity(autoscaling: Any, group: str, desired: int) -> None:
@@ -174,23 +201,42 @@ def warm_pool_note(autoscaling: Any, group: str, ids: list[str], *, since: datet
     )
 
 
-def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
-    """The cluster's ACTIVE container instances: EC2 instance ID -> agent connected.
+def active_container_instances(ecs: Any, cluster: str) -> list[dict[str, Any]]:
+    """The cluster's ACTIVE container instances, as DescribeContainerInstances gives them.
 
     DRAINING (a Spot interruption notice) and INACTIVE (deregistered, e.g. its instance was
     terminated) container instances are not listed.
     """
     pages = ecs.get_paginator("list_container_instances").paginate(cluster=cluster, status="ACTIVE")
     arns = [arn for page in pages for arn in page.get("containerInstanceArns", [])]
-    hosts: dict[str, bool] = {}
+    found: list[dict[str, Any]] = []
     for start in range(0, len(arns), _DESCRIBE_BATCH):
         described = ecs.describe_container_instances(
             cluster=cluster, containerInstances=arns[start : start + _DESCRIBE_BATCH]
         )
-        for ci in described.get("containerInstances", []):
-            key = str(ci.get("ec2InstanceId") or ci.get("containerInstanceArn"))
-            hosts[key] = bool(ci.get("agentConnected", True))
-    return hosts
+        found += described.get("containerInstances", [])
+    return found
+
+
+def container_hosts(ecs: Any, cluster: str) -> dict[str, bool]:
+    """The cluster's ACTIVE container instances: EC2 instance ID -> agent connected."""
+    return {
+        str(ci.get("ec2InstanceId") or ci.get("containerInstanceArn")): bool(
+            ci.get("agentConnected", True)
+        )
+        for ci in active_container_instances(ecs, cluster)
+    }
+
+
+def registered_sizes(ecs: Any, cluster: str) -> list[Size]:
+    """The CPU and memory each ACTIVE container instance registered (registeredResources)."""
+    sizes = []
+    for ci in active_container_instances(ecs, cluster):
+        registered = ci.get("registeredResources", [])
+        resources = {r.get("name"): r.get("integerValue") for r in registered}
+        if resources.get("CPU") is not None and resources.get("MEMORY") is not None:
+            sizes.append(Size(int(resources["CPU"]), int(resources["MEMORY"])))
+    return sizes
 
 
 def run_task_group(dag_id: str, run_id: str) -> str:
@@ -272,6 +318,7 @@ class _ClusterSensor(BaseSensorOperator):
 class ScaleOutSensor(_ClusterSensor):
     """Set the group's desired capacity to `desired`; done once that many container instances
     are ACTIVE with the agent connected on instances the group has InService and Healthy.
+    Each check keeps the idle alarm quiet for the minute (signal_scaling_out).
 
     An instance the group is replacing (terminated, unhealthy, reclaimed, rebalanced) is not
     counted even while its agent is still connected: the wait goes on, within the timeout,
@@ -285,6 +332,14 @@ class ScaleOutSensor(_ClusterSensor):
         desired = int(self.desired)
         autoscaling = aws_client(self.settings, "autoscaling")
         ecs = aws_client(self.settings, "ecs")
+        try:
+            signal_scaling_out(aws_client(self.settings, "cloudwatch"), self.settings.asg_name)
+        except Exception as exc:  # the wait goes on; only the alarm's patience is at stake
+            self.log.warning(
+                "Could not tell the idle alarm that the group is scaling out (%s): instances "
+                "idle for IdleScaleInMinutes before the scale-out completes may be scaled in",
+                exc,
+            )
         sharing = self.other_runs(context)
         target = desired
         if sharing:

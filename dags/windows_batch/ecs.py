@@ -20,7 +20,9 @@ allowed x slots per instance). When RunTask still finds no room, ECS says why in
 connected) or refuses with "No Container Instances were found in your cluster" while instances
 are still registering: the task then waits in the triggerer for CAPACITY_RETRY_S and calls
 RunTask again, without using up an Airflow retry, until the deadline. Any other placement
-failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason.
+failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason. So does a `RESOURCE:*`
+failure when the task is larger than every registered container instance (capacity.py): no
+amount of waiting makes room for it.
 
 No finished chunk runs twice: before it starts a container, a try looks for the task runner's
 record of its chunk (`chunks/done/...` under the run's engine prefix, matching the chunk's
@@ -52,7 +54,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from botocore.exceptions import ClientError, WaiterError
 
 from windows_batch import manifest
-from windows_batch.cluster import ADAPTIVE_RETRIES, run_task_group
+from windows_batch.capacity import Size, placement_refusal
+from windows_batch.cluster import ADAPTIVE_RETRIES, registered_sizes, run_task_group
 from windows_batch.objects import Objects
 from windows_batch.publish import PublishMixin
 from windows_batch.runs import (
@@ -141,7 +144,8 @@ class ChunkEcsOperator(EcsRunTaskOperator):
     (plan_tasks' XCom, mapped), None for the aggregate; budget: the run's failure budget;
     capacity_retry_s: seconds to wait before calling RunTask again when the cluster has no room;
     task_timeout_s: the try's deadline, in seconds from its start, across every deferral.
-    The study's final exit codes (and the runner's own) fail without retries.
+    The study's final exit codes (and the runner's own) fail without retries, and so does a
+    task larger than every registered container instance (the study's cpu and memory_mib).
     """
 
     template_fields = (*EcsRunTaskOperator.template_fields, "chunk")
@@ -345,9 +349,11 @@ class ChunkEcsOperator(EcsRunTaskOperator):
                 raise AirflowFailException(
                     f"ECS cannot place this task: {failure_text(exc.failures)}"
                 ) from exc
-            self._wait_for_room(
-                context, ", ".join(sorted({str(f.get("reason")) for f in exc.failures}))
-            )
+            why = ", ".join(sorted({str(f.get("reason")) for f in exc.failures}))
+            # Once per try (its first wait): the instances are the ones scale_out waited for.
+            if waiting_for is None and "RESOURCE:" in why:
+                self._fail_if_it_never_fits(why)
+            self._wait_for_room(context, why)
         except ClientError as exc:
             if NO_INSTANCES not in str(exc):
                 raise
@@ -377,6 +383,18 @@ class ChunkEcsOperator(EcsRunTaskOperator):
             self.log.warning("%s is not this chunk's record (digest differs): running it", uri)
             return None
         return f"chunk {ref.chunk} already done ({record.get('done')} work items): {uri}"
+
+    def _fail_if_it_never_fits(self, why: str) -> None:
+        """Fail without retries if every registered container instance is smaller than the task."""
+        try:
+            registered = registered_sizes(self.client, str(self.cluster))
+        except Exception as exc:  # not knowing only means waiting, as before
+            self.log.warning("Could not read the cluster's container instances: %s", exc)
+            return
+        task = Size(self.study.info.cpu, self.study.info.memory_mib)
+        refusal = placement_refusal(task=task, registered=registered)
+        if refusal:
+            raise AirflowFailException(f"ECS cannot place this task ({why}): {refusal}")
 
     def _wait_for_room(self, context: Context, why: str) -> None:
         map_index = getattr(context.get("ti"), "map_index", -1) or 0

@@ -30,7 +30,9 @@ Keys (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - REGION [the connection's]: AWS region.
 - LOCAL_ROOT [<repo>/.local/buckets]: local backend: the directory standing in for S3.
 - WAITER_DELAY_S [15]: seconds between two status polls of an ECS task.
-- SCALE_POKE_INTERVAL_S [30]: seconds between two checks of the cluster size.
+- SCALE_POKE_INTERVAL_S [30]: seconds between two checks of the cluster size, at most 300: each
+  check of scale_out keeps the idle alarm quiet for its minute, and the alarm fires after
+  IdleScaleInMinutes (at least 10) minutes without one.
 - CAPACITY_RETRY_S [30]: wait before calling RunTask again when the cluster had no room.
 - DEFER_SETTLE_S [10]: the least time a task stays off its worker slot (deferred, or rescheduled
   by a sensor) before it may resume. Airflow 3.3.1 can fail a task whose trigger fires before
@@ -187,7 +189,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         region=_str(env, "REGION", "") or None,
         local_root=Path(_str(env, "LOCAL_ROOT", str(_REPO / ".local" / "buckets"))),
         waiter_delay_s=_int(env, "WAITER_DELAY_S", 15, low=1, high=3600),
-        scale_poke_interval_s=_int(env, "SCALE_POKE_INTERVAL_S", 30, low=1, high=3600),
+        scale_poke_interval_s=_int(env, "SCALE_POKE_INTERVAL_S", 30, low=1, high=300),
         capacity_retry_s=_int(env, "CAPACITY_RETRY_S", 30, low=1, high=3600),
         defer_settle_s=_int(env, "DEFER_SETTLE_S", 10, low=0, high=600),
         task_timeout_s=_int(env, "TASK_TIMEOUT_S", 7200, low=10, high=7 * 24 * 3600),

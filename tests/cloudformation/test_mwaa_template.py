@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode_str
 
+from ..conftest import load_module
+
+code_calls = load_module("code_calls", Path(__file__).resolve().with_name("code_calls.py"))
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "cloudformation" / "mwaa.yaml"
 
 # Actions AWS offers no resource-level permission for, so they need Resource "*"; a required
@@ -30,6 +34,37 @@ RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
 # Partial wildcards: only the read-only set the MWAA user guide documents for the environment's
 # own bucket (and the KMS data-key family for the Celery queues).
 PARTIAL_WILDCARDS_ALLOWED = {"s3:GetObject*", "s3:GetBucket*", "s3:List*", "kms:GenerateDataKey*"}
+# What an environment needs whatever its DAGs do: the MWAA User Guide, "Amazon MWAA execution
+# role" (its sample policy for an AWS owned key; docs.aws.amazon.com/mwaa/latest/userguide/
+# mwaa-create-role.html). Any other action must be one the code calls (code_calls.py).
+MWAA_DOCUMENTED = frozenset(
+    {
+        "airflow:PublishMetrics",
+        "s3:GetObject*",
+        "s3:GetBucket*",
+        "s3:List*",
+        "s3:GetAccountPublicAccessBlock",
+        "logs:CreateLogStream",
+        "logs:CreateLogGroup",
+        "logs:PutLogEvents",
+        "logs:GetLogEvents",
+        "logs:GetLogRecord",
+        "logs:GetLogGroupFields",
+        "logs:GetQueryResults",
+        "logs:DescribeLogGroups",
+        "cloudwatch:PutMetricData",
+        "sqs:ChangeMessageVisibility",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:ReceiveMessage",
+        "sqs:SendMessage",
+        "kms:Decrypt",
+        "kms:DescribeKey",
+        "kms:GenerateDataKey*",
+        "kms:Encrypt",
+    }
+)
 
 # Contract 3 (COMMON.md): what the DAG reads as AIRFLOW__WINDOWS_BATCH__<KEY>.
 DAG_SETTINGS = {
@@ -154,7 +189,6 @@ def test_scaling_only_our_group_and_passing_only_our_roles(
         ":autoScalingGroup:*:autoScalingGroupName/${AutoScalingGroupName}"
     }
     assert statement_for(statements, "autoscaling:SetDesiredCapacity")["Resource"] == group
-    assert statement_for(statements, "autoscaling:UpdateAutoScalingGroup")["Resource"] == group
     passing = statement_for(statements, "iam:PassRole")
     # The studies' task roles are named after their stacks: <TaskFamilyPrefix><study>.
     assert passing["Resource"] == [
@@ -170,8 +204,50 @@ def test_scaling_only_our_group_and_passing_only_our_roles(
         in by_sid["WriteAirflowLogs"]["Resource"]["Fn::Sub"]
     )
     task_logs = by_sid["ReadTaskLogs"]
-    assert "logs:GetLogEvents" in task_logs["Action"]
+    assert as_list(task_logs["Action"]) == ["logs:GetLogEvents"]
     assert all(":log-group:${LogGroupName}" in r["Fn::Sub"] for r in task_logs["Resource"])
+
+
+def test_the_role_grants_only_what_mwaa_documents_or_the_code_calls(
+    statements: list[dict[str, Any]],
+) -> None:
+    """Issue 17 point 5: UpdateAutoScalingGroup (which could raise MinSize and defeat scale-in
+    and the idle alarm) was granted and never called; so were other actions. Any DAG on the
+    environment may use what the role grants, so it grants nothing the code does not need."""
+    called = code_calls.called_actions()
+    granted = {
+        action
+        for statement in statements
+        if statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"])
+    }
+    assert sorted(granted - MWAA_DOCUMENTED - called) == []
+
+
+def test_the_code_calls_are_found_where_the_dag_makes_them() -> None:
+    """code_calls.py finds the DAG's own boto3 calls and the provider operator's."""
+    called = code_calls.called_actions()
+    # cluster.py (SetDesiredCapacity, the container-instance paginator), cost.py (waiter-free
+    # paginators), ecs.py's own ListTasks/StopTask, the provider's RunTask, its tasks_stopped
+    # waiter (DescribeTasks) and log fetcher (GetLogEvents), the MWAA hook's InvokeRestApi, the
+    # S3 listing (s3:ListBucket) and reads (s3:GetObject).
+    assert {
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:DescribeAutoScalingGroups",
+        "ecs:ListContainerInstances",
+        "ecs:DescribeContainerInstances",
+        "ec2:DescribeSpotPriceHistory",
+        "ecs:ListTasks",
+        "ecs:StopTask",
+        "ecs:RunTask",
+        "iam:PassRole",
+        "ecs:DescribeTasks",
+        "logs:GetLogEvents",
+        "airflow:InvokeRestApi",
+        "s3:ListBucket",
+        "s3:GetObject",
+    } <= called
+    assert "autoscaling:UpdateAutoScalingGroup" not in called
 
 
 def test_execution_role_trusts_mwaa_only(template: dict[str, Any]) -> None:
@@ -265,19 +341,3 @@ def test_schedulers_and_workers_are_what_the_environment_class_takes(
     # Any class but mw1.micro takes 2 to 5 schedulers: the parameter cannot ask for fewer.
     schedulers = template["Parameters"]["Schedulers"]
     assert (schedulers["MinValue"], schedulers["MaxValue"]) == (2, 5)
-
-
-def test_log_reader_may_list_the_environment_log_streams(
-    statements: list[dict[str, Any]],
-) -> None:
-    """Airflow's CloudWatch task log reader lists streams (triggerer logs of deferred tasks)."""
-    resources = [
-        resource
-        for statement in statements
-        if "logs:DescribeLogStreams" in as_list(statement["Action"])
-        for resource in as_list(statement["Resource"])
-    ]
-    assert {
-        "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:"
-        "airflow-${AWS::StackName}-*"
-    } in resources

@@ -10,6 +10,12 @@ AWS's rules the template is held to:
   GroupInServiceInstances, which needs the group's 1-minute metrics collection.
 - A policy with AdjustmentType ExactCapacity and ScalingAdjustment 0 sets the desired capacity
   to 0 (Auto Scaling simple scaling policies).
+- A metric math alarm evaluates its expression once per period on the metrics' datapoints, FILL
+  replacing a missing one, and goes to ALARM when DatapointsToAlarm of the last
+  EvaluationPeriods results breach the threshold (CloudWatch User Guide, "Using metric math" and
+  "Evaluating an alarm"). Issue 17 point 10: with only tasks and instances in it, the first
+  instances of a slow scale-out count as idle, and the alarm sets the group to 0 under the
+  sensor. The DAG's scale_out sends a ScalingOut heartbeat at each check, which the alarm reads.
 
 moto 5.2.5's CloudFormation creates neither alarms nor scaling policies, so the stack is
 deployed into moto and the two resources are then created through the APIs CloudFormation
@@ -18,12 +24,21 @@ would call, with the template's own properties (references resolved against the 
 
 from __future__ import annotations
 
+import ast
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
 from .test_templates import REGION, aws, create_stack, load  # noqa: F401  (aws: fixture)
+
+# The DAG's own constants (MWAA puts dags/ on sys.path; tests/dags/conftest.py does too).
+if str(Path(__file__).resolve().parents[2] / "dags") not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
+from windows_batch.cluster import SCALING_OUT_METRIC, SCALING_OUT_NAMESPACE
 
 
 def resolve(value: Any, refs: dict[str, Any]) -> Any:
@@ -51,8 +66,6 @@ def safety_net(aws: Any) -> dict[str, Any]:  # noqa: F811
         "t-ecs",
         PrivateSubnetIds=network["PrivateSubnetIds"],
         InstanceSecurityGroupId=network["EcsInstanceSecurityGroupId"],
-        ResultsBucketName="results-bucket",
-        RepositoryUri="123456789012.dkr.ecr.us-east-1.amazonaws.com/t/bersim",
         IdleScaleInMinutes="45",
     )
     physical = {
@@ -99,11 +112,19 @@ def test_the_idle_alarm_reads_our_clusters_tasks_and_our_groups_instances(
     assert instances["Metric"]["Dimensions"] == [
         {"Name": "AutoScalingGroupName", "Value": refs["AutoScalingGroup"]}
     ]
-    assert tasks["Period"] == instances["Period"] == 60
-    # Only the expression decides; a missing CPUReservation point (no RUNNING task) counts as 0.
+    # scale_out's heartbeat, as windows_batch/cluster.py sends it.
+    scaling = queries["scaling"]["MetricStat"]
+    assert scaling["Metric"]["Namespace"] == SCALING_OUT_NAMESPACE
+    assert scaling["Metric"]["MetricName"] == SCALING_OUT_METRIC
+    assert scaling["Metric"]["Dimensions"] == [
+        {"Name": "AutoScalingGroupName", "Value": refs["AutoScalingGroup"]}
+    ]
+    assert tasks["Period"] == instances["Period"] == scaling["Period"] == 60
+    # Only the expression decides; a missing CPUReservation point (no RUNNING task) counts as 0,
+    # and so does a missing heartbeat (no scale-out under way).
     assert [q["Id"] for q in alarm["Metrics"] if q.get("ReturnData")] == ["idle"]
     assert queries["idle"]["Expression"] == (
-        "IF(FILL(instances, 0) > 0 AND FILL(tasks, 0) == 0, 1, 0)"
+        "IF(FILL(instances, 0) > 0 AND FILL(tasks, 0) == 0 AND FILL(scaling, 0) == 0, 1, 0)"
     )
     # IdleScaleInMinutes consecutive idle minutes, every one of them.
     assert alarm["EvaluationPeriods"] == alarm["DatapointsToAlarm"] == 45
@@ -145,3 +166,108 @@ def test_the_group_collects_the_metric_the_alarm_reads_and_the_window_is_a_param
     alarm = template["Resources"]["IdleClusterAlarm"]["Properties"]
     assert alarm["EvaluationPeriods"] == {"Ref": "IdleScaleInMinutes"}
     assert alarm["DatapointsToAlarm"] == {"Ref": "IdleScaleInMinutes"}
+
+
+def metric_math(expression: str, values: dict[str, float | None]) -> float:
+    """One datapoint of a CloudWatch metric math expression: IF, FILL, AND, OR, comparisons.
+
+    Parsed, not eval'ed: an expression using anything else fails the test.
+    """
+    python = expression.replace(" AND ", " and ").replace(" OR ", " or ")
+    compare: dict[type, Callable[[float, float], bool]] = {
+        ast.Gt: lambda a, b: a > b,
+        ast.GtE: lambda a, b: a >= b,
+        ast.Lt: lambda a, b: a < b,
+        ast.LtE: lambda a, b: a <= b,
+        ast.Eq: lambda a, b: a == b,
+        ast.NotEq: lambda a, b: a != b,
+    }
+
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return values[node.id]
+        if isinstance(node, ast.BoolOp):
+            results = [bool(value(v)) for v in node.values]
+            return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+            return compare[type(node.ops[0])](value(node.left), value(node.comparators[0]))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            args = [value(a) for a in node.args]
+            if node.func.id == "FILL":
+                return args[1] if args[0] is None else args[0]
+            if node.func.id == "IF":
+                return args[1] if args[0] else args[2]
+        raise AssertionError(f"not CloudWatch metric math this test knows: {ast.dump(node)}")
+
+    return float(value(ast.parse(python, mode="eval").body))
+
+
+def first_alarm_minute(alarm: dict[str, Any], minutes: Sequence[dict[str, Any]]) -> int | None:
+    """The minute the alarm goes to ALARM, given each minute's metric datapoints (None: none)."""
+    expression = next(q["Expression"] for q in alarm["Metrics"] if q.get("ReturnData"))
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    window, needed = alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]
+    results: list[float] = []
+    for minute, points in enumerate(minutes):
+        results.append(metric_math(expression, points))
+        breaching = [r >= alarm["Threshold"] for r in results[-window:]]
+        if len(breaching) == window and sum(breaching) >= needed:
+            return minute
+    return None
+
+
+def timeline(
+    *,
+    end: int,
+    in_service: Callable[[int], int],
+    checks: Callable[[int], bool],
+    tasks: Callable[[int], bool],
+) -> list[dict[str, Any]]:
+    """Each minute's datapoints: instances in service (always reported), CPUReservation only
+    while a task runs, the heartbeat only in a minute with a scale_out check."""
+    return [
+        {
+            "instances": in_service(m),
+            "tasks": 25.0 if tasks(m) else None,
+            "scaling": 1.0 if checks(m) else None,
+        }
+        for m in range(end)
+    ]
+
+
+def slow_scale_out(airflow_dies_at: int | None = None) -> list[dict[str, Any]]:
+    """Three instances for a run: two in service at minutes 2 and 3, the third only at 200
+    (a slow launch, within a 4 h scale_out_timeout_s); registered at 215, when scale_out ends;
+    7 minutes of image pull, tasks from 222 to 400, the group empty from 402."""
+    alive = airflow_dies_at if airflow_dies_at is not None else 10**9
+
+    def in_service(m: int) -> int:
+        if m >= 402 and alive > 400:
+            return 0
+        return (m >= 2) + (m >= 3) + (m >= 200)
+
+    return timeline(
+        end=600,
+        in_service=in_service,
+        checks=lambda m: m < min(215, alive),
+        tasks=lambda m: 222 <= m < 400 and alive > 222,
+    )
+
+
+def test_the_alarm_stays_quiet_through_a_slow_scale_out(safety_net: dict[str, Any]) -> None:
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    alarm = cloudwatch.describe_alarms(AlarmNames=[safety_net["alarm_name"]])["MetricAlarms"][0]
+    assert first_alarm_minute(alarm, slow_scale_out()) is None
+
+
+def test_the_alarm_still_fires_when_airflow_dies_during_the_scale_out(
+    safety_net: dict[str, Any],
+) -> None:
+    """The heartbeat stops with Airflow: IdleScaleInMinutes (45 here) later the group goes."""
+    cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+    alarm = cloudwatch.describe_alarms(AlarmNames=[safety_net["alarm_name"]])["MetricAlarms"][0]
+    assert first_alarm_minute(alarm, slow_scale_out(airflow_dies_at=60)) == 60 + 45 - 1
+    # After its run's tasks, with Airflow gone before scale_in, the same.
+    assert first_alarm_minute(alarm, slow_scale_out(airflow_dies_at=300)) == 400 + 45 - 1

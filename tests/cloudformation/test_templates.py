@@ -152,14 +152,9 @@ def test_buckets_block_public_access_encrypt_and_deny_plain_http() -> None:
             }
 
 
-def test_mwaa_bucket_is_versioned_and_task_results_expire() -> None:
+def test_mwaa_bucket_is_versioned() -> None:
     buckets = resources_of_type(load("storage"), "AWS::S3::Bucket")
     assert buckets["MwaaBucket"]["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
-    rules = buckets["ResultsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
-    expiry = next(rule for rule in rules if rule["Id"] == "ExpireTaskResults")
-    assert expiry["Prefix"] == "sim/task_results/"
-    assert expiry["ExpirationInDays"] == {"Ref": "TaskResultsExpirationInDays"}
-    assert expiry["Status"] == "Enabled"
 
 
 def test_storage_stack_creates_encrypted_buckets_in_moto(aws: Any) -> None:
@@ -374,6 +369,15 @@ def test_task_role_may_only_use_the_sim_prefix(ecs_stack: dict[str, str]) -> Non
             "Effect": "Allow",
             "Action": ["s3:GetObject", "s3:PutObject"],
             "Resource": "arn:aws:s3:::results-bucket/sim/*",
+        },
+        {
+            "Sid": "TagTaskResults",
+            "Effect": "Allow",
+            "Action": "s3:PutObjectTagging",
+            "Resource": "arn:aws:s3:::results-bucket/sim/*",
+            "Condition": {
+                "StringEquals": {"s3:RequestObjectTag/windows-batch-retention": "task-result"}
+            },
         },
         {
             "Sid": "ListSimPrefix",

@@ -615,8 +615,12 @@ def _requests_logs(action: str, body: dict[str, Any]) -> list[Any]:
     return []
 
 
-def _requests_s3(method: str, path: str) -> list[Any]:
-    """S3 REST calls (path-style, as boto3 addresses an IP endpoint) -> actions and ARNs."""
+def _requests_s3(method: str, path: str, headers: Any = None) -> list[Any]:
+    """S3 REST calls (path-style, as boto3 addresses an IP endpoint) -> actions and ARNs.
+
+    A PutObject with tags (x-amz-tagging) needs s3:PutObjectTagging too, both with the request's
+    tags as s3:RequestObjectTag/<key> (S3 User Guide, "Tagging and access control policies").
+    """
     Request = iam_policy.Request
     parsed = urllib.parse.urlparse(path)
     query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
@@ -627,7 +631,15 @@ def _requests_s3(method: str, path: str) -> list[Any]:
         if method in {"GET", "HEAD"} and not (set(query) - {"versionId", "partNumber"}):
             return [Request("s3:GetObject", f"arn:aws:s3:::{bucket}/{key}")]
         if method == "PUT" and not query:
-            return [Request("s3:PutObject", f"arn:aws:s3:::{bucket}/{key}")]
+            lowered = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
+            tagging = lowered.get("x-amz-tagging", "")
+            tags = urllib.parse.parse_qs(tagging, keep_blank_values=True)
+            tag_context = {f"s3:RequestObjectTag/{k}": v[0] for k, v in tags.items()}
+            arn = f"arn:aws:s3:::{bucket}/{key}"
+            found = [Request("s3:PutObject", arn, tag_context)]
+            if tags:
+                found.append(Request("s3:PutObjectTagging", arn, tag_context))
+            return found
         return []
     context: dict[str, str] = {}
     if "prefix" in query:
@@ -649,14 +661,14 @@ def _requests_s3(method: str, path: str) -> list[Any]:
     return []
 
 
-def requests_of(iam_request: Any) -> list[Any]:
+def requests_of(iam_request: Any) -> list[Any]:  # noqa: PLR0911 (one per service)
     """The authorizations one request needs; [] when this module does not map the call."""
     service, _, action = iam_request._action.partition(":")
     body = iam_request._body or b""
     if isinstance(body, str):
         body = body.encode()
     if service == "s3":
-        return _requests_s3(iam_request._method, iam_request._path)
+        return _requests_s3(iam_request._method, iam_request._path, iam_request._headers)
     if service == "ecs":
         return _requests_ecs(action, json.loads(body or b"{}"))
     if service == "logs":
@@ -670,6 +682,11 @@ def requests_of(iam_request: Any) -> list[Any]:
     if service == "ec2" and action.startswith("Describe"):
         # EC2's Describe* actions have no resource-level permissions: only "*" grants them.
         return [iam_policy.Request(f"ec2:{action}", "*")]
+    if service == "monitoring" and action == "PutMetricData":
+        # moto names CloudWatch by its endpoint prefix; IAM's is "cloudwatch". No resource type
+        # (scale_out's heartbeat for the idle alarm); cloudwatch:namespace is not decoded here
+        # (CBOR body), and no policy of ours conditions on it.
+        return [iam_policy.Request("cloudwatch:PutMetricData", "*")]
     return []
 
 

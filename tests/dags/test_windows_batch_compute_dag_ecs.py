@@ -63,8 +63,10 @@ MWAA_ACTIONS = {
     "ecs:DescribeTasks",
     "logs:GetLogEvents",
     "s3:GetObject",
+    "cloudwatch:PutMetricData",  # scale_out's heartbeat for the idle alarm
 }
-TASK_ROLE_ACTIONS = {"s3:ListBucket", "s3:PutObject", "s3:GetObject"}
+# s3:PutObjectTagging: bersim tags each task result in its PutObject (the expiry tag).
+TASK_ROLE_ACTIONS = {"s3:ListBucket", "s3:PutObject", "s3:PutObjectTagging", "s3:GetObject"}
 
 Deploy = Callable[..., EcsDeployment]
 
@@ -93,6 +95,23 @@ def check_run_tasks(deployment: EcsDeployment, outcome: dict[str, Any]) -> list[
             assert call["command"] in planned
             assert parser.parse_args(call["command"]).command == "simulate"
     return calls
+
+
+def check_scaling(deployment: EcsDeployment, *, size: int) -> None:
+    """The group went to `size`, then back to 0 after the last time it was set to `size`; and
+    scale_out told the idle alarm at its checks that the group was scaling out (ecs.yaml's
+    IdleClusterAlarm reads that heartbeat)."""
+    desired = desired_capacities(deployment)
+    assert desired[0] == size
+    assert desired[-1] == 0
+    assert desired.index(0) > max(i for i, v in enumerate(desired) if v == size)
+    group = deployment.outputs["ecs"]["AutoScalingGroupName"]
+    metrics = deployment.client("cloudwatch").list_metrics(
+        Namespace="WindowsBatch", MetricName="ScalingOut"
+    )["Metrics"]
+    assert [m["Dimensions"] for m in metrics] == [
+        [{"Name": "AutoScalingGroupName", "Value": group}]
+    ]
 
 
 def read_json(deployment: EcsDeployment, uri: str) -> dict[str, Any]:
@@ -158,10 +177,7 @@ def test_runs_every_planned_task_in_its_container_aggregates_and_scales_in(
     assert "2 of 2 container instances ACTIVE" in outcome["log"]
     # ... and the two placement failures waited in the triggerer instead of failing.
     assert outcome["log"].count("The cluster has no room for this task now (RESOURCE:CPU)") == 2
-    desired = desired_capacities(deployment)
-    assert desired[0] == 2
-    assert desired[-1] == 0
-    assert desired.index(0) > max(i for i, v in enumerate(desired) if v == 2)
+    check_scaling(deployment, size=2)
 
     calls = check_run_tasks(deployment, outcome)
     assert sum(not c["placed"] for c in calls) == 2

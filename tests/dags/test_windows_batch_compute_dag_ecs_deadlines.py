@@ -129,48 +129,87 @@ def test_a_hung_container_is_stopped_at_its_deadline_and_the_run_fails_with_the_
     assert elapsed_s < 400
 
 
-def test_a_task_definition_that_never_fits_ends_at_its_deadline(
+def register_revision(d: ecs_harness.EcsDeployment, **container: Any) -> str:
+    """A new revision of the deployment's task definition with `container` changed; its ref."""
+    ecs = d.client("ecs")
+    family = d.outputs["ecs"]["TaskDefinitionFamily"]
+    current = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    revision = ecs.register_task_definition(
+        family=family,
+        containerDefinitions=[{**current["containerDefinitions"][0], **container}],
+        taskRoleArn=current["taskRoleArn"],
+        executionRoleArn=current["executionRoleArn"],
+    )["taskDefinition"]["revision"]
+    return f"{family}:{revision}"
+
+
+def test_a_task_larger_than_every_instance_fails_at_once_not_at_its_deadline(
     airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
 ) -> None:
-    timeout_s = 12
+    """Issue 17 point 13, its measurement: 8 such tasks, a 40 s deadline, 2 retries. Each try
+    used to wait for room until its deadline (171 RunTask calls, the run failed after 380 s).
+
+    8000 MiB: more than the cluster's instances register (moto registers 7482 MiB each), though
+    one instance type of the group, m5.xlarge, would hold it, so plan_tasks lets it through.
+    """
+    timeout_s = 40
     with deployment(tmp_path) as d:
-        ecs = d.client("ecs")
-        family = d.outputs["ecs"]["TaskDefinitionFamily"]
-        current = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
-        # More CPU than any container instance has: ECS answers RESOURCE:CPU for ever.
-        huge = [{**current["containerDefinitions"][0], "cpu": 65536}]
-        revision = ecs.register_task_definition(
-            family=family,
-            containerDefinitions=huge,
-            taskRoleArn=current["taskRoleArn"],
-            executionRoleArn=current["executionRoleArn"],
-        )["taskDefinition"]["revision"]
         env = dag_env(
             d,
             airflow_env,
             TASK_TIMEOUT_S=str(timeout_s),
-            RETRIES="0",
-            TASK_DEFINITION=f"{family}:{revision}",
+            RETRIES="2",
+            TASK_DEFINITION=register_revision(d, memory=8000),
+            TASK_MEMORY_MIB="8000",
         )
         started = time.monotonic()
-        outcome = run_dag(env, study(d, num_tasks=2), timeout_s=400)
+        outcome = run_dag(env, study(d, num_tasks=8), timeout_s=600)
         elapsed_s = time.monotonic() - started
+        calls = d.events("run_task")
+        capacities = desired(d)
+    tasks, log = outcome["tasks"], outcome["log"]
+    simulations = [f"simulate[{i}]" for i in range(8)]
+    assert outcome["state"] == "failed"
+    assert [tasks[s] for s in simulations] == ["failed"] * 8
+    assert tasks["aggregate"] == "failed"
+    # Each failed at its first RunTask, without a retry and without waiting for room.
+    assert [outcome["tries"][s] for s in (*simulations, "aggregate")] == [1] * 9
+    assert len(calls) == 9
+    assert not any(c["placed"] for c in calls)
+    assert "The cluster has no room for this task now" not in log
+    assert "reached its deadline" not in log
+    assert log.count("the task needs 1024 CPU units and 8000 MiB") >= 9
+    assert "(the most registered: 4096 CPU units and 7482 MiB)" in log
+    assert tasks["scale_in"] == "success"
+    assert capacities[-1] == 0
+    print(f"{len(calls)} RunTask calls, run {elapsed_s:.0f} s (deadline {timeout_s} s per try)")
+
+
+def test_a_task_no_instance_type_of_the_group_holds_is_refused_before_anything_scales(
+    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
+) -> None:
+    """Issue 17 point 13 (b): 20000 MiB is more than any of the group's instance types
+    registers (m5.xlarge, the largest: about 13516 MiB), so plan_tasks refuses the study."""
+    with deployment(tmp_path) as d:
+        env = dag_env(
+            d,
+            airflow_env,
+            TASK_DEFINITION=register_revision(d, memory=20000),
+            TASK_MEMORY_MIB="20000",
+        )
+        outcome = run_dag(env, study(d, num_tasks=2), timeout_s=400)
         calls = d.events("run_task")
         capacities = desired(d)
     tasks = outcome["tasks"]
     assert outcome["state"] == "failed"
-    assert tasks["simulate[0]"] == tasks["simulate[1]"] == tasks["aggregate"] == "failed"
-    assert "The cluster has no room for this task now (RESOURCE:CPU)" in outcome["log"]
-    # dag.test drops next_kwargs when a trigger fires (sdk/definitions/dag.py), so a resumed
-    # try may not know what it waited for; the deadline itself comes from the try's start.
-    assert outcome["log"].count(f"reached its deadline (TASK_TIMEOUT_S={timeout_s} s") >= 3
-    assert calls
-    assert not any(c["placed"] for c in calls)
-    # Bounded: about one RunTask per CAPACITY_RETRY_S within each try's deadline, 3 tries.
-    assert len(calls) <= 3 * (timeout_s // 2 + 2), len(calls)
-    assert tasks["scale_in"] == "success"
-    assert capacities[-1] == 0
-    assert elapsed_s < 300
+    assert tasks["plan_tasks"] == "failed"
+    assert (
+        "The cluster cannot run this study: a task needs 1024 CPU units and 20000 MiB"
+        in (outcome["log"])
+    )
+    assert "m5.xlarge registers about 4096 CPU units and 13516 MiB" in outcome["log"]
+    assert calls == []
+    assert all(capacity == 0 for capacity in capacities), capacities
 
 
 def test_a_log_fetch_failure_after_exit_0_is_a_success(

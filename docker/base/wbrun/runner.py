@@ -11,7 +11,10 @@ and the runner records there what it finished:
                                        a run's progress
     chunks/failed/<n>.json             the chunk's last failed try
 A retry of a chunk skips every item whose record matches its digest: no finished item runs
-twice, and each item's outputs are published once it succeeded, never half.
+twice, and each item's outputs are published once it succeeded, never half. On S3 the item
+records carry the tag RECORD_TAGS: the results bucket expires them after
+TaskResultsExpirationInDays (storage.yaml), once no retry can need them; the chunk records,
+which the Results view reads for a run's progress, are kept with the results.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from wbrun.storage import NotFound, StorageError, Store, files_under, join
 SCHEMA = "windows-batch.manifest/1"
 CHUNK_SCHEMA = "windows-batch.chunk/1"
 ITEM_SCHEMA = "windows-batch.item/1"
+RECORD_TAGS = {"windows-batch-retention": "task-result"}
+"""The tag of what is only a step on the way (storage.yaml's ExpireTaskResults rule)."""
 EXIT_USAGE = 64
 """The manifest or the arguments are wrong: a retry gives the same answer."""
 EXIT_DATA = 65
@@ -243,6 +248,7 @@ class ChunkRunner:
                 "outputs": outputs,
                 "count": count,
             },
+            tags=RECORD_TAGS,
         )
         shutil.rmtree(out_root, ignore_errors=True)
         log(f"item {index} done in {elapsed:.1f} s, {len(outputs)} output file(s) published")
@@ -435,9 +441,13 @@ class ChunkRunner:
                 published.append(target)
         return published
 
-    def _write_json(self, uri: str, data: Mapping[str, Any]) -> None:
+    def _write_json(
+        self, uri: str, data: Mapping[str, Any], *, tags: Mapping[str, str] | None = None
+    ) -> None:
         try:
-            self.store.write(uri, json.dumps(data).encode(), content_type="application/json")
+            self.store.write(
+                uri, json.dumps(data).encode(), content_type="application/json", tags=tags
+            )
         except StorageError as exc:
             raise RunnerError(f"cannot record progress: {exc}", EXIT_STORAGE) from None
 

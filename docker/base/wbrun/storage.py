@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,16 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------
 
-    def write(self, uri: str, data: bytes, *, content_type: str = "") -> None:
-        """Write the whole object atomically."""
+    def write(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        content_type: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Write the whole object atomically; on S3 with `tags` set in the same PutObject
+        (x-amz-tagging: S3 authorizes it as PutObjectTagging as well)."""
         path = self.local_path(uri)
         if path is not None:
             _write_local(path, data)
@@ -193,6 +202,8 @@ class Store:
         kwargs: dict[str, Any] = {"Bucket": loc.bucket, "Key": loc.key, "Body": data}
         if content_type:
             kwargs["ContentType"] = content_type
+        if tags:
+            kwargs["Tagging"] = urllib.parse.urlencode(dict(tags))
         try:
             self.s3.put_object(**kwargs)
         except Exception as exc:

@@ -28,7 +28,7 @@ from bersim.errors import (
     UsageError,
 )
 from bersim.result import EBN0_MAX_DB, EBN0_MIN_DB, MAX_BITS, SEED_MAX, TaskResult, provenance
-from bersim.storage import Storage, parse_uri
+from bersim.storage import TASK_RESULT_TAGS, Storage, parse_uri
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -197,7 +197,7 @@ def simulate(args: argparse.Namespace, storage: Storage) -> None:
         elapsed_s=kernel.elapsed_s,
         provenance=provenance(octave_version=kernel.octave_version),
     )
-    storage.write_bytes(output, task.to_json_bytes())
+    storage.write_bytes(output, task.to_json_bytes(), tags=TASK_RESULT_TAGS)
     label = "" if args.task_index is None else f" task {args.task_index}"
     rate = kernel.bits / kernel.elapsed_s if kernel.elapsed_s > 0 else math.inf
     print(

@@ -7,6 +7,10 @@
   this one's. A local prefix is the directory, listed the same way.
 - S3 uses the standard credential chain; boto3 itself honours `AWS_ENDPOINT_URL`(`_S3`),
   `AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE` (default here: "standard").
+- A task's result is tagged TASK_RESULT_TAGS (the bucket's lifecycle rule expires it).
+- A write is a task's last step, after all its work: it gets RESULT_WRITE_ATTEMPTS attempts
+  with back-off (`result_write_client`), not the 3 of a read, so that one 503 does not throw a
+  long computation away.
 - A bucket that does not exist or a malformed URI is bad input (exit 2); an endpoint that cannot
   be reached, missing credentials or access denied are runtime failures (exit 1).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from bersim.errors import BersimError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -33,6 +38,18 @@ _LIST_PAGE_SIZE = 1000
 """Keys per ListObjectsV2 page (the S3 maximum)."""
 _READ_THREADS = 16
 """Parallel GETs when reading many small objects (one task result each)."""
+
+RESULT_WRITE_ATTEMPTS = 10
+"""Attempts of one result PutObject. botocore's standard retry mode retries 500/502/503/504,
+throttling (503 SlowDown) and connection errors, waiting a random 0 to min(2^n, 20) s before
+retry n: up to about 2 minutes in all, which a task that ran for hours is worth. (AWS SDKs and
+Tools Reference Guide, "Retry behavior": standard mode makes three attempts unless max_attempts
+is configured.)"""
+
+TASK_RESULT_TAGS = {"windows-batch-retention": "task-result"}
+"""The S3 object tags of one task's result. The results bucket expires objects that carry them
+after TaskResultsExpirationInDays (cloudformation/storage.yaml, rule ExpireTaskResults), under
+whatever prefix they were written; published (aggregate) results carry none and are kept."""
 
 CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv", ".png": "image/png"}
 
@@ -106,19 +123,25 @@ def parse_uri(text: str, *, option: str, is_prefix: bool) -> Location:
     return Location("s3", bucket, key, label=label)
 
 
-def s3_client() -> Any:
+def s3_client(*, total_max_attempts: int | None = None) -> Any:
     """A boto3 S3 client: standard credential chain, endpoint and retries from the environment.
 
     An explicit `retries` mode makes the SDK back off on throttling and transient errors;
-    `AWS_RETRY_MODE` / `AWS_MAX_ATTEMPTS` still override it (botocore reads them itself).
+    total_max_attempts: attempts per request (None: the mode's own, 3 for standard).
+    `AWS_RETRY_MODE` / `AWS_MAX_ATTEMPTS` still override both (botocore reads them itself).
     """
     # Imported here: boto3 costs ~0.3 s and a local run never needs it.
     import boto3  # noqa: PLC0415
     from botocore.config import Config  # noqa: PLC0415
 
+    # A key left out leaves it to botocore, which reads the environment variable.
+    retries: Any = {}  # botocore's _RetryDict (a TypedDict of these keys)
+    if not os.environ.get("AWS_RETRY_MODE"):
+        retries["mode"] = "standard"
+    if total_max_attempts is not None and not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["total_max_attempts"] = total_max_attempts
     config = Config(
-        # None leaves AWS_RETRY_MODE to botocore.
-        retries=None if os.environ.get("AWS_RETRY_MODE") else {"mode": "standard"},
+        retries=retries or None,
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=_READ_THREADS,
@@ -127,6 +150,11 @@ def s3_client() -> Any:
         return boto3.session.Session().client("s3", config=config)
     except Exception as exc:  # botocore raises several unrelated types for bad config
         raise RuntimeFailure(f"cannot create an S3 client: {exc}") from exc
+
+
+def result_write_client() -> Any:
+    """An S3 client for writing results: RESULT_WRITE_ATTEMPTS attempts with back-off."""
+    return s3_client(total_max_attempts=RESULT_WRITE_ATTEMPTS)
 
 
 def _s3_error(exc: Exception, loc: Location, action: str) -> BersimError:
@@ -159,18 +187,35 @@ def _s3_error(exc: Exception, loc: Location, action: str) -> BersimError:
 
 
 class Storage:
-    """Reads, writes and lists Locations; one S3 client per instance, created on first use."""
+    """Reads, writes and lists Locations; S3 clients are created on first use.
 
-    def __init__(self, client_factory: Callable[[], Any] = s3_client) -> None:
+    client_factory: the client for reads and listings; write_client_factory: the one for
+    writes (more attempts: a write is what a task's whole work comes down to).
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Any] = s3_client,
+        write_client_factory: Callable[[], Any] = result_write_client,
+    ) -> None:
         self._client_factory = client_factory
+        self._write_client_factory = write_client_factory
         self._client: Any = None
+        self._write_client: Any = None
 
     @property
     def s3(self) -> Any:
-        """The S3 client, created when first needed."""
+        """The S3 client for reads, created when first needed."""
         if self._client is None:
             self._client = self._client_factory()
         return self._client
+
+    @property
+    def s3_writer(self) -> Any:
+        """The S3 client for writes, created when first needed."""
+        if self._write_client is None:
+            self._write_client = self._write_client_factory()
+        return self._write_client
 
     def _call_s3(self, loc: Location, action: str, func: Callable[[], Any]) -> Any:
         """Run one S3 call and translate its failure."""
@@ -209,15 +254,22 @@ class Storage:
                 return
             raise
 
-    def write_bytes(self, loc: Location, data: bytes) -> None:
-        """Write `data` to `loc` atomically (all of it, or nothing)."""
+    def write_bytes(
+        self, loc: Location, data: bytes, *, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """Write `data` to `loc` atomically (all of it, or nothing).
+
+        tags: S3 object tags set by the same PutObject (e.g. TASK_RESULT_TAGS); a local file
+        has none.
+        """
         content_type = CONTENT_TYPES.get(Path(loc.key).suffix, "application/octet-stream")
         if loc.scheme == "s3":
+            extra = {"Tagging": urllib.parse.urlencode(dict(tags))} if tags else {}
             self._call_s3(
                 loc,
                 "write",
-                lambda: self.s3.put_object(
-                    Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type
+                lambda: self.s3_writer.put_object(
+                    Bucket=loc.bucket, Key=loc.key, Body=data, ContentType=content_type, **extra
                 ),
             )
             return

@@ -9,12 +9,19 @@ from airflow.sdk.exceptions import AirflowFailException
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from windows_batch import settings as settings_mod
 from windows_batch.cluster import (
+    SCALING_OUT_METRIC,
+    SCALING_OUT_NAMESPACE,
     container_hosts,
     run_task_group,
     set_desired_capacity,
+    signal_scaling_out,
     stop_group_tasks,
 )
+from windows_batch.settings import SettingsError
+
+from .conftest import stubbed
 
 GROUP = "windows-batch"
 CLUSTER = "windows-batch"
@@ -111,3 +118,33 @@ def test_scale_in_stops_only_the_runs_own_tasks_still_running(ecs: tuple[Any, St
             {"cluster": CLUSTER, "task": arn, "reason": "r"},
         )
     assert stop_group_tasks(client, CLUSTER, ours, "r") == [arns[0], arns[2]]
+
+
+def test_the_scaling_out_heartbeat_names_the_group() -> None:
+    """What the idle alarm reads (tests/cloudformation/test_safety_net.py holds ecs.yaml to the
+    same names): one datapoint of 1 for this minute, dimension AutoScalingGroupName."""
+    for client, stubber in stubbed("cloudwatch"):
+        stubber.add_response(
+            "put_metric_data",
+            {},
+            {
+                "Namespace": SCALING_OUT_NAMESPACE,
+                "MetricData": [
+                    {
+                        "MetricName": SCALING_OUT_METRIC,
+                        "Dimensions": [{"Name": "AutoScalingGroupName", "Value": GROUP}],
+                        "Value": 1.0,
+                        "Unit": "Count",
+                    }
+                ],
+            },
+        )
+        signal_scaling_out(client, GROUP)
+
+
+def test_scale_out_checks_come_often_enough_for_the_idle_alarm() -> None:
+    """A check at most every 300 s: the alarm's shortest window (IdleScaleInMinutes) is 10."""
+    prefix = settings_mod.PREFIX
+    assert settings_mod.load({prefix + "SCALE_POKE_INTERVAL_S": "300"}).scale_poke_interval_s == 300
+    with pytest.raises(SettingsError, match="SCALE_POKE_INTERVAL_S=301 is outside"):
+        settings_mod.load({prefix + "SCALE_POKE_INTERVAL_S": "301"})

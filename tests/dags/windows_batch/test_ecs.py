@@ -230,6 +230,83 @@ def test_no_container_instance_registered_yet_is_a_wait(
     assert deferred.value.method_name == "run_task_again"
 
 
+def sized_stub(task_cpu: int, task_memory_mib: int) -> tuple[BersimEcsOperator, Stubber, Any]:
+    op = operator(task_cpu=task_cpu, task_memory_mib=task_memory_mib)
+    client = boto3.client("ecs", region_name=REGION)
+    op.__dict__["client"] = client
+    return op, Stubber(client), client
+
+
+def expect_registered(stubber: Stubber, *sizes: tuple[int, int]) -> None:
+    """The cluster's ACTIVE container instances and what each registered (CPU, MiB)."""
+    arns = [
+        f"arn:aws:ecs:{REGION}:123456789012:container-instance/{CLUSTER}/{i}"
+        for i in range(len(sizes))
+    ]
+    stubber.add_response(
+        "list_container_instances",
+        {"containerInstanceArns": arns},
+        {"cluster": CLUSTER, "status": "ACTIVE"},
+    )
+    stubber.add_response(
+        "describe_container_instances",
+        {
+            "containerInstances": [
+                {
+                    "containerInstanceArn": arn,
+                    "ec2InstanceId": f"i-{index:017x}",
+                    "agentConnected": True,
+                    "registeredResources": [
+                        {"name": "CPU", "type": "INTEGER", "integerValue": cpu},
+                        {"name": "MEMORY", "type": "INTEGER", "integerValue": memory},
+                    ],
+                }
+                for index, (arn, (cpu, memory)) in enumerate(zip(arns, sizes, strict=True))
+            ]
+        },
+        {"cluster": CLUSTER, "containerInstances": arns},
+    )
+
+
+def test_a_task_larger_than_every_registered_instance_fails_at_once_naming_both_sizes() -> None:
+    """Issue 17 point 13: RESOURCE:MEMORY on a cluster whose instances are all smaller than the
+    task is no wait: it would last the whole deadline. The try fails without retries."""
+    op, stubber, _ = sized_stub(1024, 8000)
+    with stubber:
+        expect_run_task(stubber, {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]})
+        expect_registered(stubber, (4096, 5734), (4096, 5734))
+        with pytest.raises(AirflowFailException) as failed:
+            op.execute(context())
+        stubber.assert_no_pending_responses()
+    message = str(failed.value)
+    assert "(RESOURCE:MEMORY)" in message
+    assert "needs 1024 CPU units and 8000 MiB" in message
+    assert "2 registered container instances" in message
+    assert "4096 CPU units and 5734 MiB" in message
+
+
+def test_a_task_that_fits_a_registered_instance_waits_for_room() -> None:
+    op, stubber, _ = sized_stub(1024, 8000)
+    with stubber:
+        expect_run_task(stubber, {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]})
+        expect_registered(stubber, (4096, 5734), (4096, 13516))
+        with pytest.raises(TaskDeferred) as deferred:
+            op.execute(context())
+        stubber.assert_no_pending_responses()
+    assert deferred.value.method_name == "run_task_again"
+
+
+def test_the_instances_are_compared_once_per_try_not_at_every_wait() -> None:
+    """A later wait of the same try (waiting_for carried) asks RunTask only: with many tasks
+    waiting for a full cluster, the describe calls would add up."""
+    op, stubber, _ = sized_stub(1024, 8000)
+    with stubber:
+        expect_run_task(stubber, {"tasks": [], "failures": [{"reason": "RESOURCE:CPU"}]})
+        with pytest.raises(TaskDeferred):
+            op.execute(context(), waiting_for="RESOURCE:CPU")
+        stubber.assert_no_pending_responses()
+
+
 def test_the_capacity_wait_ends_at_the_deadline_carried_through_deferrals() -> None:
     """Resumed after its last wait, with the deadline from next_kwargs: it fails, no RunTask."""
     op = operator()

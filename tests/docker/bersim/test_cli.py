@@ -24,6 +24,7 @@ import pytest
 from bersim.cli import build_parser, main
 from bersim.kernel import DEFAULT_CHUNK_BITS
 from bersim.result import SEED_MAX, TASK_SCHEMA
+from bersim.storage import TASK_RESULT_TAGS
 
 from .conftest import BUCKET
 
@@ -668,6 +669,12 @@ def test_round_trip_s3(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
         "sim/task_results/run1/task-00000.json",
         "sim/task_results/run1/task-00001.json",
     ]
+    # Task results carry the tag the bucket's lifecycle rule expires (any prefix); the
+    # published results none, so they are kept.
+    for key in bucket_keys(s3):
+        tag_set = s3.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]
+        tags = {tag["Key"]: tag["Value"] for tag in tag_set}
+        assert tags == (TASK_RESULT_TAGS if key.startswith("sim/task_results/") else {}), key
     tasks = [
         json.loads(
             s3.get_object(Bucket=BUCKET, Key=f"sim/task_results/run1/task-{i:05d}.json")[

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import boto3
+import botocore.endpoint
+import botocore.handlers
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
 from bersim import storage as storage_mod
@@ -173,7 +177,7 @@ def test_s3_access_denied_on_write_is_a_runtime_failure(aws_env: None) -> None:
     with Stubber(client) as stub:
         stub.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403)
         with pytest.raises(RuntimeFailure, match="access denied"):
-            Storage(client_factory=lambda: client).write_bytes(
+            Storage(write_client_factory=lambda: client).write_bytes(
                 Location("s3", BUCKET, "k.json", label="--output s3://x/k.json"), b"x"
             )
 
@@ -187,3 +191,84 @@ def test_s3_unreachable_endpoint_is_a_runtime_failure_naming_it(
     with pytest.raises(RuntimeFailure, match="cannot reach the S3 endpoint") as info:
         Storage().write_bytes(loc, b"x")
     assert endpoint in str(info.value)
+
+
+class _Body:
+    """The raw body of an answered HTTP request (what botocore reads `content` from)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Any:
+        yield self.data
+
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+@pytest.fixture
+def s3_put(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """S3's PutObject as an HTTP endpoint would answer it: HTTP 503 SlowDown to the first
+    `slow_downs` requests, then 200 (keeping the body it was sent). botocore's back-off sleeps
+    are recorded instead of slept.
+
+    The answer is given for every client created from now on (botocore registers its
+    BUILTIN_HANDLERS in each new session), so the code under test builds its clients as usual;
+    nothing leaves the process.
+    """
+    state: dict[str, Any] = {"slow_downs": 0, "sent": 0, "stored": [], "sleeps": []}
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        state["sent"] += 1
+        if state["slow_downs"] > 0:
+            state["slow_downs"] -= 1
+            return AWSResponse(request.url, 503, {}, _Body(SLOW_DOWN))
+        body = request.body
+        state["stored"].append(body.read() if hasattr(body, "read") else bytes(body))
+        return AWSResponse(request.url, 200, {"ETag": '"0"'}, _Body(b""))
+
+    handlers = [*botocore.handlers.BUILTIN_HANDLERS, ("before-send.s3.PutObject", answer)]
+    monkeypatch.setattr(botocore.handlers, "BUILTIN_HANDLERS", handlers)
+    monkeypatch.setattr(botocore.endpoint.time, "sleep", state["sleeps"].append)
+    return state
+
+
+def test_a_result_write_outlasts_five_503_slow_downs_backing_off(s3_put: dict[str, Any]) -> None:
+    """Issue 17 point 12: one transient S3 error at the end of a long task must not throw its
+    work away. Standard mode alone gives a request 3 attempts; a result write gets
+    RESULT_WRITE_ATTEMPTS, each retry after botocore's exponential back-off with jitter."""
+    s3_put["slow_downs"] = 5
+    loc = parse_uri(
+        f"s3://{BUCKET}/sim/task_results/r/task-00007.json", option="o", is_prefix=False
+    )
+    Storage().write_bytes(loc, b"two hours of work")
+    # One body stored (aws-chunked, with botocore's trailing checksum around the data).
+    (stored,) = s3_put["stored"]
+    assert b"\r\ntwo hours of work\r\n" in stored
+    assert s3_put["sent"] == 6
+    sleeps = s3_put["sleeps"]
+    assert len(sleeps) == 5
+    # Truncated binary exponential back-off: retry n waits rand(0, 1) * min(2^(n-1), 20) s.
+    assert all(0 <= s <= min(2**n, 20) for n, s in enumerate(sleeps)), sleeps
+
+
+def test_a_result_write_gives_up_after_its_attempts_as_a_runtime_failure(
+    s3_put: dict[str, Any],
+) -> None:
+    s3_put["slow_downs"] = 1000
+    loc = parse_uri(f"s3://{BUCKET}/sim/k.json", option="--output", is_prefix=False)
+    with pytest.raises(RuntimeFailure, match="cannot write: SlowDown"):
+        Storage().write_bytes(loc, b"x")
+    assert s3_put["sent"] == storage_mod.RESULT_WRITE_ATTEMPTS
+    assert s3_put["stored"] == []
+
+
+def test_reads_keep_the_standard_attempts(aws_env: None) -> None:
+    """Only writes wait long: a read that fails is cheap to fail (the task has not run yet)."""
+    reads = storage_mod.s3_client()._client_config.retries
+    writes = storage_mod.result_write_client()._client_config.retries
+    assert reads == {"mode": "standard"}
+    assert writes == {"mode": "standard", "total_max_attempts": storage_mod.RESULT_WRITE_ATTEMPTS}
