@@ -18,7 +18,11 @@ from __future__ import annotations
 import airflow.providers.amazon.aws.operators.ecs
 import airflow.providers.amazon.aws.sensors.base_aws
 import airflow.providers.standard.triggers.temporal
-import airflow.sdk.definitions.decorators  # noqa: F401
+import airflow.sdk.definitions.decorators
+import airflow.sdk.definitions.timetables.interval  # croniter: about 10 ms, at every DAG()
+import airflow.sdk.definitions.timetables.trigger
+import airflow.serialization.definitions.assets
+import airflow.timetables.base  # noqa: F401
 from airflow.sdk import DAG
 
 from windows_batch import dag_factory
