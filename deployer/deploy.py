@@ -118,11 +118,12 @@ def deploy(ctx: Context, options: DeployOptions) -> None:
 
     if not plan.skipped("upload"):
         uploads.upload(ctx, bucket=mwaa_bucket)
-    versions = uploads.versions(ctx, bucket=mwaa_bucket)
-
     if plan.skipped("mwaa"):
+        if not plan.skipped("upload"):
+            uploads.versions(ctx, bucket=mwaa_bucket)
         ctx.console.log("MWAA skipped (--skip mwaa); nothing else to do")
         return
+    versions = uploads.versions(ctx, bucket=mwaa_bucket)
     deploy_mwaa(
         ctx,
         stacks,

@@ -12,7 +12,8 @@ AWS there in three ways this module corrects, in the server process only:
 - A stack created or updated by executing a change set keeps its old (empty) outputs and never
   registers its exports (deleting it then fails with a KeyError). A create that fails (a resource
   CloudFormation cannot create, e.g. a repository name already taken) raises from
-  ExecuteChangeSet; AWS accepts the call and the stack ends in ROLLBACK_COMPLETE.
+  ExecuteChangeSet; AWS accepts the call, records a CREATE_FAILED event for that resource (its
+  logical ID, type and the service's message) and the stack ends in ROLLBACK_COMPLETE.
 - `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned), and
   `AWS::ECR::Repository` ignores `EmptyOnDelete` (deleting the stack of a repository with images
   then fails).
@@ -558,7 +559,8 @@ def _patch_fast_launch() -> None:
 
 
 def _patch_change_sets() -> None:
-    from moto.cloudformation.models import CloudFormationBackend, Stack
+    from moto.cloudformation import parsing
+    from moto.cloudformation.models import CloudFormationBackend, Event, Stack
     from moto.cloudformation.parsing import ResourceMap
     from moto.cloudformation.responses import CloudFormationResponse
     from moto.ssm.models import ssm_backends
@@ -578,6 +580,20 @@ def _patch_change_sets() -> None:
         )
 
     execute_change_set = CloudFormationBackend.execute_change_set
+    parse_and_create_resource = parsing.parse_and_create_resource
+
+    def create_or_name_the_failure(
+        logical_id: str, resource_json: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return parse_and_create_resource(logical_id, resource_json, *args, **kwargs)
+        except Exception as error:
+            # The innermost resource is the one that failed; its callers only pass it on.
+            if not hasattr(error, "failed_resource"):
+                error.failed_resource = (logical_id, resource_json.get("Type", ""))  # type: ignore[attr-defined]
+            raise
+
+    parsing.parse_and_create_resource = create_or_name_the_failure
 
     def execute_and_refresh_outputs(
         self: Any, change_set_name: str, stack_name: str | None = None
@@ -590,7 +606,25 @@ def _patch_change_sets() -> None:
             if change_set.change_set_type != "CREATE":
                 raise
             # AWS rolls a failed create back (deleting what it created) and keeps the stack.
-            stack._add_stack_event("CREATE_FAILED", resource_status_reason=str(error))
+            failed = getattr(error, "failed_resource", None)
+            if failed is not None:
+                stack.events.append(
+                    Event(
+                        stack_id=stack.stack_id,
+                        stack_name=stack.name,
+                        logical_resource_id=failed[0],
+                        physical_resource_id="",
+                        resource_type=failed[1],
+                        resource_status="CREATE_FAILED",
+                        resource_status_reason=str(error),
+                        resource_properties=None,
+                    )
+                )
+            stack._add_stack_event(
+                "ROLLBACK_IN_PROGRESS",
+                resource_status_reason="The following resource(s) failed to create: "
+                f"[{failed[0] if failed else ''}]. Rollback requested by user.",
+            )
             with contextlib.suppress(Exception):
                 stack.resource_map.delete()
             stack.status = "ROLLBACK_COMPLETE"
