@@ -99,4 +99,6 @@ class Console:
         prompt = f"{question} Type 'yes' to continue: ".lstrip()
         print(prompt, end="", file=self.err, flush=True)
         answer = self.stdin.readline()
+        if not self.stdin.isatty():
+            print(file=self.err)  # what was typed did not end the prompt's line
         return answer.strip() == "yes"

@@ -15,10 +15,10 @@ from __future__ import annotations
 LAYERS_PAUSED = ("mwaa", "ecs", "network")
 
 HISTORY_WARNING = (
-    "Deleting the MWAA environment deletes Airflow's metadata database with it: every DAG run "
-    "and task instance, their XComs (so the Results tab of past runs) and Airflow's logs (its "
-    "CloudWatch log groups) are gone for good. The results themselves stay in the results "
-    "bucket."
+    "Deleting the MWAA environment deletes Airflow's metadata database with it: the run "
+    "history (every DAG run and task instance, their XComs, so the Results tab of past runs) "
+    "and Airflow's logs (its CloudWatch log groups) are gone for good. The results themselves "
+    "stay in the results bucket."
 )
 
 

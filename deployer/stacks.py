@@ -43,10 +43,14 @@ class _IgnoreTags(yaml.SafeLoader):
 _IgnoreTags.add_multi_constructor("!", lambda _loader, _suffix, _node: None)
 
 
+def read_template(path: Path) -> dict[str, Any]:
+    """A template's structure (its intrinsic functions read as None)."""
+    return yaml.load(path.read_text(), Loader=_IgnoreTags) or {}  # noqa: S506 (a SafeLoader)
+
+
 def template_parameters(path: Path) -> list[str]:
     """The template's parameter names, in its order."""
-    document = yaml.load(path.read_text(), Loader=_IgnoreTags)  # noqa: S506 (a SafeLoader)
-    return list((document or {}).get("Parameters") or {})
+    return list(read_template(path).get("Parameters") or {})
 
 
 def _does_not_exist(error: ClientError) -> bool:

@@ -92,7 +92,9 @@ class Deployer:
         )
 
     @staticmethod
-    def console(*, stdin: str = "", assume_yes: bool = False, program: str = "deploy.sh") -> Console:
+    def console(
+        *, stdin: str = "", assume_yes: bool = False, program: str = "deploy.sh"
+    ) -> Console:
         return Console(
             program=program,
             out=io.StringIO(),
@@ -148,8 +150,10 @@ class Deployer:
         return f"{stem}{next(_prefixes)}"
 
     def running_instances(self) -> list[dict[str, Any]]:
-        pages = self.client("ec2").get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        pages = (
+            self.client("ec2")
+            .get_paginator("describe_instances")
+            .paginate(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
         )
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 

@@ -15,7 +15,7 @@ from deployer import deploy as deploy_module
 from deployer import uploads
 from deployer.capacity import Capacity
 from deployer.plan import DeployOptions, Plan
-from deployer.stacks import Stacks, template_parameters
+from deployer.stacks import Stacks, read_template, template_parameters
 
 LAYERS = ("storage", "network", "image", "ecs")
 
@@ -40,28 +40,9 @@ def step_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("==> ")]
 
 
-def test_first_deploy_builds_then_a_rerun_changes_nothing_and_a_change_updates_one_stack(
-    deployer: Any,
-) -> None:
-    prefix = deployer.prefix()
-    args = ("--prefix", prefix, "--skip", "mwaa")
-    first = deployer.deploy(*args, "--build-image")
-    assert first.code == 0, first.text
-    # One line per step, each with its duration.
-    steps = step_lines(first.out)
-    for layer in LAYERS:
-        assert any(
-            re.fullmatch(rf"==> Stack {prefix}-{layer}: created \(\d+\.\d s\)", line)
-            for line in steps
-        ), steps
-    assert any(re.fullmatch(rf"==> Image {prefix}/bersim:src-\w+: built \(.+\)", s) for s in steps)
-    assert "build host i-" in first.out
-    assert deployer.running_instances() == []
-
-    before = snapshot(deployer, prefix)
-    storage, ecs = before[f"{prefix}-storage outputs"], before[f"{prefix}-ecs outputs"]
+def assert_uploaded(deployer: Any, *, bucket: str) -> dict[str, Any]:
+    """dags/, requirements-mwaa.txt and plugins.zip in the MWAA bucket, and nothing else."""
     s3 = deployer.client("s3")
-    bucket = storage["MwaaBucketName"]
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
     project = deployer.project
     requirements = s3.get_object(Bucket=bucket, Key=uploads.REQUIREMENTS_KEY)
@@ -85,6 +66,30 @@ def test_first_deploy_builds_then_a_rerun_changes_nothing_and_a_change_updates_o
         zipped = {name for name in archive.namelist() if not name.endswith("/")}
     assert "windows_batch_results_plugin.py" in zipped
     assert all((project.plugins / name).is_file() for name in zipped)
+    return requirements
+
+
+def test_first_deploy_builds_then_a_rerun_changes_nothing_and_a_change_updates_one_stack(
+    deployer: Any,
+) -> None:
+    prefix = deployer.prefix()
+    args = ("--prefix", prefix, "--skip", "mwaa")
+    first = deployer.deploy(*args, "--build-image")
+    assert first.code == 0, first.text
+    # One line per step, each with its duration.
+    steps = step_lines(first.out)
+    for layer in LAYERS:
+        assert any(
+            re.fullmatch(rf"==> Stack {prefix}-{layer}: created \(\d+\.\d s\)", line)
+            for line in steps
+        ), steps
+    assert any(re.fullmatch(rf"==> Image {prefix}/bersim:src-\w+: built \(.+\)", s) for s in steps)
+    assert "build host i-" in first.out
+    assert deployer.running_instances() == []
+
+    before = snapshot(deployer, prefix)
+    storage, ecs = before[f"{prefix}-storage outputs"], before[f"{prefix}-ecs outputs"]
+    requirements = assert_uploaded(deployer, bucket=storage["MwaaBucketName"])
     # c5.xlarge: 8192 MiB nominal, 95 % reported, 2048 reserved -> 5734 MiB: 3 tasks of 1536.
     assert ecs["SlotsPerInstance"] == "3"
     repository_uri = before[f"{prefix}-image outputs"]["RepositoryUri"]
@@ -280,11 +285,20 @@ def test_the_mwaa_stack_gets_every_parameter_it_needs(deployer: Any, monkeypatch
     stacks = Stacks(ctx)
     ecs_outputs = {
         key: f"<{key}>"
-        for key in (
-            "ClusterName AutoScalingGroupName TaskDefinitionFamily ContainerName LogGroupName "
-            "LogStreamPrefix SlotsPerInstance InstanceTypes PurchaseOption OnDemandBaseCapacity "
-            "TaskRoleArn TaskExecutionRoleArn"
-        ).split()
+        for key in [
+            "ClusterName",
+            "AutoScalingGroupName",
+            "TaskDefinitionFamily",
+            "ContainerName",
+            "LogGroupName",
+            "LogStreamPrefix",
+            "SlotsPerInstance",
+            "InstanceTypes",
+            "PurchaseOption",
+            "OnDemandBaseCapacity",
+            "TaskRoleArn",
+            "TaskExecutionRoleArn",
+        ]
     }
     stacks._outputs[f"{prefix}-ecs"] = ecs_outputs
     stacks._outputs[f"{prefix}-network"] = {"MwaaSecurityGroupId": "sg-1"}
@@ -304,13 +318,7 @@ def test_the_mwaa_stack_gets_every_parameter_it_needs(deployer: Any, monkeypatch
         subnets="subnet-1,subnet-2",
     )
     parameters = passed["mwaa"]
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda *_: None)
-    declared = yaml.load(deployer.project.template("mwaa").read_text(), Loader=Loader)["Parameters"]
+    declared = read_template(deployer.project.template("mwaa"))["Parameters"]
     required = {name for name, spec in declared.items() if "Default" not in spec}
     assert required <= set(parameters)
     assert set(parameters) <= set(template_parameters(deployer.project.template("mwaa")))

@@ -28,9 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 def shell_source_tag(directory: Path) -> str:
     """What the shell deploy.sh computed."""
     listing = subprocess.run(
-        "find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0"
-        " | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16",
-        shell=True,
+        [
+            "bash",
+            "-c",
+            "find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*'"
+            " -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16",
+        ],
         cwd=directory,
         capture_output=True,
         text=True,
@@ -45,7 +48,14 @@ def test_the_source_tag_is_the_one_the_shell_script_computed(tmp_path: Path) -> 
     (tmp_path / "B").mkdir()
     (tmp_path / "a" / "__pycache__").mkdir(parents=True)
     (tmp_path / "x.egg-info").mkdir()
-    for name in ("B/z.txt", "a/b.py", "a/__pycache__/b.pyc", "x.egg-info/PKG-INFO", ".hidden", "a_"):
+    for name in (
+        "B/z.txt",
+        "a/b.py",
+        "a/__pycache__/b.pyc",
+        "x.egg-info/PKG-INFO",
+        ".hidden",
+        "a_",
+    ):
         (tmp_path / name).write_text(name)
     assert images.source_tag(tmp_path) == shell_source_tag(tmp_path)
     before = images.source_tag(tmp_path)

@@ -58,7 +58,9 @@ def test_a_parameter_not_passed_keeps_the_stacks_value(deployer: Any) -> None:
 
     def parameters() -> dict[str, str]:
         described = deployer.client("cloudformation").describe_stacks(StackName=f"{prefix}-network")
-        return {p["ParameterKey"]: p["ParameterValue"] for p in described["Stacks"][0]["Parameters"]}
+        return {
+            p["ParameterKey"]: p["ParameterValue"] for p in described["Stacks"][0]["Parameters"]
+        }
 
     assert parameters()["NatGatewayCount"] == "2"
     assert stacks.deploy("network", {"NatGatewayCount": "1"}) == "updated"
