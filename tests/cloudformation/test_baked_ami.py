@@ -1,8 +1,8 @@
 """The baked AMI (cloudformation/ami.yaml) and the ECS stack's switch to it, from the templates.
 
-moto has no EC2 Image Builder and no EC2 Fast Launch: the deploy test (tests/test_deploy.py,
---bake-ami) runs deploy.sh and destroy.sh against the moto server's simulation of them; here the
-templates are held to the documented rules the simulation cannot check.
+moto has no EC2 Image Builder and no EC2 Fast Launch: the deploy test (tests/deployer/test_ami.py,
+--bake-ami) runs the deployer against the moto server's simulation of them; here the templates
+are held to the documented rules the simulation cannot check.
 """
 
 from __future__ import annotations
