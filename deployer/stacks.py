@@ -7,6 +7,12 @@ create, and an empty change set ("The submitted information didn't contain chang
 success with no change. On top of that: a stack left in ROLLBACK_COMPLETE is deleted after
 confirmation (CloudFormation can only delete such a stack), and a failure names the resource
 that failed and CloudFormation's reason, from the stack's events.
+
+Sceptre 4.7 (a stack graph with output resolvers) was read and not taken: its pins (jsonschema
+<3.3, networkx <2.7, packaging <25, colorama <0.4.4) cannot live with Airflow's constraints in
+.venv, its `launch` deletes a ROLLBACK_COMPLETE stack without asking and updates without change
+sets, its waits poll every 4 s fixed, and our graph is a line with work between the stacks
+(a build, a bake, uploads whose versions MWAA takes) that its hooks would scatter.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ import re
 import zipfile
 from typing import Any
 
+from botocore.stub import Stubber
+
 from deployer import deploy as deploy_module
 from deployer import uploads
 from deployer.capacity import Capacity
@@ -326,3 +328,33 @@ def test_the_mwaa_stack_gets_every_parameter_it_needs(deployer: Any, monkeypatch
     assert (parameters["InstanceBootSeconds"], parameters["ImagePullSeconds"]) == ("315", "0")
     assert parameters["PluginsS3ObjectVersion"] == "v2"
     assert parameters["RequirementsS3ObjectVersion"] == "v1"
+
+
+def test_image_uri_runs_that_image_without_a_build_and_cannot_be_baked(deployer: Any) -> None:
+    prefix = deployer.prefix()
+    uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/other/image:7"
+    result = deployer.deploy("--prefix", prefix, "--skip", "mwaa", "--image-uri", uri)
+    assert result.code == 0, result.text
+    assert f"--image-uri {uri}" in result.line("image")
+    assert deployer.outputs(f"{prefix}-ecs")["ImageUri"] == uri
+    assert "build host i-" not in result.out
+    baked = deployer.deploy("--prefix", prefix, "--image-uri", uri, "--bake-ami")
+    assert baked.code == 1
+    assert "--bake-ami bakes the image stack's image; it excludes --image-uri" in baked.err
+
+
+def test_the_next_steps_name_the_airflow_ui_and_the_rest_api_calls(deployer: Any) -> None:
+    """moto's server does not route MWAA: its GetEnvironment answer is canned."""
+    ctx = deployer.context("wbn")
+    mwaa = ctx.aws.client("mwaa")
+    with Stubber(mwaa) as stub:
+        stub.add_response(
+            "get_environment",
+            {"Environment": {"Name": "wbn-mwaa", "WebserverUrl": "abc.airflow.amazonaws.com"}},
+            {"Name": "wbn-mwaa"},
+        )
+        deploy_module.print_next_steps(ctx, environment="wbn-mwaa")
+    out = ctx.console.out.getvalue()
+    assert "Airflow UI: https://abc.airflow.amazonaws.com" in out
+    assert "--name wbn-mwaa --method POST" in out
+    assert f"--path /dags/{deploy_module.DAG_ID}/dagRuns" in out

@@ -186,3 +186,27 @@ def test_pause_empties_the_groups_warm_pool(deployer: Any) -> None:
     destroy_module.empty_warm_pool(ctx, group)
     pool = autoscaling.describe_warm_pool(AutoScalingGroupName=group)["WarmPoolConfiguration"]
     assert (pool["MinSize"], pool["MaxGroupPreparedCapacity"]) == (0, 0)
+
+
+def test_the_storage_stack_is_emptied_and_deleted_again_when_its_delete_fails(
+    deployer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Log records can land in a bucket while it is deleted: DELETE_FAILED, empty, retry."""
+    prefix = deployer.prefix()
+    ctx = deployer.context(prefix, assume_yes=True)
+    Stacks(ctx).deploy("storage", {})
+    delete = Stacks.delete
+    attempts: list[str] = []
+
+    def fails_once(self: Stacks, stack: str) -> None:
+        attempts.append(stack)
+        if len(attempts) == 1:
+            raise destroy_module.DeployError(f"stack {stack} ended DELETE_FAILED: ...")
+        delete(self, stack)
+
+    monkeypatch.setattr(Stacks, "delete", fails_once)
+    destroy_module.destroy(ctx, pausing=False)
+    assert attempts == [f"{prefix}-storage"] * 2
+    assert "(attempt 1); emptying the buckets again" in ctx.console.err.getvalue()
+    assert ctx.console.out.getvalue().count("emptied s3://") == 6  # three buckets, twice
+    assert deployer.stacks(prefix) == {}

@@ -235,3 +235,25 @@ def test_a_failed_build_prints_the_log_tail_terminates_the_host_and_leaves_no_fi
         keys = deployer.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])
         assert images.LOCK_KEY not in {item["Key"] for item in keys}
     assert os.listdir(scratch) == []
+
+
+def test_an_interrupted_build_terminates_its_host_and_releases_the_lease(
+    deployer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or SIGTERM, which the door turns into an exit) while the build runs: the host
+    and the lease are cleaned up and the exit code is 130."""
+    prefix = base_stacks(deployer)
+
+    def interrupted(*_: Any, **__: Any) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(images, "_send_build_command", interrupted)
+    result = deployer.deploy("--prefix", prefix, "--skip", "mwaa", "--build-image")
+    assert result.code == 130
+    assert "interrupted" in result.err
+    host = result.out.split("build host ", 1)[1].split()[0]
+    assert f"build host {host} terminated" in result.out
+    assert state(deployer, host) in ("shutting-down", "terminated")
+    bucket = deployer.outputs(f"{prefix}-storage")["MwaaBucketName"]
+    keys = deployer.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert images.LOCK_KEY not in {item["Key"] for item in keys}
