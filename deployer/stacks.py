@@ -30,8 +30,8 @@ from deployer.aws import wait
 from deployer.console import DeployError
 from deployer.settings import PROJECT_TAG, Context
 
-# CreateChangeSet's TemplateBody is at most 51,200 bytes (CloudFormation quotas, "Template body
-# size in a request"); a larger template must go through S3 (TemplateURL).
+# CreateChangeSet's TemplateBody is at most 51,200 bytes (CloudFormation API reference,
+# CreateChangeSet); a larger template must go through S3 (TemplateURL).
 TEMPLATE_BODY_MAX_BYTES = 51_200
 # CreateChangeSet's StatusReason for an empty change set (the AWS CLI matches both).
 EMPTY_CHANGE_SET_REASONS = (

@@ -2,8 +2,9 @@
 
 Each file is uploaded only when its content differs from the object's, so a re-run leaves the
 object versions, and with them the MWAA environment, as they are. The comparison is the ETag:
-for an object uploaded with PutObject and encrypted with SSE-S3 (storage.yaml's buckets), the
-ETag is the MD5 digest of its data (S3 User Guide, "Checking object integrity").
+for an object created by PutObject and encrypted with SSE-S3 or not at all (storage.yaml's
+buckets use SSE-S3), the ETag is the MD5 digest of its data; with SSE-KMS or a multipart upload
+it is not (S3 API reference, Object: ETag).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""A moto server that behaves like AWS where deploy.sh relies on it, and a way to run one.
+"""A moto server that behaves like AWS where the deployer relies on it, and a way to run one.
 
-`aws cloudformation deploy` drives CloudFormation through change sets. moto 5.2.5 differs from
-AWS there in three ways this module corrects, in the server process only:
+The deployer (deployer/stacks.py) drives CloudFormation through change sets. moto 5.2.5 differs
+from AWS there in three ways this module corrects, in the server process only:
 
 - CreateChangeSet for an unchanged stack raises "No updates are to be performed." (UpdateStack's
   error); AWS creates a FAILED change set ("The submitted information didn't contain changes"),

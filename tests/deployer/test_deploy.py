@@ -46,6 +46,10 @@ def assert_uploaded(deployer: Any, *, bucket: str) -> dict[str, Any]:
     """dags/, requirements-mwaa.txt and plugins.zip in the MWAA bucket, and nothing else."""
     s3 = deployer.client("s3")
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    # Re-runs compare ETags with MD5s: true for PutObject under SSE-S3, not SSE-KMS (S3 API
+    # reference, Object: ETag); moto gives an MD5 ETag either way, so the rule is held here.
+    encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    assert encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     project = deployer.project
     requirements = s3.get_object(Bucket=bucket, Key=uploads.REQUIREMENTS_KEY)
     assert requirements["Body"].read() == project.mwaa_requirements.read_bytes()
