@@ -15,6 +15,8 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 # The trigger form's JSON for make run, e.g. make run CONF='{"num_tasks": 20}'.
 CONF ?=
+# The study make run and make ui run: a folder under dags/studies/ (default: the BER study).
+STUDY ?=
 
 SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*.sh))
 DOCKERFILES := $(wildcard docker/Dockerfile*)
@@ -28,11 +30,11 @@ help: ## List the targets
 setup: ## Install Octave, Chromium, .venv and checkov (skipped when up to date)
 	@scripts/bootstrap.sh
 
-run: setup ## Run the whole study locally through Airflow (CONF='{"num_tasks": 20}')
-	@$(PY) scripts/run_local.py --conf '$(CONF)'
+run: setup ## Run a study locally through Airflow (STUDY=option_pricing CONF='{"Batches": 10}')
+	@$(PY) scripts/run_local.py --study '$(STUDY)' --conf '$(CONF)'
 
 ui: setup ## Start Airflow locally with the DAG, for "Trigger DAG w/ config"
-	@$(PY) scripts/run_local.py --ui
+	@$(PY) scripts/run_local.py --study '$(STUDY)' --ui
 
 test: setup lint unit ## Lint, then run every test (the command CI runs)
 

@@ -16,9 +16,9 @@ model (dags/windows_batch/cost.py) and planner, with the model's documented defa
   (with a short boot, more instances stay within the factor: auto buys time, not money; the
   last line shows auto where boot dominates).
 
-Same for every step: the kernel's rate per task (TASK_BITS_PER_S), TASK_START_S per task,
-SCALE_IN_S, SLOTS_PER_INSTANCE's default tasks per instance (3, what deploy.sh computes for the
-default types), at most 10 instances, the prices of cost.py's table. The
+Same for every step: the kernel's rate per task (the BER study's BITS_PER_S), TASK_START_S per
+task, SCALE_IN_S, the study's tasks per instance on c5.xlarge (3: capacity.py, as deploy.sh
+computes it for the default types), at most 10 instances, the prices of cost.py's table. The
 seed's own per-frame kernel was slower still (benchmarks/bench_kernel.py measures by how
 much); it is left out, so the ratios below are only what this issue's changes give. MWAA and
 the NAT gateway (the idle floor) are not in the cluster cost.
@@ -32,11 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
-from windows_batch import cost, plan
+from studies.bersim import plan
+from studies.bersim.form import DEFAULTS
+from studies.bersim.study import bits_per_s
+from windows_batch import capacity, cost
 from windows_batch import settings as settings_mod
-from windows_batch.params import DEFAULTS
 
-SLOTS = settings_mod.load({}).slots_per_instance
+SLOTS = capacity.slots_for(settings_mod.load({}), cpu=1024, memory_mib=1536)
 MAX_SIZE = 10
 SEED_SIZE = 6
 FAST_LAUNCH_BOOT = 0.35
@@ -46,7 +48,7 @@ FAST_LAUNCH_BOOT = 0.35
 def task_seconds(allocation: str, settings: cost.CostSettings) -> list[float]:
     """Each task's expected seconds for the default study: `seed` (equal, no early stop) or
     `adaptive`."""
-    study = plan.Study(
+    study = plan.Inputs(
         s3_bucket="bench",
         num_tasks=DEFAULTS["num_tasks"],
         ebn0_db=tuple(float(x) for x in DEFAULTS["ebn0_db"]),
@@ -58,7 +60,7 @@ def task_seconds(allocation: str, settings: cost.CostSettings) -> list[float]:
         s3_prefix_aggregate_results="sim/aggregate_results",
     )
     bits = plan.plan_study(study, "bench").expected_task_bits
-    return [settings.task_start_s + b / settings.task_bits_per_s for b in bits]
+    return [settings.task_start_s + b / bits_per_s() for b in bits]
 
 
 def main() -> None:
@@ -76,7 +78,7 @@ def main() -> None:
     print(
         f"assumptions: boot {base.boot_s:.0f} s (baked: {baked.boot_s:.0f} s), pull "
         f"{base.pull_s:.0f} s (baked: 0 s), {base.task_start_s:.0f} s start-up per task, "
-        f"{base.task_bits_per_s:.3g} bit/s per task, scale-in {base.scale_in_s:.0f} s, "
+        f"{bits_per_s():.3g} bit/s per task, scale-in {base.scale_in_s:.0f} s, "
         f"{SLOTS} tasks per instance, Spot at {base.spot_price_fraction:g} x on-demand, "
         f"on-demand c5.xlarge {base.on_demand_usd_per_h['c5.xlarge']} USD/h "
         f"({cost.PRICES_AS_OF}), auto within {base.auto_slowdown:g}x of the fastest"

@@ -4,7 +4,7 @@ Goal (issue 3): the same or better worst-point precision (errors counted at the 
 as an equal split, with at most 1/5 of the simulated bits, and a makespan bounded by the
 hardest point's share rather than by stragglers.
 
-Figures per allocation, from the planner's own task list (dags/windows_batch/plan.py):
+Figures per allocation, from the planner's own task list (dags/studies/bersim/plan.py):
 - expected: bits and errors from theory (BER of BPSK/AWGN; Poisson/negative binomial counts);
 - simulated: the same tasks drawn with numpy (negative binomial bits-to-target, binomial
   errors, early stop on the kernel's chunk boundaries: bersim.kernel.DEFAULT_CHUNK_BITS), 30
@@ -27,8 +27,8 @@ from bersim.kernel import DEFAULT_CHUNK_BITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
-from windows_batch import plan
-from windows_batch.params import DEFAULTS
+from studies.bersim import plan
+from studies.bersim.form import DEFAULTS
 
 SLOTS = 6 * 4
 REPLICATES = 30
@@ -83,7 +83,7 @@ def simulate_task(task: plan.TaskSpec, rng: np.random.Generator) -> tuple[int, i
             return cap, errors
 
 
-def figures(name: str, study: plan.Study) -> Figures:
+def figures(name: str, study: plan.Inputs) -> Figures:
     p = plan.plan_study(study, "bench")
     points = sorted(set(t.ebn0_db for t in p.tasks))
     worst_point = max(points)  # the hardest point: the highest Eb/N0
@@ -112,7 +112,7 @@ def figures(name: str, study: plan.Study) -> Figures:
 
 
 def main() -> None:
-    base = plan.Study(
+    base = plan.Inputs(
         s3_bucket="bench",
         num_tasks=DEFAULTS["num_tasks"],
         ebn0_db=tuple(float(x) for x in DEFAULTS["ebn0_db"]),
@@ -168,7 +168,7 @@ def main() -> None:
         )
 
 
-def _replace(study: plan.Study, allocation: str, target_errors: int) -> plan.Study:
+def _replace(study: plan.Inputs, allocation: str, target_errors: int) -> plan.Inputs:
     from dataclasses import replace
 
     return replace(study, allocation=allocation, target_errors=target_errors)

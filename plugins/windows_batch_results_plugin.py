@@ -1,4 +1,4 @@
-"""Airflow plugin: the Results tab on every run of windows-batch-compute-dag.
+"""Airflow plugin: the Results tab on every run of the engine's study DAGs.
 
 A FastAPI app on the API server (windows_batch_results.app) serves the run's plot, table and
 files; an external view with destination `dag_run` adds the "Results" tab to the run's page,

@@ -2,8 +2,9 @@
 #
 # Installs everything the project needs on a Debian machine: Debian packages
 # (Octave, Chromium for the browser test), the virtual environment .venv with
-# the pinned Python packages and bersim, and checkov in its own .venv-checkov (it cannot share
-# MWAA's pins). Each step is skipped when already done, so re-running it is quick.
+# the pinned Python packages, the task runner (wbrun) and bersim, and checkov in its own
+# .venv-checkov (it cannot share MWAA's pins). Each step is skipped when already done, so
+# re-running it is quick.
 #   scripts/bootstrap.sh          everything (make setup)
 #   scripts/bootstrap.sh --venv   .venv only: what deploy.sh and destroy.sh run the deployer with
 set -euo pipefail
@@ -88,7 +89,8 @@ up_to_date() {
 }
 
 install_main_venv() {
-  local inputs=("${ROOT}/requirements.txt" "${ROOT}/constraints.txt" "${ROOT}/docker/pyproject.toml")
+  local inputs=("${ROOT}/requirements.txt" "${ROOT}/constraints.txt"
+    "${ROOT}/docker/base/pyproject.toml" "${ROOT}/docker/bersim/pyproject.toml")
   local stamp="${VENV}/.bootstrap-stamp"
   if [[ -f "${stamp}" ]] && ! up_to_date "${stamp}" "${inputs[@]}"; then
     # A changed lock can drop packages; pip would keep them beside the new pins. Start afresh.
@@ -101,7 +103,9 @@ install_main_venv() {
   fi
   echo "bootstrap: installing pinned Python packages into .venv"
   pip_quiet "${VENV}/bin/pip" install -q -r "${ROOT}/requirements.txt" -c "${ROOT}/constraints.txt"
-  pip_quiet "${VENV}/bin/pip" install -q --no-deps -e "${ROOT}/docker"
+  # The engine's task runner (every study's container runs it; the local backend runs it here)
+  # and the BER study's package, editable.
+  pip_quiet "${VENV}/bin/pip" install -q --no-deps -e "${ROOT}/docker/base" -e "${ROOT}/docker/bersim"
   "${VENV}/bin/pip" check
   cat "${inputs[@]}" | sha256sum >"${stamp}"
 }

@@ -1,21 +1,25 @@
-"""Run windows-batch-compute-dag on this machine with real Airflow and the local backend.
+"""Run a study on this machine with real Airflow and the local backend.
 
-    make run                              # the whole study (200 tasks), laptop-sized bit budget
-    make run CONF='{"num_tasks": 20}'     # any trigger-form fields, as JSON
-    make ui                               # Airflow's UI on http://127.0.0.1:8080 until Ctrl-C
+    make run                                     # the BER study (200 tasks), laptop-sized
+    make run CONF='{"num_tasks": 20}'            # any trigger-form fields, as JSON
+    make run STUDY=option_pricing                # any study folder under dags/studies/
+    make run STUDY=option_pricing CONF='{"Batches": 100}'
+    make ui                                      # Airflow's UI on http://127.0.0.1:8080
 
 `make run` starts `airflow standalone` (SQLite metadata database and logs under .local/airflow,
-the LocalExecutor running tasks in parallel on every core), triggers one run through the REST
-API, shows progress as tasks finish, stops Airflow again and prints the run's Results view (the
-"Results" tab of the run's page, open while `make ui` runs) and the path of results.png as its
-last line. Results go to .local/buckets/<bucket>/<prefix>/<run id>/ (the local stand-in
-for S3, same keys as on AWS).
+the LocalExecutor running tasks in parallel on every core), triggers one run of the study's DAG
+through the REST API, shows progress as tasks finish, stops Airflow again and prints the run's
+Results view (the "Results" tab of the run's page, open while `make ui` runs). Its last line is
+the run's output folder, or, for a study that publishes a plot (the BER study's results.png),
+the plot. Results go to .local/buckets/<bucket>/<prefix>/... (the local stand-in for S3, same
+keys as on AWS).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import time
@@ -28,14 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dags"))
 
 import local_airflow
 
+from windows_batch import catalog
 from windows_batch.results import results_view_path
 
-DAG_ID = "windows-batch-compute-dag"
-# The form's defaults are sized for a cluster (4e9 bits per task); on a laptop the same study
-# with 40x fewer bits and errors keeps the same adaptive split and finishes in minutes.
-LAPTOP_DEFAULTS: dict[str, Any] = {"max_bits_per_task": 100_000_000, "target_errors": 25}
+DEFAULT_STUDY = "bersim"
+STUDIES = Path(__file__).resolve().parent.parent / "dags" / "studies"
 FINISHED = {"success", "failed"}
+PLOTS = (".png", ".svg")
 _TI_PAGE = 100
+DAG_ID = ""
+"""The DAG of the study being run (set by main)."""
 
 
 class ApiError(RuntimeError):
@@ -94,33 +100,37 @@ def _count(base_url: str, run: str, **query: str) -> int:
     return int(page.get("total_entries", 0))
 
 
-def progress_line(base_url: str, run_id: str, elapsed_s: float) -> str:
-    """One line of progress; a few small queries (counting, not listing, the 200 tasks)."""
+def fan_out_task(base_url: str) -> str:
+    """The study's mapped task: the DAG's only task with a mapped index."""
+    tasks = api(base_url, "GET", f"/dags/{DAG_ID}/tasks").get("tasks", [])
+    mapped = [t["task_id"] for t in tasks if t.get("is_mapped")]
+    return mapped[0] if mapped else ""
+
+
+def progress_line(base_url: str, run_id: str, elapsed_s: float, fan_out: str) -> str:
+    """One line of progress; a few small queries (counting, not listing, the mapped tasks)."""
     run = urllib.parse.quote(run_id, safe="")
     singles = api(base_url, "GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances?map_index=-1")
     others = {
         ti["task_id"]: ti.get("state") or "waiting"
         for ti in singles.get("task_instances", [])
-        if ti["task_id"] != "simulate"
+        if ti["task_id"] != fan_out
     }
-    stage = next(
-        (
-            t
-            for t in ("scale_in", "aggregate", "scale_out")
-            if others.get(t) not in (None, "waiting")
-        ),
-        "plan_tasks",
-    )
-    total = _count(base_url, run, task_id="simulate")
+    order = ["finish", "scale_in", *[t for t in others if t not in ENGINE_TASKS], "scale_out"]
+    stage = next((t for t in order if others.get(t) not in (None, "waiting")), "plan_tasks")
+    total = _count(base_url, run, task_id=fan_out)
     if not total or others.get("scale_out") in (None, "waiting", "scheduled", "queued"):
-        sims = "simulate not started yet"
+        sims = f"{fan_out} not started yet"
     else:
         done, failed, running = (
-            _count(base_url, run, task_id="simulate", state=state)
+            _count(base_url, run, task_id=fan_out, state=state)
             for state in ("success", "failed", "running")
         )
-        sims = f"simulate {done}/{total} done, {failed} failed, {running} running"
+        sims = f"{fan_out} {done}/{total} done, {failed} failed, {running} running"
     return f"[{elapsed_s:6.0f} s] {sims} | {stage}: {others.get(stage, 'waiting')}"
+
+
+ENGINE_TASKS = ("plan_tasks", "scale_out", "scale_in", "finish")
 
 
 def ti_label(ti: dict[str, Any]) -> str:
@@ -147,13 +157,27 @@ def xcom(base_url: str, run_id: str, task_id: str, key: str) -> Any:
     return value
 
 
-def results_png(command: list[str] | None, local_root: Path) -> Path | None:
-    """Local path of results.png from the aggregate command (`--output s3://b/prefix/`)."""
-    if not command or "--output" not in command:
+def outputs_folder(location: Any, local_root: Path) -> Path | None:
+    """The run's local output folder, from plan_tasks' record of where results live."""
+    if isinstance(location, str):
+        try:
+            location = json.loads(location)
+        except ValueError:
+            return None
+    uri = location.get("outputs") if isinstance(location, dict) else None
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
         return None
-    uri = command[command.index("--output") + 1]
     bucket, _, key = uri[len("s3://") :].partition("/")
-    return local_root / bucket / key / "results.png"
+    return local_root / bucket / key
+
+
+def last_line(folder: Path | None) -> Path | None:
+    """What `make run` prints last: the run's plot when it published one, else its folder."""
+    if folder is None or not folder.is_dir():
+        return None
+    plots = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PLOTS)
+    named = [p for p in plots if p.name == "results.png"]
+    return (named or plots or [folder])[0]
 
 
 def run_study(
@@ -175,14 +199,15 @@ def run_study(
             print(f"The study was refused: {exc.detail}", file=sys.stderr, flush=True)
             return 2
         run_id = run["dag_run_id"]
-        print(f"Triggered run {run_id}", flush=True)
+        print(f"Triggered run {run_id} of {DAG_ID}", flush=True)
         triggered = time.monotonic()
         last = ""
+        fan_out = fan_out_task(base_url)
         while True:
             state = api(
                 base_url, "GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
             )["state"]
-            line = progress_line(base_url, run_id, time.monotonic() - triggered)
+            line = progress_line(base_url, run_id, time.monotonic() - triggered, fan_out)
             if line.split("]", 1)[1] != last:
                 print(line, flush=True)
                 last = line.split("]", 1)[1]
@@ -192,30 +217,62 @@ def run_study(
         wall_s = time.monotonic() - triggered
         run_path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
         note = api(base_url, "GET", run_path).get("note")
-        summary = xcom(base_url, run_id, "aggregate", "return_value")
-        png = results_png(xcom(base_url, run_id, "plan_tasks", "aggregate_command"), local_root)
+        folder = outputs_folder(
+            xcom(base_url, run_id, "plan_tasks", "results_location"), local_root
+        )
+        refused = plan_refusal(base_url, run_id)
         errors = [
             ti_label(ti)
             for ti in task_states(base_url, run_id)
             if ti.get("state") in ("failed", "upstream_failed")
         ]
     print(f"Run {run_id}: {state} in {wall_s:.0f} s", flush=True)
+    if refused:
+        print(f"The study was refused: {refused}", file=sys.stderr, flush=True)
+        return 2
     if note:
         print("Run note:\n  " + "\n  ".join(note.splitlines()), flush=True)
-    elif summary:
-        print(f"Summary: {summary}", flush=True)
     if errors:
         shown = ", ".join(errors[:10]) + (" ..." if len(errors) > 10 else "")
         print(f"Failed tasks: {shown} (logs under {env['AIRFLOW_HOME']}/logs)", flush=True)
-    if png is None or not png.exists():
-        print("No results.png was produced (see the failed tasks above).", flush=True)
+    shown_last = last_line(folder)
+    if shown_last is None:
+        print("The run published no outputs (see the failed tasks above).", flush=True)
         return 1
     view = f"{base_url}/{results_view_path(dag_id=DAG_ID, run_id=run_id)}"
-    print(
-        f"Results view (plot, table, downloads; open it while `make ui` runs): {view}", flush=True
-    )
-    print(png, flush=True)
+    print(f"Results view (open it while `make ui` runs): {view}", flush=True)
+    print(shown_last, flush=True)
     return 0 if state == "success" else 1
+
+
+def plan_refusal(base_url: str, run_id: str) -> str | None:
+    """plan_tasks' "Invalid input: <field>: ..." when it refused the form, else None."""
+    run = urllib.parse.quote(run_id, safe="")
+    try:
+        ti = api(base_url, "GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/plan_tasks")
+    except ApiError:
+        return None
+    if ti.get("state") != "failed":
+        return None
+    log_path = Path(local_airflow.DEFAULT_HOME)
+    del log_path
+    try:
+        logs = api(
+            base_url,
+            "GET",
+            f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/plan_tasks/logs/{ti.get('try_number', 1)}"
+            "?full_content=true",
+        )
+    except ApiError:
+        return "plan_tasks failed (see its log)"
+    text = json.dumps(logs)
+    found = re.search(r"Invalid input: ([^\"\\]+)", text)
+    refused = re.search(r"This study cannot run: ([^\"\\]+)", text)
+    if found:
+        return found.group(1)
+    if refused:
+        return refused.group(1)
+    return "plan_tasks failed (see its log)"
 
 
 def run_ui(*, port: int) -> int:
@@ -268,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--conf", default="", help="trigger-form fields as JSON (make run CONF=...)"
     )
+    parser.add_argument(
+        "--study", default="", help=f"a study folder under dags/studies/ (default {DEFAULT_STUDY})"
+    )
     parser.add_argument("--ui", action="store_true", help="start Airflow's UI until Ctrl-C")
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     parser.add_argument(
@@ -277,19 +337,30 @@ def main(argv: list[str] | None = None) -> int:
         help="tasks run at once (default: see local_airflow)",
     )
     args = parser.parse_args(argv)
+    global DAG_ID  # noqa: PLW0603 (the one study this process runs)
+    name = args.study or DEFAULT_STUDY
+    try:
+        info = catalog.study_info(STUDIES / name)
+    except catalog.CatalogError as exc:
+        known = ", ".join(p.name for p in catalog.study_folders(STUDIES))
+        raise SystemExit(f"run_local.py: study {name!r}: {exc} (studies: {known})") from None
+    DAG_ID = info.dag_id
     if args.ui:
         return run_ui(port=args.port)
     conf = parse_conf(args.conf)
-    laptop = {k: v for k, v in LAPTOP_DEFAULTS.items() if k not in conf}
+    laptop = {k: v for k, v in info.local_conf.items() if k not in conf}
     if laptop:
         print(
-            "Laptop-sized bit budget (the form's defaults are sized for a cluster): "
-            + ", ".join(f"{k}={v:,}" for k, v in laptop.items())
+            f"Laptop-sized run of {name} (study.yaml local_conf; the form's defaults are sized "
+            "for a cluster): "
+            + ", ".join(
+                f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in laptop.items()
+            )
             + "; set them in CONF to override.",
             flush=True,
         )
     if not conf:
-        print("No CONF: running the full default study (200 tasks, 8 Eb/N0 points).", flush=True)
+        print(f"No CONF: running study {name} with its form's defaults.", flush=True)
     try:
         return run_study({**laptop, **conf}, port=args.port, parallelism=args.parallelism)
     except KeyboardInterrupt:

@@ -9,6 +9,12 @@ No ECS task outlives its run: every task a run starts carries the run's task gro
 (`run_task_group`), and each check of scale_in first stops any task of that group still running
 (one whose Airflow task was marked failed before its trigger could stop it, or whose triggerer
 was gone).
+
+Several studies share one cluster, and runs of different studies must not scale each other in.
+The rule: scale_out never lowers the group below what another study's active run set
+(desired = max(current, this run's) while one is active); scale_in sets the group to 0 only
+when no other study's run is active (queued or running), and otherwise leaves the cluster to
+it: the last run out scales in. A study's own runs never overlap (max_active_runs=1).
 """
 
 from __future__ import annotations
@@ -148,7 +154,13 @@ class _ClusterSensor(BaseSensorOperator):
     ui_color = "#dbe9f6"
 
     def __init__(
-        self, *, desired: str | int, timeout_s: str | int, settings: Settings, **kwargs: Any
+        self,
+        *,
+        desired: str | int,
+        timeout_s: str | int,
+        settings: Settings,
+        other_dag_ids: tuple[str, ...] = (),
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             mode="reschedule",
@@ -161,7 +173,22 @@ class _ClusterSensor(BaseSensorOperator):
         self.desired = desired
         self.timeout_s = timeout_s
         self.settings = settings
+        self.other_dag_ids = other_dag_ids
         self.seen = "nothing checked yet"
+
+    def other_runs(self, context: Context) -> list[str]:
+        """The other studies' DAGs with a queued or running run (they share the cluster)."""
+        ti: Any = context["ti"]
+        busy = []
+        for dag_id in self.other_dag_ids:
+            try:
+                count = ti.get_dr_count(dag_id=dag_id, states=["queued", "running"])
+            except Exception as exc:  # an unknown (e.g. paused, never parsed) DAG counts as idle
+                self.log.debug("Could not count the runs of %s: %s", dag_id, exc)
+                continue
+            if count:
+                busy.append(dag_id)
+        return busy
 
     def execute(self, context: Context) -> Any:
         self.timeout = float(self.timeout_s)
@@ -192,7 +219,19 @@ class ScaleOutSensor(_ClusterSensor):
         desired = int(self.desired)
         autoscaling = aws_client(self.settings, "autoscaling")
         ecs = aws_client(self.settings, "ecs")
-        set_desired_capacity(autoscaling, self.settings.asg_name, desired)
+        sharing = self.other_runs(context)
+        target = desired
+        if sharing:
+            current = int(group_state(autoscaling, self.settings.asg_name)["desired"] or 0)
+            target = max(current, desired)
+            self.log.info(
+                "Sharing the cluster with the active run(s) of %s: desired capacity %s "
+                "(this run needs %s)",
+                ", ".join(sharing),
+                target,
+                desired,
+            )
+        set_desired_capacity(autoscaling, self.settings.asg_name, target)
         group = group_state(autoscaling, self.settings.asg_name)
         hosts = container_hosts(ecs, self.settings.cluster_name)
         ready = [h for h, connected in hosts.items() if connected and h in group["in_service"]]
@@ -211,9 +250,20 @@ class ScaleOutSensor(_ClusterSensor):
 
 
 class ScaleInSensor(_ClusterSensor):
-    """Set the group's desired capacity to 0; done once the group has no instances left."""
+    """Set the group's desired capacity to 0; done once the group has no instances left (or
+    at once, leaving the cluster as it is, while another study's run uses it).
+
+    on_done(context, cost_line): called once, when scale-in is done (the run note).
+    """
 
     _timeout_field = "scale_in_timeout_s"
+
+    def __init__(
+        self, *, task_ids: tuple[str, ...] = (), on_done: Any = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.task_ids = task_ids
+        self.on_done = on_done
 
     def poke(self, context: Context) -> bool:
         dag_run: Any = context.get("dag_run")
@@ -223,6 +273,15 @@ class ScaleInSensor(_ClusterSensor):
             cluster = self.settings.cluster_name
             for arn in stop_group_tasks(ecs, cluster, run_group, LEFTOVER_REASON):
                 self.log.warning("Stopped ECS task %s of this run, still running", arn)
+        sharing = self.other_runs(context)
+        if sharing:
+            self.log.warning(
+                "Leaving the cluster as it is: the active run(s) of %s use it, and the last "
+                "run out scales it in",
+                ", ".join(sharing),
+            )
+            self._done(context, None)
+            return True
         autoscaling = aws_client(self.settings, "autoscaling")
         set_desired_capacity(autoscaling, self.settings.asg_name, 0)
         group = group_state(autoscaling, self.settings.asg_name)
@@ -233,8 +292,17 @@ class ScaleInSensor(_ClusterSensor):
         self.log.info("%s", self.seen)
         if group["instances"]:
             return False
-        cost_report.report_usage(self.settings, context)
+        self._done(
+            context, cost_report.report_usage(self.settings, context, task_ids=self.task_ids)
+        )
         return True
+
+    def _done(self, context: Context, cost_line: str | None) -> None:
+        if self.on_done is not None:
+            try:
+                self.on_done(context, cost_line)
+            except Exception as exc:  # the note is a convenience, never fatal
+                self.log.warning("Could not update the run note: %s", exc)
 
 
 def _replacement_note(group: dict[str, Any], hosts: dict[str, bool], desired: int) -> str:

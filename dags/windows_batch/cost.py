@@ -18,13 +18,13 @@ The run note holds at most 1000 characters (Airflow's limit): the line is kept w
 Estimated, before scaling (`plan_tasks`). With n instances of `slots` tasks each:
     time = BOOT_S + PULL_S + makespan(task times over n x slots) + SCALE_IN_S
     instance-hours = n x time / 3600, cost = instance-hours x price per instance-hour
-The task times come from the study (the planner's expected bits / TASK_BITS_PER_S, plus
-TASK_START_S each); the makespan is the list schedule of the tasks in their planned order, each
-to the slot that frees first, which is what the capped fan-out does. All instances boot and pull
-in parallel and run until the group scales in at the end. `cluster_size: auto` takes, among the
-sizes up to the group's maximum, the one that costs least while its time is at most
-AUTO_SLOWDOWN x the fastest size's (ties: the faster one). More instances than the tasks can
-fill at once only cost more, so sizes stop at ceil(tasks / slots).
+The task times come from the study (each chunk's expected seconds, as the study planned its
+work items, plus TASK_START_S each); the makespan is the list schedule of the tasks in their
+planned order, each to the slot that frees first, which is what the capped fan-out does. All
+instances boot and pull in parallel and run until the group scales in at the end.
+`cluster_size: auto` takes, among the sizes up to the group's maximum, the one that costs least
+while its time is at most AUTO_SLOWDOWN x the fastest size's (ties: the faster one). More
+instances than the tasks can fill at once only cost more, so sizes stop at ceil(tasks / slots).
 
 Prices (USD per instance-hour, Windows licence included). On-demand: the table below, AWS's
 EC2 On-Demand list prices for Windows in US East (N. Virginia) as published in 2025 (the Linux
@@ -50,8 +50,7 @@ Settings (AIRFLOW__WINDOWS_BATCH__<KEY>; default in brackets):
 - PULL_S [300]: the image pull on a fresh instance (several GB of Windows layers from ECR,
   extracted on the instance); about 0 when the AMI has the image already.
 - SCALE_IN_S [60]: from the scale-in request until the instances stop being billed.
-- TASK_START_S [30]: per task, container start, bersim and Octave start-up, and polling.
-- TASK_BITS_PER_S [4e7]: simulated bits per second of one task (one slot) on the instance.
+- TASK_START_S [30]: per task, the container's start, the study's program start-up, polling.
 - AUTO_SLOWDOWN [1.25]: `cluster_size: auto` may take up to this factor of the fastest time.
 """
 
@@ -108,7 +107,6 @@ class CostSettings:
     pull_s: float = 300.0
     scale_in_s: float = 60.0
     task_start_s: float = 30.0
-    task_bits_per_s: float = 4e7
     auto_slowdown: float = 1.25
 
 
@@ -171,7 +169,6 @@ def load_cost_settings(env: Mapping[str, str], *, backend: str) -> CostSettings:
         pull_s=_number(env, "PULL_S", 300, low=0, high=7200),
         scale_in_s=_number(env, "SCALE_IN_S", 60, low=0, high=7200),
         task_start_s=_number(env, "TASK_START_S", 30, low=0, high=3600),
-        task_bits_per_s=_number(env, "TASK_BITS_PER_S", 4e7, low=1, high=1e12),
         auto_slowdown=_number(env, "AUTO_SLOWDOWN", 1.25, low=1.0, high=100.0),
     )
 

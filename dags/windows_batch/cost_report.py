@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 ESTIMATE_KEY = "cost_estimate"
 CLUSTER_SIZE_KEY = "cluster_size"
 INSTANCES_KEY = "container_instances"
-RUN_NOTE_KEY = "run_note"
 CLUSTER_SIZE_TEMPLATE = (
     "{{ ti.xcom_pull(task_ids='plan_tasks', key='" + CLUSTER_SIZE_KEY + "') "
     "or params.cluster_size }}"
@@ -74,9 +73,10 @@ def current_prices(settings: Settings, *, instance_types: Sequence[str] = ()) ->
 
 
 def plan_estimate(
-    settings: Settings, *, task_s: Sequence[float], requested: int | str
+    settings: Settings, *, task_s: Sequence[float], requested: int | str, slots: int
 ) -> cost.Sizing:
-    """The cluster size for the run and its estimate (`auto` resolved)."""
+    """The cluster size for the run and its estimate (`auto` resolved); slots: the study's
+    tasks per instance."""
     table = settings.cost
     wants_spot = table.purchase_option == "spot"
     prices = current_prices(settings) if wants_spot else cost.prices_from(table)
@@ -84,7 +84,7 @@ def plan_estimate(
         task_s,
         requested=requested,
         max_size=settings.max_cluster_size,
-        slots_per_instance=settings.slots_per_instance,
+        slots_per_instance=slots,
         settings=table,
         prices=prices,
     )
@@ -124,13 +124,17 @@ def remember_instances(settings: Settings, context: Mapping[str, Any], ecs: Any)
         log.warning("Could not record the container instances for the cost report: %s", exc)
 
 
-def _task_arns(ti: Any) -> list[str]:
-    arns = ti.xcom_pull(task_ids=["simulate", "aggregate"], key="ecs_task_arn") or []
+def _task_arns(ti: Any, task_ids: Sequence[str]) -> list[str]:
+    arns = ti.xcom_pull(task_ids=list(task_ids), key="ecs_task_arn") or []
+    if isinstance(arns, str):
+        arns = [arns]
     return [a for a in arns if isinstance(a, str)]
 
 
-def report_usage(settings: Settings, context: Mapping[str, Any]) -> str | None:
-    """Log the run's phase and cost line and add it to the run note; return the line."""
+def report_usage(
+    settings: Settings, context: Mapping[str, Any], *, task_ids: Sequence[str]
+) -> str | None:
+    """Log the run's phase and cost line and return it; task_ids: the run's ECS tasks' ids."""
     try:
         ti = context["ti"]
         dag_run = context.get("dag_run")
@@ -146,7 +150,7 @@ def report_usage(settings: Settings, context: Mapping[str, Any]) -> str | None:
             ec2=ec2,
             cluster=settings.cluster_name,
             group=settings.asg_name,
-            task_arns=_task_arns(ti),
+            task_arns=_task_arns(ti, task_ids),
             since=since,
             known=known,
             default_purchase=settings.cost.purchase_option,
@@ -160,22 +164,7 @@ def report_usage(settings: Settings, context: Mapping[str, Any]) -> str | None:
         if timeline.missing:
             line += f" (not read: {'; '.join(timeline.missing)})"
         log.info("%s", line)
-        _add_to_note(settings, context, line)
         return line
     except Exception as exc:  # the cost report is a convenience, never fatal
         log.warning("Could not report the cluster's time and cost: %s", exc)
         return None
-
-
-def _add_to_note(settings: Settings, context: Mapping[str, Any], line: str) -> None:
-    if settings.run_note == "off":
-        return
-    from windows_batch.results import MAX_NOTE_CHARS, set_run_note  # noqa: PLC0415
-
-    ti = context["ti"]
-    before = ti.xcom_pull(task_ids="aggregate", key=RUN_NOTE_KEY)
-    if not before:
-        before = ti.xcom_pull(task_ids="plan_tasks", key=ESTIMATE_KEY) or ""
-    note = cost.append_to_note(before, line, limit=MAX_NOTE_CHARS)
-    if set_run_note(settings, dag_id=ti.dag_id, run_id=ti.run_id, note=note):
-        log.info("Run note updated with the cluster's time and cost")

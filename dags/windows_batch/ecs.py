@@ -1,9 +1,11 @@
-"""The ECS backend: bersim in Windows containers on the cluster, one ECS task per Airflow task.
+"""The ECS backend: a study's container on the cluster, one ECS task per chunk (Airflow task).
 
-`simulate` and `aggregate` are `EcsRunTaskOperator`s (deferrable: while a container runs, the
+The fan-out and the aggregate are `EcsRunTaskOperator`s (deferrable: while a container runs, the
 Airflow task waits in the triggerer, not on a worker; `reattach=True`: a retry re-attaches to
-its still-running container instead of starting a second one). The container command is the
-planned bersim argv (`command`), put into the task's container overrides.
+its still-running container instead of starting a second one). The container runs the engine's
+task runner (docker/base, `wbrun`); its command override names the run's manifest and the
+chunk (`run --manifest s3://... --chunk N --at OFFSET:LENGTH --sha DIGEST`): a few hundred
+characters whatever the chunk holds (ECS caps overrides at 8,192).
 
 One deadline per try (deadline.py): TASK_TIMEOUT_S from the try's start, carried through every
 deferral. The capacity waits end at it, and so does the wait for the container, which is then
@@ -12,7 +14,7 @@ A person marking a deferred task failed or success stops its container (the trig
 a running one is stopped by the provider's `on_kill`.
 
 Capacity. Airflow fixes `max_active_tis_per_dagrun` at parse time, so it cannot follow the
-run's `cluster_size`: it caps simulations at MAX_PARALLEL_TASKS (by default the largest cluster
+run's `cluster_size`: it caps the fan-out at MAX_PARALLEL_TASKS (by default the largest cluster
 allowed x slots per instance). When RunTask still finds no room, ECS says why in `failures`
 (`RESOURCE:CPU`, `RESOURCE:MEMORY`, ... and `AGENT` for an instance whose agent is not
 connected) or refuses with "No Container Instances were found in your cluster" while instances
@@ -20,8 +22,11 @@ are still registering: the task then waits in the triggerer for CAPACITY_RETRY_S
 RunTask again, without using up an Airflow retry, until the deadline. Any other placement
 failure (`ATTRIBUTE`, `MISSING`, ...) fails at once with ECS's reason.
 
-No simulation runs twice: before it starts a container, a simulate try looks for this run's
-result of its index (the study's `result_check`); a valid one is reported instead.
+No finished chunk runs twice: before it starts a container, a try looks for the task runner's
+record of its chunk (`chunks/done/...` under the run's engine prefix, matching the chunk's
+digest); when there is one it is reported instead. Inside a chunk, the runner skips the items it
+already finished. A try that reaches its deadline fails without a retry: a retry would only
+reach it again.
 
 A task whose host went away (ECS stops it with stoppedReason "Host EC2 (instance i-...)
 terminated." or the stop code SpotInterruption) runs again on another instance within the same
@@ -30,11 +35,11 @@ try and deadline, like a capacity wait: an interruption costs time, not a retry.
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.providers.amazon.aws.exceptions import EcsOperatorError
 from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
@@ -43,9 +48,21 @@ from airflow.providers.amazon.aws.triggers.ecs import TaskDoneTrigger
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.identifiers import generate_uuid
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
-from airflow.sdk import BaseOperator, TriggerRule
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from botocore.exceptions import ClientError, WaiterError
+
+from windows_batch import manifest
+from windows_batch.cluster import ADAPTIVE_RETRIES, run_task_group
+from windows_batch.objects import Objects
+from windows_batch.publish import PublishMixin
+from windows_batch.runs import (
+    ChunkRef,
+    budget_exhausted,
+    context_for,
+    exit_message,
+    is_final,
+    params_of,
+)
 from windows_batch_triggers.deadline import (
     DEADLINE_STATUS,
     DeadlineTaskDoneTrigger,
@@ -54,21 +71,13 @@ from windows_batch_triggers.deadline import (
     try_deadline_ts,
 )
 
-from windows_batch.cluster import (
-    ADAPTIVE_RETRIES,
-    ScaleInSensor,
-    ScaleOutSensor,
-    run_task_group,
-)
-from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
-from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
-from windows_batch.results import PublishResultsMixin, split_s3_uri
-
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.triggers.base import BaseTrigger
 
+    from windows_batch.catalog import FailureBudget
     from windows_batch.settings import Settings
+    from windows_batch.study import Study
 
 TRIGGER_FAIL = "__fail__"
 """next_method Airflow sets when a trigger failed or timed out (sdk/bases/operator.py)."""
@@ -84,16 +93,7 @@ HOST_GONE = re.compile(r"Host EC2 \(instance .+?\) (stopped|terminated)\.")
 HOST_GONE_STOP_CODES = ("SpotInterruption", "TerminationNotice")
 # Slack added to the ECS waiter so that the try's deadline, not the waiter, ends a long task.
 _WAITER_SLACK_S = 600
-
-
-class ResultCheck(Protocol):
-    """The study's answer to "has this command's result already been written?"."""
-
-    def result_uri(self, command: Sequence[str]) -> str | None:
-        """The s3:// URI the command writes its result to (None: it has no single result)."""
-
-    def describe_result(self, command: Sequence[str], data: bytes) -> str | None:
-        """A one-line summary if `data` is a valid result of `command`, else None."""
+_MAX_SPREAD_S = 10.0
 
 
 def _trigger_not_importable(next_kwargs: dict[str, Any] | None) -> bool:
@@ -132,36 +132,41 @@ def container_overrides(container_name: str, command: list[str]) -> dict[str, An
     return {"containerOverrides": [{"name": container_name, "command": [str(a) for a in command]}]}
 
 
-class BersimEcsOperator(EcsRunTaskOperator):
-    """Run `bersim <command>` as one ECS task, within one deadline per try.
+class ChunkEcsOperator(EcsRunTaskOperator):
+    """Run the task runner for one chunk (or the aggregate) as one ECS task, within one
+    deadline per try.
 
-    command: the bersim argv (container command override);
+    study, settings: the study and the deployment settings; chunk: the chunk reference
+    (plan_tasks' XCom, mapped), None for the aggregate; budget: the run's failure budget;
     capacity_retry_s: seconds to wait before calling RunTask again when the cluster has no room;
-    task_timeout_s: the try's deadline, in seconds from its start, across every deferral;
-    result_check: the study's lookup of an already written result (None: always run).
-    Exit 2 (bad input) and 3 (missing task results) fail without retries.
+    task_timeout_s: the try's deadline, in seconds from its start, across every deferral.
+    The study's final exit codes (and the runner's own) fail without retries.
     """
 
-    template_fields = (*EcsRunTaskOperator.template_fields, "command")
+    template_fields = (*EcsRunTaskOperator.template_fields, "chunk")
     ui_color = "#fbe3c8"
 
     def __init__(
         self,
         *,
-        command: list[str],
+        study: Study,
+        settings: Settings,
+        chunk: Any = None,
+        budget: FailureBudget | None = None,
         capacity_retry_s: int = 30,
         defer_settle_s: int = 10,
         task_timeout_s: int = 7200,
-        result_check: ResultCheck | None = None,
         overrides: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(overrides=overrides or {}, **kwargs)
-        self.command = command
+        self.study = study
+        self.settings = settings
+        self.chunk = chunk
+        self.budget = budget
         self.capacity_retry_s = capacity_retry_s
         self.defer_settle_s = defer_settle_s
         self.task_timeout_s = task_timeout_s
-        self.result_check = result_check
         self.last_exit_code: int | None = None
         self.deadline_ts: float | None = None
 
@@ -273,26 +278,57 @@ class BersimEcsOperator(EcsRunTaskOperator):
             self.log.error("Could not stop this try's ECS tasks: %s", exc)
 
     def _fail_at_deadline(self, what: str) -> NoReturn:
-        raise AirflowException(
+        # Not retried: a retry gets the same deadline and would only reach it again.
+        raise AirflowFailException(
             f"{what}: this try reached its deadline (TASK_TIMEOUT_S={self.task_timeout_s} s "
             f"after it started, {deadline_text(self._deadline)})"
         )
 
+    def _spread_first_call(self, ti: Any) -> None:
+        """Spread the first RunTask of the chunks that start together over a few seconds
+        (RUN_TASK_RATE per second); botocore's adaptive mode absorbs ECS throttling beyond."""
+        index = max(int(getattr(ti, "map_index", 0) or 0), 0)
+        wave = self.settings.parallel_tasks(1)
+        delay = min((index % max(wave, 1)) / self.settings.run_task_rate, _MAX_SPREAD_S)
+        if delay > 0:
+            time.sleep(delay)
+
+    def runner_command(self, context: Context) -> list[str]:
+        """The container command: the runner's arguments for this chunk or the aggregate."""
+        run = context_for(
+            self.study.info, self.settings, params_of(context), str(context["run_id"])
+        )
+        uri = run.engine_uri + "manifest/"
+        if self.chunk is None:
+            return ["aggregate", "--manifest", uri]
+        return ChunkRef.parse(self.chunk).command(uri)
+
     def execute(
         self, context: Context, deadline_ts: float | None = None, waiting_for: str | None = None
     ) -> Any:
+        first = deadline_ts is None
         self._set_deadline(context, deadline_ts)
         if time.time() >= self._deadline:
             if waiting_for:
                 self._fail_at_deadline(f"The cluster had no room for this task ({waiting_for})")
             self._fail_at_deadline("No ECS task started")
-        self.overrides = container_overrides(str(self.container_name), list(self.command))
         ti: Any = context["ti"]
+        if first and self.chunk is not None:
+            spent = budget_exhausted(
+                ti,
+                task_id=self.task_id,
+                budget=self.budget,
+                chunks=int(ti.xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
+            )
+            if spent:
+                raise AirflowSkipException(spent)
+            self._spread_first_call(ti)
+        self.overrides = container_overrides(str(self.container_name), self.runner_command(context))
         # scale_in stops whatever of this run's group is still running.
         self.group = run_task_group(str(ti.dag_id), str(ti.run_id))
-        existing = self._existing_result()
+        existing = self._existing_result(context)
         if existing is not None:
-            self.log.info("Not simulating again: %s", existing)
+            self.log.info("Not running it again: %s", existing)
             return existing
         try:
             return super().execute(context)
@@ -309,32 +345,30 @@ class BersimEcsOperator(EcsRunTaskOperator):
                 raise
             self._wait_for_room(context, NO_INSTANCES)
 
-    def _existing_result(self) -> str | None:
-        """The study's summary of this command's result if it is already there and valid."""
-        if self.result_check is None:
+    def _existing_result(self, context: Context) -> str | None:
+        """The task runner's record of this chunk, if it finished it already (same digest)."""
+        if self.chunk is None:
+            return None  # the aggregate runs again: it reads what exists now
+        ref = ChunkRef.parse(self.chunk)
+        run = context_for(
+            self.study.info, self.settings, params_of(context), str(context["run_id"])
+        )
+        uri = run.engine_uri + manifest.done_key(ref.chunk, ref.items)
+        try:
+            data = Objects(self.settings).read(uri)
+        except Exception as exc:  # running it again is only slower: finished items are skipped
+            self.log.warning("Could not look for this chunk's record at %s: %s", uri, exc)
             return None
-        uri = self.result_check.result_uri(list(self.command))
-        if not uri:
+        if data is None:
             return None
         try:
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: PLC0415
-
-            s3: Any = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
-            bucket, key = split_s3_uri(uri)
-            # Listing, not HEAD: without s3:ListBucket on the whole bucket S3 answers a HEAD of
-            # a missing key with 403, while a listing under the key's prefix is allowed.
-            listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-            if not any(item.get("Key") == key for item in listed.get("Contents", [])):
-                return None
-            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:  # simulating again is only slower: same seed, same result
-            self.log.warning("Could not look for an existing result at %s: %s", uri, exc)
+            record = json.loads(data)
+        except ValueError:
             return None
-        summary = self.result_check.describe_result(list(self.command), data)
-        if summary is None:
-            self.log.warning("%s exists but is not a valid result of this task: simulating", uri)
+        if not isinstance(record, dict) or record.get("sha") != ref.sha:
+            self.log.warning("%s is not this chunk's record (digest differs): running it", uri)
             return None
-        return f"existing result {uri}: {summary}"
+        return f"chunk {ref.chunk} already done ({record.get('done')} work items): {uri}"
 
     def _wait_for_room(self, context: Context, why: str) -> None:
         map_index = getattr(context.get("ti"), "map_index", -1) or 0
@@ -401,9 +435,11 @@ class BersimEcsOperator(EcsRunTaskOperator):
             raise
         except AirflowException as exc:
             self.last_exit_code = self._exit_code()
-            if self.last_exit_code in FINAL_EXITS:
-                raise AirflowFailException(exit_message(self.last_exit_code, str(exc))) from exc
-            raise
+            finals = self.study.info.final_exit_codes
+            message = exit_message(self.last_exit_code, final_codes=finals, detail=str(exc))
+            if is_final(self.last_exit_code, finals):
+                raise AirflowFailException(message) from exc
+            raise AirflowException(message) from exc
         return self._last_log_line()
 
     def _host_lost(self) -> str | None:
@@ -456,12 +492,8 @@ class BersimEcsOperator(EcsRunTaskOperator):
         return None
 
 
-class BersimEcsAggregateOperator(PublishResultsMixin, BersimEcsOperator):
-    """`bersim aggregate` on ECS, then the results link and run note (even when partial)."""
-
-    def __init__(self, *, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
+class AggregateEcsOperator(PublishMixin, ChunkEcsOperator):
+    """The aggregate step on ECS, then the results link and run note (even when it failed)."""
 
     def execute_complete(
         self,
@@ -471,21 +503,20 @@ class BersimEcsAggregateOperator(PublishResultsMixin, BersimEcsOperator):
     ) -> Any:
         try:
             result = super().execute_complete(context, event, deadline_ts)
-        except AirflowFailException:
-            if self.last_exit_code == EXIT_MISSING_TASKS:
-                self.publish_results(context, partial=True)
+        except AirflowException:
+            if self.last_exit_code is not None:
+                self.publish(context, partial=True)
             raise
-        summary = self.publish_results(context, partial=False)
-        self.check_simulations(context)
+        summary = self.publish(context, partial=False)
         return summary or result
 
 
-def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
-    """What every ECS task of the DAG shares."""
+def ecs_kwargs(settings: Settings, study: Study) -> dict[str, Any]:
+    """What every ECS task of a study's DAG shares."""
     timeout_s = settings.task_timeout_s
     kwargs: dict[str, Any] = {
         "cluster": settings.cluster_name,
-        "task_definition": settings.task_definition,
+        "task_definition": study.info.task_family(settings.task_family_prefix),
         "launch_type": "EC2",
         "container_name": settings.container_name,
         "aws_conn_id": settings.aws_conn_id,
@@ -499,51 +530,11 @@ def _ecs_kwargs(settings: Settings) -> dict[str, Any]:
         "capacity_retry_s": settings.capacity_retry_s,
         "defer_settle_s": settings.defer_settle_s,
         "task_timeout_s": timeout_s,
+        "study": study,
+        "settings": settings,
     }
     if settings.log_group:
         kwargs["awslogs_group"] = settings.log_group
-        kwargs["awslogs_stream_prefix"] = settings.log_stream_prefix_for_operator
+        kwargs["awslogs_stream_prefix"] = settings.log_stream_prefix_for_operator(study.info.name)
         kwargs["awslogs_region"] = settings.region
     return kwargs
-
-
-def scale_out(settings: Settings) -> BaseOperator:
-    return ScaleOutSensor(
-        task_id="scale_out",
-        desired=CLUSTER_SIZE_TEMPLATE,
-        timeout_s="{{ params.scale_out_timeout_s }}",
-        settings=settings,
-    )
-
-
-def scale_in(settings: Settings) -> BaseOperator:
-    return ScaleInSensor(
-        task_id="scale_in",
-        desired=0,
-        timeout_s="{{ params.scale_in_timeout_s }}",
-        settings=settings,
-        trigger_rule=TriggerRule.ALL_DONE,
-    )
-
-
-def simulate(settings: Settings, *, result_check: ResultCheck | None = None) -> Any:
-    """The mapped simulate task, still to be `.expand(command=...)`-ed.
-
-    result_check: the study's lookup of a result already written (no simulation runs twice).
-    """
-    return BersimEcsOperator.partial(
-        task_id="simulate",
-        max_active_tis_per_dagrun=settings.max_parallel_tasks,
-        result_check=result_check,
-        **_ecs_kwargs(settings),
-    )
-
-
-def aggregate(settings: Settings, *, command: Any) -> BaseOperator:
-    return BersimEcsAggregateOperator(
-        task_id="aggregate",
-        command=command,
-        settings=settings,
-        trigger_rule=TriggerRule.ALL_DONE,
-        **_ecs_kwargs(settings),
-    )

@@ -1,9 +1,10 @@
-"""The local backend: the same DAG on one machine, `bersim` as subprocesses, a folder for S3.
+"""The local backend: the same DAG on one machine, the study's commands as subprocesses here.
 
-`simulate` and `aggregate` run exactly the command lines the ECS containers get, as
-`[sys.executable, "-m", "bersim", *argv]`, with every `s3://bucket/key` argument replaced by
-`<LOCAL_ROOT>/bucket/key` (same key layout). `scale_out` and `scale_in` only log what they would
-do on AWS.
+Each fan-out task and the aggregate run the task runner exactly as an ECS container would
+(`python -m wbrun run --manifest ... --chunk N ...`), with WB_LOCAL_ROOT set: every
+`s3://bucket/key` is then the file `<LOCAL_ROOT>/bucket/key` (same key layout as S3), so the
+runner stages and publishes into the local bucket. `scale_out` and `scale_in` only log what
+they would do on AWS.
 """
 
 from __future__ import annotations
@@ -12,89 +13,134 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import suppress
-from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, TriggerRule
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
-from windows_batch.plan import EXIT_MISSING_TASKS, FINAL_EXITS, exit_message
-from windows_batch.results import PublishResultsMixin, local_path
+from windows_batch.publish import PublishMixin
+from windows_batch.runs import (
+    ChunkRef,
+    budget_exhausted,
+    context_for,
+    exit_message,
+    is_final,
+    params_of,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from windows_batch.catalog import FailureBudget
     from windows_batch.settings import Settings
+    from windows_batch.study import Study
+
+_DEADLINE_EXIT = -9
 
 
-def to_local_argv(argv: Sequence[str], local_root: Path) -> list[str]:
-    """The same argv with each `s3://bucket/key` replaced by `<local_root>/bucket/key`."""
-    mapped = []
-    for arg in argv:
-        if arg.startswith("s3://"):
-            path = str(local_path(arg, local_root))
-            mapped.append(path + "/" if arg.endswith("/") and not path.endswith("/") else path)
-        else:
-            mapped.append(arg)
-    return mapped
+class LocalRunnerOperator(BaseOperator):
+    """Run the task runner here for one chunk (or the aggregate), streaming its output.
 
-
-class BersimLocalOperator(BaseOperator):
-    """Run `python -m bersim <command>` here, streaming its output into the task log.
-
-    command: the bersim argv as planned for ECS (s3:// URIs are mapped to local paths);
-    local_root: the directory standing in for S3.
-    Exit 2 (bad input) and 3 (missing task results) fail the task without retries.
+    study: the study; settings: the deployment settings; chunk: the chunk reference
+    (plan_tasks' XCom, mapped), None for the aggregate. Each try ends at TASK_TIMEOUT_S: the
+    runner's process group is stopped and the try fails without a retry (a retry would only
+    hit the same deadline).
     """
 
-    template_fields = ("command",)
+    template_fields = ("chunk",)
     ui_color = "#e8f4e4"
 
-    def __init__(self, *, command: list[str], local_root: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        study: Study,
+        settings: Settings,
+        chunk: Any = None,
+        budget: FailureBudget | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self.command = command
-        self.local_root = local_root
+        self.study = study
+        self.settings = settings
+        self.chunk = chunk
+        self.budget = budget
         self._proc: subprocess.Popen[str] | None = None
+        self._last_error = ""
 
-    def run_bersim(self) -> int:
-        argv = to_local_argv(list(self.command), Path(self.local_root))
-        self.log.info("On ECS the container would run: python -m bersim %s", " ".join(self.command))
-        self.log.info("Running: %s -m bersim %s", sys.executable, " ".join(argv))
-        last_error = ""
+    def runner_args(self, context: Context) -> list[str]:
+        run = context_for(
+            self.study.info, self.settings, params_of(context), str(context["run_id"])
+        )
+        manifest = run.engine_uri + "manifest/"
+        if self.chunk is None:
+            return ["aggregate", "--manifest", manifest]
+        return ChunkRef.parse(self.chunk).command(manifest)
+
+    def run_runner(self, args: Sequence[str]) -> int:
+        argv = [sys.executable, "-m", "wbrun", *args]
+        self.log.info("On ECS the container would run: wbrun %s", " ".join(args))
+        env = {
+            **os.environ,
+            "WB_LOCAL_ROOT": str(self.settings.local_root),
+            "PYTHONUNBUFFERED": "1",
+        }
+        deadline = time.monotonic() + self.settings.task_timeout_s
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bersim", *argv],
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
-            env={**os.environ, "OCTAVE_HISTFILE": os.environ.get("OCTAVE_HISTFILE", "/dev/null")},
+            env=env,
             start_new_session=True,
         )
         assert self._proc.stdout is not None
         for raw in self._proc.stdout:
             line = raw.rstrip("\n")
             self.log.info("%s", line)
-            if line.startswith("bersim: error:"):
-                last_error = line
-        code = self._proc.wait()
-        self._last_error = last_error
-        return code
+            if "error:" in line:
+                self._last_error = line
+            if time.monotonic() > deadline:
+                break
+        try:
+            return self._proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.on_kill()
+            self._proc.wait()
+            return _DEADLINE_EXIT
 
     def fail_for(self, code: int) -> None:
-        message = exit_message(code, self._last_error or "see the log")
-        if code in FINAL_EXITS:
+        if code == _DEADLINE_EXIT:
+            raise AirflowFailException(
+                f"this try reached its deadline (TASK_TIMEOUT_S={self.settings.task_timeout_s} "
+                "s): stopped; a retry would hit it again"
+            )
+        finals = self.study.info.final_exit_codes
+        message = exit_message(code, final_codes=finals, detail=self._last_error or "see the log")
+        if is_final(code, finals):
             raise AirflowFailException(message)
         raise AirflowException(message)
 
     def execute(self, context: Context) -> Any:
-        code = self.run_bersim()
+        if self.chunk is not None:
+            ref = ChunkRef.parse(self.chunk)
+            spent = budget_exhausted(
+                context["ti"],
+                task_id=self.task_id,
+                budget=self.budget,
+                chunks=int(context["ti"].xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
+            )
+            if spent:
+                raise AirflowSkipException(spent)
+            del ref
+        code = self.run_runner(self.runner_args(context))
         if code != 0:
             self.fail_for(code)
+        return None
 
     def on_kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -102,21 +148,14 @@ class BersimLocalOperator(BaseOperator):
                 os.killpg(self._proc.pid, signal.SIGTERM)
 
 
-class BersimLocalAggregateOperator(PublishResultsMixin, BersimLocalOperator):
-    """`bersim aggregate` locally, then the results link and run note (even when partial)."""
+class LocalAggregateOperator(PublishMixin, LocalRunnerOperator):
+    """The aggregate step here, then the results link and run note (even when it failed)."""
 
-    def __init__(self, *, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
-
-    def execute(self, context: Context) -> str | None:
-        code = self.run_bersim()
-        summary = None
-        if code in (0, EXIT_MISSING_TASKS):
-            summary = self.publish_results(context, partial=code != 0)
+    def execute(self, context: Context) -> Any:
+        code = self.run_runner(self.runner_args(context))
+        summary = self.publish(context, partial=code != 0)
         if code != 0:
             self.fail_for(code)
-        self.check_simulations(context)
         return summary
 
 
@@ -144,35 +183,20 @@ class ScaleNoopOperator(BaseOperator):
         )
 
 
-def scale_out(settings: Settings) -> BaseOperator:
-    return ScaleNoopOperator(task_id="scale_out", desired=CLUSTER_SIZE_TEMPLATE, settings=settings)
+class LocalScaleInOperator(ScaleNoopOperator):
+    """Local stand-in for scale_in: logs what ECS would do, then the run's progress note.
 
+    on_done(context, cost_line): called after (publish.scale_in_done).
+    """
 
-def scale_in(settings: Settings) -> BaseOperator:
-    return ScaleNoopOperator(
-        task_id="scale_in", desired=0, settings=settings, trigger_rule=TriggerRule.ALL_DONE
-    )
+    def __init__(self, *, on_done: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.on_done = on_done
 
-
-def simulate(settings: Settings) -> Any:
-    """The mapped simulate task, still to be `.expand(command=...)`-ed."""
-    return BersimLocalOperator.partial(
-        task_id="simulate",
-        local_root=str(settings.local_root),
-        execution_timeout=_timeout(settings),
-    )
-
-
-def aggregate(settings: Settings, *, command: Any) -> BaseOperator:
-    return BersimLocalAggregateOperator(
-        task_id="aggregate",
-        command=command,
-        local_root=str(settings.local_root),
-        settings=settings,
-        trigger_rule=TriggerRule.ALL_DONE,
-        execution_timeout=_timeout(settings),
-    )
-
-
-def _timeout(settings: Settings) -> timedelta:
-    return timedelta(seconds=settings.task_timeout_s)
+    def execute(self, context: Context) -> None:
+        super().execute(context)
+        if self.on_done is not None:
+            try:
+                self.on_done(context, None)
+            except Exception as exc:  # the note is a convenience, never fatal
+                self.log.warning("Could not update the run note: %s", exc)

@@ -3,11 +3,12 @@
 - Results view: plugins/windows_batch_results adds a "Results" tab to every run's page in the
   Airflow UI (plot, table, missing tasks, downloads), served by the API server from where the
   run wrote its results. `results_view_path` is that tab's address.
-- Extra link: the `aggregate` task carries the operator link "Results plot (results.png)". Airflow
-  computes it when the task finishes (success or failure) and stores it in XCom; the UI shows it
-  on the task instance. On AWS it is the S3 console URL of the object; in the local backend the
-  file's `file://` URL (which browsers do not open from a web page: the view is the way there).
-- Run note: a task cannot set its run's note through the Task SDK, so `aggregate` sets it
+- Extra link: the aggregate task carries the operator link "Results". Airflow computes it when
+  the task finishes (success or failure) and stores it in XCom; the UI shows it on the task
+  instance. On AWS it is the S3 console URL of the study's plot (or its outputs folder); in the
+  local backend the file's `file://` URL (which browsers do not open from a web page: the view
+  is the way there).
+- Run note: a task cannot set its run's note through the Task SDK, so the engine sets it
   through the REST API's bulk endpoint `PATCH /api/v2/dags/{dag_id}/dagRuns`: the local
   Airflow's own API (`RUN_NOTE=api`, what `make ui`/`make run` use: no login there) or, on MWAA,
   the provider's `MwaaHook.invoke_rest_api` (`RUN_NOTE=mwaa` with `MWAA_ENVIRONMENT`; the
@@ -22,12 +23,12 @@ import logging
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink
-from airflow.sdk.exceptions import AirflowFailException
+
+from windows_batch.objects import local_path, split
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -43,16 +44,7 @@ RESULTS_JSON = "results.json"
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/key` -> (bucket, key)."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    return bucket, key
-
-
-def local_path(uri: str, local_root: Path) -> Path:
-    """Where the local backend keeps `s3://bucket/key`: `<local_root>/bucket/key`."""
-    bucket, key = split_s3_uri(uri)
-    return local_root / bucket / key
+    return split(uri)
 
 
 def s3_console_url(uri: str, region: str | None) -> str:
@@ -86,38 +78,11 @@ def results_view_path(*, dag_id: str, run_id: str) -> str:
     return f"dags/{dag}/runs/{run}/plugin/{RESULTS_VIEW_ROUTE}"
 
 
-def output_prefix_of(command: list[str] | tuple[str, ...]) -> str | None:
-    """The `--output` prefix of a `bersim aggregate` command."""
-    args = list(command)
-    for i, arg in enumerate(args[:-1]):
-        if arg == "--output":
-            return args[i + 1]
-    return None
-
-
-def summary_line(document: Mapping[str, Any]) -> str:
-    """One line from results.json: points, bits, errors at the worst point, missing tasks."""
-    rows = list(document.get("rows") or [])
-    bits = int(document.get("bits") or 0)
-    if not rows:
-        return "no results"
-    worst = min(rows, key=lambda row: (row["errors"], -row["ebn0_db"]))
-    line = (
-        f"{len(rows)} Eb/N0 points, {bits:.3g} bits simulated, worst point "
-        f"{worst['ebn0_db']:g} dB: {worst['errors']} error{'' if worst['errors'] == 1 else 's'} "
-        f"(BER {worst['ber']:.2e})"
-    )
-    missing = document.get("missing_tasks") or []
-    if missing:
-        expected = document.get("expected_tasks")
-        line += f"; {len(missing)} of {expected} task results MISSING"
-    return line
-
-
-def note_text(*, link: str, location: str, summary: str | None, partial: bool) -> str:
-    """The run note (Markdown): the link (to the Results view), where the plot is, the summary."""
+def note_text(*, link: str, location: str, summary: str | None, partial: bool, label: str) -> str:
+    """The run's results in its note (Markdown): the link to the Results view, where the
+    outputs are, the study's summary."""
     head = "Results (partial: some tasks failed)" if partial else "Results"
-    lines = [f"**{head}:** [results.png]({link})", "", f"`{location}`"]
+    lines = [f"**{head}:** [{label}]({link})", "", f"`{location}`"]
     if summary:
         lines += ["", summary]
     return "\n".join(lines)
@@ -197,111 +162,10 @@ def set_run_note(settings: Settings, *, dag_id: str, run_id: str, note: str) -> 
     return False
 
 
-class ResultsPlotLink(BaseOperatorLink):
-    """Operator link from `aggregate` to the run's results.png."""
+class ResultsLink(BaseOperatorLink):
+    """Operator link from the aggregate task to the run's published results."""
 
-    name = "Results plot (results.png)"
+    name = "Results"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return str(getattr(operator, "results_url", "") or "")
-
-
-class PublishResultsMixin:
-    """For the aggregate operators: the results link, and the run note after the aggregate ran.
-
-    Subclasses set `command` (the aggregate argv), `settings`, and call `publish_results`.
-    """
-
-    operator_extra_links: Collection[BaseOperatorLink] = (ResultsPlotLink(),)
-    command: list[str]
-    settings: Settings
-
-    @property
-    def results_png_uri(self) -> str | None:
-        prefix = output_prefix_of(self.command) if isinstance(self.command, list) else None
-        return f"{prefix.rstrip('/')}/{RESULTS_PNG}" if prefix else None
-
-    @property
-    def results_url(self) -> str:
-        uri = self.results_png_uri
-        if not uri:
-            return ""
-        return results_link(
-            uri,
-            backend=self.settings.backend,
-            local_root=self.settings.local_root,
-            region=self.settings.region,
-        )
-
-    def read_results_json(self) -> dict[str, Any] | None:
-        """results.json of this run, or None if it cannot be read (logged)."""
-        png = self.results_png_uri
-        if not png:
-            return None
-        uri = png[: -len(RESULTS_PNG)] + RESULTS_JSON
-        try:
-            if self.settings.backend == "local":
-                data = local_path(uri, self.settings.local_root).read_bytes()
-            else:
-                from airflow.providers.amazon.aws.hooks.s3 import S3Hook  # noqa: PLC0415
-
-                bucket, key = split_s3_uri(uri)
-                hook = S3Hook(
-                    aws_conn_id=self.settings.aws_conn_id, region_name=self.settings.region
-                )
-                data = hook.get_key(key, bucket_name=bucket).get()["Body"].read()
-            return dict(json.loads(data))
-        except Exception as exc:  # the summary is a convenience, never fatal
-            log.warning("Could not read %s for the run note: %s", uri, exc)
-            return None
-
-    def check_simulations(self, context: Mapping[str, Any]) -> None:
-        """Fail if a simulation task failed even though the aggregate found every result.
-
-        It happens when a container wrote its result but the Airflow task failed afterwards
-        (for example fetching its logs). The study is complete, but the run must not be green.
-        """
-        ti = context["ti"]
-        failed = ti.get_ti_count(
-            dag_id=ti.dag_id,
-            task_ids=["simulate"],
-            run_ids=[ti.run_id],
-            states=["failed", "upstream_failed"],
-        )
-        if failed:
-            raise AirflowFailException(
-                f"{failed} simulate task(s) failed although the aggregate found every task "
-                "result: the results are complete, but the run is marked failed"
-            )
-
-    def publish_results(self, context: Mapping[str, Any], *, partial: bool) -> str | None:
-        """Log the link and summary, return the summary, and set the run note."""
-        png = self.results_png_uri
-        if not png:
-            return None
-        document = self.read_results_json()
-        summary = summary_line(document) if document else None
-        partial = partial or bool(document and document.get("missing_tasks"))
-        run_id = str(context["run_id"])
-        dag_id = str(context["dag"].dag_id)
-        link = results_view_path(dag_id=dag_id, run_id=run_id)
-        log.info("Results plot: %s", self.results_url)
-        log.info("Results view: <Airflow UI>/%s", link)
-        if summary:
-            log.info("Summary: %s", summary)
-        location = (
-            str(local_path(png, self.settings.local_root))
-            if self.settings.backend == "local"
-            else png
-        )
-        note = note_text(link=link, location=location, summary=summary, partial=partial)
-        # The estimate plan_tasks made; scale_in appends the measured time and cost to this note.
-        estimate = context["ti"].xcom_pull(task_ids="plan_tasks", key="cost_estimate")
-        if estimate:
-            note += f"\n\n{estimate}"
-        context["ti"].xcom_push(key="run_note", value=note)
-        if self.settings.run_note != "off" and set_run_note(
-            self.settings, dag_id=dag_id, run_id=run_id, note=note
-        ):
-            log.info("Run note set")
-        return summary

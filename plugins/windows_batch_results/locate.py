@@ -1,18 +1,22 @@
-"""Where a run's results are: the aggregate command the DAG planned, read back from XCom."""
+"""Where a run's results are, checked against where its study's results may be.
+
+plan_tasks records where the run's files are (XCom `results_location`). A user with XCom edit
+rights could rewrite that record, so the view believes it only inside bounds it knows from
+elsewhere: the deployment's results bucket (the `S3_BUCKET` setting; locally, any bucket of the
+local root) and the study's own prefix, which only the DAG file sets (the DAG's `results:<prefix>`
+tag). Anything else is refused.
+"""
 
 from __future__ import annotations
 
+import json
 import posixpath
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-PUBLISHED_FILES = ("results.png", "results.csv", "results.json")
-"""The only files the view serves, under the run's output prefix."""
-
 
 class LocationError(ValueError):
-    """A results location the view refuses (not s3://, or a key that climbs out of its prefix)."""
+    """A results location the view refuses (not s3://, outside the study, a climbing key)."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,16 @@ class S3Prefix:
         return f"s3://{self.bucket}/{self.key}"
 
     def child(self, name: str) -> str:
-        """The key of `name` directly under this prefix (a plain file name, nothing else)."""
-        if not name or name != posixpath.basename(name) or name in {".", ".."}:
-            raise LocationError(f"not a plain file name: {name!r}")
+        """The key of `name` under this prefix: a relative path without '.' or '..' parts."""
+        parts = name.split("/")
+        if (
+            not name
+            or name.startswith("/")
+            or "\\" in name
+            or any(p in {"", ".", ".."} for p in parts)
+            or posixpath.normpath(name) != name
+        ):
+            raise LocationError(f"not a plain relative file name: {name!r}")
         return self.key + name
 
     def local_dir(self, root: Path) -> Path:
@@ -50,31 +61,38 @@ class S3Prefix:
 
 @dataclass(frozen=True)
 class ResultsLocation:
-    """A run's task results (input), its published results (output) and how many tasks it has."""
+    """A run's published outputs, its engine records (progress), and its size."""
 
-    input: S3Prefix
-    output: S3Prefix
-    expected_tasks: int | None
-
-
-def _option(argv: Sequence[str], name: str) -> str | None:
-    args = list(argv)
-    for i, arg in enumerate(args[:-1]):
-        if arg == name:
-            return args[i + 1]
-    return None
+    outputs: S3Prefix
+    engine: S3Prefix
+    chunks: int
+    work_items: int
 
 
-def from_aggregate_command(argv: object) -> ResultsLocation:
-    """The location from `aggregate --input URI --output URI [--expected-tasks N]`."""
-    if not isinstance(argv, list | tuple) or not all(isinstance(a, str) for a in argv):
-        raise LocationError(f"not an aggregate command: {argv!r}")
-    input_uri, output_uri = _option(argv, "--input"), _option(argv, "--output")
-    if not input_uri or not output_uri:
-        raise LocationError(f"the aggregate command has no --input/--output: {argv!r}")
-    expected = _option(argv, "--expected-tasks")
+def from_record(record: object, *, study_prefix: str, bucket: str | None) -> ResultsLocation:
+    """The location plan_tasks recorded, if it lies in `bucket` (None: any) under the study's
+    own prefix; else LocationError."""
+    if isinstance(record, str):
+        try:
+            record = json.loads(record)
+        except ValueError:
+            raise LocationError("the recorded location is not JSON") from None
+    if not isinstance(record, dict):
+        raise LocationError("no results location recorded")
+    outputs = S3Prefix.parse(str(record.get("outputs", "")))
+    engine = S3Prefix.parse(str(record.get("engine", "")))
+    own = study_prefix.strip("/") + "/"
+    for where in (outputs, engine):
+        if bucket is not None and where.bucket != bucket:
+            raise LocationError(f"{where.uri} is not in the deployment's results bucket")
+        if not where.key.startswith(own):
+            raise LocationError(f"{where.uri} is not under the study's prefix {own}")
+    if outputs.bucket != engine.bucket:
+        raise LocationError("the outputs and the records are in different buckets")
+    chunks, items = record.get("chunks"), record.get("work_items")
     return ResultsLocation(
-        input=S3Prefix.parse(input_uri),
-        output=S3Prefix.parse(output_uri),
-        expected_tasks=int(expected) if expected and expected.isdigit() else None,
+        outputs=outputs,
+        engine=engine,
+        chunks=chunks if isinstance(chunks, int) and chunks >= 0 else 0,
+        work_items=items if isinstance(items, int) and items >= 0 else 0,
     )

@@ -1,9 +1,11 @@
-"""Run windows-batch-compute-dag once with `dag.test()` and print the outcome as JSON.
+"""Run one study's DAG once with `dag.test()` and print the outcome as JSON.
 
 Run in a child process whose environment (AIRFLOW_HOME, backend settings, AWS connection) the
 test prepares, so each test gets a fresh Airflow configuration:
 
     python tests/dags/dagtest_runner.py '{"num_tasks": 6}' [LOGICAL_DATE]
+
+WB_DAG_ID picks the DAG (default windows-batch-compute-dag, the BER study).
 
 LOGICAL_DATE (ISO 8601, optional) fixes the run id: manual__<LOGICAL_DATE>.
 
@@ -28,6 +30,8 @@ sys.path.insert(0, str(REPO / "plugins"))
 def main() -> int:
     conf = json.loads(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else {}
     logical_date = sys.argv[2] if len(sys.argv) > 2 else None
+    import os
+
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models import TaskInstance
     from airflow.models.xcom import XComModel
@@ -35,10 +39,10 @@ def main() -> int:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    bag = DagBag(dag_folder=str(REPO / "dags" / "windows_batch_compute_dag.py"))
+    bag = DagBag(dag_folder=str(REPO / "dags" / "studies_dags.py"))
     if bag.import_errors:
         raise SystemExit(f"the DAG did not import: {bag.import_errors}")
-    dag = bag.dags["windows-batch-compute-dag"]
+    dag = bag.dags[os.environ.get("WB_DAG_ID", "windows-batch-compute-dag")]
     try:
         if logical_date:
             from datetime import datetime
@@ -72,7 +76,7 @@ def main() -> int:
         xcom = {
             f"{task_id}[{map_index}].{key}" if map_index >= 0 else f"{task_id}.{key}": value
             for task_id, map_index, key, value in xcoms
-            if task_id != "simulate"
+            if map_index < 0
         }
     print(
         json.dumps(

@@ -1,9 +1,10 @@
 """The ECS deployment the end-to-end tests run the DAG against: our stacks in a moto server.
 
 `moto_ecs(tmp)` starts tests/dags/moto_ecs_server.py on a free 127.0.0.1 port, deploys the real
-templates into it with CloudFormation, in deploy.sh's order and with deploy.sh's parameters
-(storage, network, ecs, then mwaa.yaml's execution role: moto cannot create the
-AWS::MWAA::Environment, so only that resource is left out), assumes the MWAA execution role, and
+templates into it with CloudFormation, in the deployer's order and with its parameters
+(storage, network, ecs, one study stack per study of `studies_dir`, then mwaa.yaml's execution
+role: moto cannot create the AWS::MWAA::Environment, so only that resource is left out), assumes
+the MWAA execution role, and
 turns IAM enforcement on. From then on every call needs real credentials: the DAG's processes get
 the execution role's (`airflow_env`), the containers their task role's (the server does that),
 the test itself an administrator's (`client`). The DAG's settings are mwaa.yaml's
@@ -33,13 +34,25 @@ from typing import Any
 import boto3
 from cfnlint.decode import decode_str
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
+from windows_batch import catalog  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"
 SERVER = Path(__file__).resolve().with_name("moto_ecs_server.py")
 REGION = "us-east-1"
 PREFIX = "wb"
 MAX_INSTANCES = 3
-IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/wb/bersim:linux-test"
+WORKLOADS = REPO / "tests" / "workloads" / "studies"
+"""The engine's own tiny test studies (no Octave): the default studies of a deployment."""
+REPOSITORY = "123456789012.dkr.ecr.us-east-1.amazonaws.com/wb"
+IMAGE_SUFFIX = "-linux-test"
+"""A study's image is `<REPOSITORY>:<study><IMAGE_SUFFIX>`; the moto server runs docker/<study>/'s
+Linux image's ENV (if the study has one) on the base image's entrypoint."""
+
+
+def image_uri(study: str) -> str:
+    return f"{REPOSITORY}:{study}{IMAGE_SUFFIX}"
 _SETUP_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 ADMIN_POLICY = {
     "Version": "2012-10-17",
@@ -107,6 +120,7 @@ class EcsDeployment:
     settings: dict[str, str] = field(default_factory=dict)
     admin_keys: dict[str, str] = field(default_factory=dict)
     mwaa_keys: dict[str, str] = field(default_factory=dict)
+    studies_dir: Path = WORKLOADS
 
     def client(self, service: str) -> Any:
         """A boto3 client with administrator credentials (the test's own calls)."""
@@ -216,10 +230,26 @@ def _deploy(deployment: EcsDeployment) -> None:
             "MaxInstances": str(MAX_INSTANCES),
             "PrivateSubnetIds": network["PrivateSubnetIds"],
             "InstanceSecurityGroupId": network["EcsInstanceSecurityGroupId"],
-            "ResultsBucketName": storage["ResultsBucketName"],
-            "ImageUri": IMAGE_URI,
         },
     )
+    family_prefix = f"{PREFIX}-study-"
+    studies = {}
+    for info in catalog.discover(deployment.studies_dir):
+        studies[info.name] = _create(
+            cloudformation,
+            info.task_family(family_prefix),
+            (TEMPLATES / "study.yaml").read_text(),
+            {
+                "StudyName": info.name,
+                "ImageUri": image_uri(info.name),
+                "TaskCpu": str(info.cpu),
+                "TaskMemoryInMiB": str(info.memory_mib),
+                "ResultsPrefix": info.results_prefix,
+                "ResultsBucketName": storage["ResultsBucketName"],
+                "LogGroupName": ecs["LogGroupName"],
+                "TaskExecutionRoleArn": ecs["TaskExecutionRoleArn"],
+            },
+        )
     body, options = mwaa_role_template()
     mwaa_stack = f"{PREFIX}-mwaa"
     parameters = {
@@ -230,20 +260,23 @@ def _deploy(deployment: EcsDeployment) -> None:
         "ResultsBucketName": storage["ResultsBucketName"],
         "ClusterName": ecs["ClusterName"],
         "AutoScalingGroupName": ecs["AutoScalingGroupName"],
-        "TaskDefinitionFamily": ecs["TaskDefinitionFamily"],
-        "ContainerName": ecs["ContainerName"],
+        "TaskFamilyPrefix": family_prefix,
         "LogGroupName": ecs["LogGroupName"],
-        "LogStreamPrefix": ecs["LogStreamPrefix"],
-        "SlotsPerInstance": ecs["SlotsPerInstance"],
         "MaxClusterSize": str(MAX_INSTANCES),
         "InstanceTypes": ecs["InstanceTypes"],
+        "ReservedMemoryInMiB": ecs["ReservedMemoryInMiB"],
         "PurchaseOption": ecs["PurchaseOption"],
         "OnDemandBaseCapacity": ecs["OnDemandBaseCapacity"],
-        "TaskRoleArn": ecs["TaskRoleArn"],
         "TaskExecutionRoleArn": ecs["TaskExecutionRoleArn"],
     }
     mwaa = _create(cloudformation, mwaa_stack, body, parameters)
-    deployment.outputs = {"storage": storage, "network": network, "ecs": ecs, "mwaa": mwaa}
+    deployment.outputs = {
+        "storage": storage,
+        "network": network,
+        "ecs": ecs,
+        "mwaa": mwaa,
+        **{f"study:{name}": outputs for name, outputs in studies.items()},
+    }
     # Parameters not passed take the template's defaults, as in CloudFormation.
     defaults = {
         name: str(spec["Default"])
@@ -251,6 +284,7 @@ def _deploy(deployment: EcsDeployment) -> None:
         if "Default" in spec
     }
     deployment.settings = resolve_options(options, {**defaults, **parameters}, mwaa_stack)
+    deployment.settings["AIRFLOW__WINDOWS_BATCH__STUDIES_DIR"] = str(deployment.studies_dir)
     credentials = boto3.client("sts", **setup).assume_role(
         RoleArn=mwaa["ExecutionRoleArn"], RoleSessionName="mwaa-worker", DurationSeconds=3600
     )["Credentials"]
@@ -271,8 +305,11 @@ def _deploy(deployment: EcsDeployment) -> None:
 
 
 @contextmanager
-def moto_ecs(tmp: Path, **server_env: str) -> Iterator[EcsDeployment]:
-    """Start the server (extra MOTO_* settings in `server_env`), deploy, yield; always stop it."""
+def moto_ecs(
+    tmp: Path, *, studies_dir: Path = WORKLOADS, **server_env: str
+) -> Iterator[EcsDeployment]:
+    """Start the server (extra MOTO_* settings in `server_env`), deploy a study stack for every
+    study of `studies_dir`, yield; always stop it."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     deployment = EcsDeployment(
@@ -280,6 +317,7 @@ def moto_ecs(tmp: Path, **server_env: str) -> Iterator[EcsDeployment]:
         events_path=tmp / f"events-{port}.jsonl",
         iam_log_path=tmp / f"iam-{port}.jsonl",
         server_log=tmp / f"moto-{port}.log",
+        studies_dir=studies_dir,
     )
     env = {
         **os.environ,

@@ -5,8 +5,10 @@ corrects moto where our templates need it; this module adds what ECS, its agent 
 moto does not), patched IN THE SERVER PROCESS:
 
 - Containers run. RunTask places the task as moto does, then starts its container as a process
-  on this machine: the Linux image's entrypoint (docker/entrypoint.sh, `python -m bersim <args>`)
-  with the container command override, the image's ENV (docker/Dockerfile.linux), the container
+  on this machine: the Linux base image's entrypoint (docker/base/entrypoint.sh, `python -m
+  wbrun <args>`, the engine's task runner) with the container command override, the image's
+  ENV (docker/base/Dockerfile.linux, then the study's docker/<study>/Dockerfile.linux, the
+  study named by the image's tag `<study>-linux-test`), the container
   definition's environment, AWS_ENDPOINT_URL pointing at this server, and credentials of the task
   definition's task role (assumed like ECS's credential endpoint does). The task stays RUNNING
   while the process runs; when it exits, the task and container are STOPPED with the process's
@@ -78,15 +80,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
-DOCKERFILE = REPO / "docker" / "Dockerfile.linux"
+ENTRYPOINT = REPO / "docker" / "base" / "entrypoint.sh"
+BASE_DOCKERFILE = REPO / "docker" / "base" / "Dockerfile.linux"
+IMAGE_SUFFIX = "-linux-test"
 REGION = os.environ.get("MOTO_REGION", "us-east-1")
 ACCOUNT = "123456789012"
 EVENT_LOG = os.environ.get("MOTO_EVENT_LOG", "")
 IAM_LOG = os.environ.get("MOTO_IAM_LOG", "")
 STOP_TIMEOUT_S = float(os.environ.get("MOTO_CONTAINER_STOP_TIMEOUT_S", "30"))
 FREEZE_ON_PUT = os.environ.get("MOTO_FREEZE_ON_PUT", "")
-# The container's PATH: the interpreter with bersim installed (the image's python) comes first.
+# The container's PATH: the interpreter with the runner and the studies' packages installed
+# (the image's python) comes first.
 CONTAINER_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
 _CLUSTER_IN_USER_DATA = re.compile(r'Initialize-ECSAgent\b[^\n]*-Cluster\s+"?([A-Za-z0-9_-]+)')
 _lock = threading.RLock()
@@ -134,15 +138,20 @@ def record(path: str, event: dict[str, Any]) -> None:
             out.write(json.dumps({"t": time.time(), **event}, default=str) + "\n")
 
 
-def image_env() -> dict[str, str]:
-    """The ENV instructions of the Linux image (docker/Dockerfile.linux)."""
-    text = DOCKERFILE.read_text().replace("\\\n", " ")
+def image_env(image: str) -> dict[str, str]:
+    """The ENV instructions of the Linux images: the base's, then the study's own (the image
+    `<repository>:<study>-linux-test` is built from docker/<study>/Dockerfile.linux)."""
+    tag = image.rsplit(":", 1)[-1]
+    study = tag.removesuffix(IMAGE_SUFFIX) if tag.endswith(IMAGE_SUFFIX) else ""
     env: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("ENV "):
-            for token in shlex.split(line[4:]):
-                key, _, value = token.partition("=")
-                env[key] = value
+    dockerfiles = [BASE_DOCKERFILE] + ([REPO / "docker" / study / "Dockerfile.linux"] if study else [])
+    for dockerfile in (d for d in dockerfiles if d.is_file()):
+        text = dockerfile.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            if line.startswith("ENV "):
+                for token in shlex.split(line[4:]):
+                    key, _, value = token.partition("=")
+                    env[key] = value
     return env
 
 
@@ -167,7 +176,12 @@ class Container:
             str(a) for a in (override.get("command") or definition.get("command") or [])
         ]
         self.workdir = tempfile.mkdtemp(prefix="moto-container-")
-        env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", **image_env(), "HOME": self.workdir}
+        env = {
+            "PATH": CONTAINER_PATH,
+            "LANG": "C.UTF-8",
+            **image_env(str(definition.get("image", ""))),
+            "HOME": self.workdir,
+        }
         for item in [*definition.get("environment", []), *override.get("environment", [])]:
             env[item["name"]] = item["value"]
         env["AWS_ENDPOINT_URL"] = _state["endpoint"]

@@ -16,6 +16,7 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 from moto.server import ThreadedMotoServer
+
 from windows_batch_triggers.deadline import (
     USER_KILL_REASON,
     DeadlineTaskDoneTrigger,

@@ -17,7 +17,6 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
-from windows_batch_triggers.deadline import DeadlineTaskDoneTrigger
 
 from windows_batch import task_result
 from windows_batch.cluster import run_task_group
@@ -26,6 +25,7 @@ from windows_batch.ecs import (
     BersimEcsOperator,
     placement_failure_kind,
 )
+from windows_batch_triggers.deadline import DeadlineTaskDoneTrigger
 
 REGION = "us-east-1"
 CLUSTER = "wb-cluster"

@@ -1,16 +1,16 @@
-# Entrypoint of the Windows bersim image.
+# Entrypoint of the engine's Windows base image (every study's image starts FROM it).
 #
 # 1. Adds the route a Windows container on ECS needs, in the default (NAT) network mode, to reach
 #    the task credential endpoint (169.254.170.2): without it boto3 finds no credentials for the
 #    task IAM role. This is the credentials half of AWS's "IAM roles for task container bootstrap
 #    script" (Amazon ECS Developer Guide, Windows IAM roles for tasks), made idempotent and
-#    non-fatal so the image also runs outside ECS. Set BERSIM_SKIP_ECS_ROUTES=1 to skip it.
+#    non-fatal so the image also runs outside ECS. Set WB_SKIP_ECS_ROUTES=1 to skip it.
 #    No route to the instance metadata service (169.254.169.254): through it a container could
-#    read the instance role's credentials, which can do far more than the task role, and bersim
-#    needs nothing from it (the task definition gives the region as AWS_REGION).
-# 2. Runs `python -m bersim` with the container's arguments (ECS: the command override) and exits
-#    with its exit code: 0 ok, 1 runtime failure, 2 bad input, 3 aggregate wrote its outputs but
-#    tasks were missing.
+#    read the instance role's credentials, which can do far more than the task role, and the tasks
+#    need nothing from it (the task definition gives the region as AWS_REGION).
+# 2. Runs the task runner, `python -m wbrun`, with the container's arguments (ECS: the command
+#    override) and exits with its exit code: 0, the failing item's own code, 64/65 (bad
+#    manifest), 74 (storage), 124 (an item's timeout).
 #
 # New-NetRoute needs administrator rights: the image runs as ContainerAdministrator (the default).
 
@@ -22,7 +22,7 @@ function Add-EcsTaskRoutes {
     $adapter = Get-NetAdapter -InterfaceDescription 'Hyper-V Virtual Ethernet*' -ErrorAction SilentlyContinue |
         Sort-Object -Property ifIndex | Select-Object -First 1
     if (-not $defaultRoute -or -not $adapter) {
-        Write-Warning 'bersim: no default gateway or Hyper-V adapter found; ECS task credentials route not added'
+        Write-Warning 'wbrun: no default gateway or Hyper-V adapter found; ECS task credentials route not added'
         return
     }
     $gateway = $defaultRoute.NextHop
@@ -36,22 +36,22 @@ function Add-EcsTaskRoutes {
         -PolicyStore ActiveStore | Out-Null
 }
 
-if ($env:BERSIM_SKIP_ECS_ROUTES -ne '1') {
+if ($env:WB_SKIP_ECS_ROUTES -ne '1') {
     try {
         Add-EcsTaskRoutes
     }
     catch {
         # Not fatal: outside ECS the routes are not needed; on ECS a missing route shows up as
-        # "no AWS credentials found" from bersim, with exit code 1.
-        Write-Warning ('bersim: could not add the ECS task routes: {0}' -f $_.Exception.Message)
+        # "no AWS credentials found" from the runner, with exit code 74.
+        Write-Warning ('wbrun: could not add the ECS task routes: {0}' -f $_.Exception.Message)
     }
 }
 
 if ($args.Count -eq 0) {
-    $bersimArgs = @('--help')
+    $runnerArgs = @('--help')
 }
 else {
-    $bersimArgs = $args
+    $runnerArgs = $args
 }
-& python -m bersim @bersimArgs
+& python -m wbrun @runnerArgs
 exit $LASTEXITCODE

@@ -1,9 +1,11 @@
 """Planning a study: which task simulates which Eb/N0 point, with how many bits and which seed.
 
-Pure Python (no Airflow, no AWS, no numpy): the DAG's `plan_tasks` calls `plan_study`, the
-unit tests and benchmarks/bench_plan.py call it directly. The command line each task gets is
-built here and only here (`simulate_argv`, `aggregate_argv`); it is the contract with the
-container (`python -m bersim ...`), and the tests parse it with bersim's own parser.
+Pure Python (no Airflow, no AWS, no numpy; scipy only for Poisson tails beyond 1000 errors):
+the study's `plan` calls `plan_study`, the unit tests and benchmarks/bench_plan.py call it
+directly. The command line each task gets is built here and only here (`simulate_argv`,
+`aggregate_argv`); it is the contract with the container (`python -m bersim ...`), and the
+tests parse it with bersim's own parser. Every option is written `--name=value`, so that a
+value such as `-5e-05` can never be read as an option.
 
 Allocation
 - `equal`: every Eb/N0 point gets the same number of tasks (the remainder goes to the first
@@ -39,26 +41,16 @@ MIN_TASK_BITS = 10_000
 """No task is planned shorter than this: below it the start-up dwarfs the work anyway."""
 _TARGET_REACHED = 1.0 - 2 * STRAGGLER_PROBABILITY
 
-# bersim's exit codes (docker/bersim/errors.py), the other half of the container contract.
-EXIT_USAGE = 2
-EXIT_MISSING_TASKS = 3
-EXIT_MEANING = {
-    1: "runtime failure",
-    EXIT_USAGE: "bad input; a retry would not help",
-    EXIT_MISSING_TASKS: "task results missing; outputs written without them",
-}
-FINAL_EXITS = (EXIT_USAGE, EXIT_MISSING_TASKS)
-"""Exit codes that fail a task without retries: running it again gives the same answer."""
-
-
-def exit_message(code: int, detail: str) -> str:
-    """The task's error message for a bersim exit code, with bersim's own error line."""
-    return f"bersim exited with {code} ({EXIT_MEANING.get(code, 'failed')}): {detail}"
+EXACT_TAIL_LIMIT = 1000
+"""Up to this many errors per task, Poisson tails are summed term by term (the plans the study
+has always made); beyond, scipy's regularized gamma functions give them in constant time."""
+PROGRAM = ("python", "-m", "bersim")
+"""How the container (and the local backend) starts bersim."""
 
 
 @dataclass(frozen=True)
-class Study:
-    """A validated trigger form (see params.py), the input of the planner.
+class Inputs:
+    """A validated trigger form (see form.py), the input of the planner.
 
     ebn0_db: the Eb/N0 points in dB; max_bits_per_task: bit budget of one task;
     target_errors: errors wanted per point before it stops early (0 = no early stop);
@@ -89,6 +81,12 @@ class TaskSpec:
 
     @property
     def argv(self) -> list[str]:
+        """The full command line (program included) of this task."""
+        return [*PROGRAM, *self.args]
+
+    @property
+    def args(self) -> list[str]:
+        """bersim's arguments (what its parser reads)."""
         return simulate_argv(
             ebn0_db=self.ebn0_db,
             max_bits=self.max_bits,
@@ -116,10 +114,12 @@ class Plan:
 
     @property
     def simulate_commands(self) -> list[list[str]]:
-        return [task.argv for task in self.tasks]
+        """bersim's arguments of each task, in task order."""
+        return [task.args for task in self.tasks]
 
     @property
     def aggregate_command(self) -> list[str]:
+        """bersim's arguments of the aggregate."""
         return aggregate_argv(
             input_prefix_uri=self.input_prefix_uri,
             output_prefix_uri=self.output_prefix_uri,
@@ -147,36 +147,27 @@ def simulate_argv(
     task_index: int,
     output_uri: str,
 ) -> list[str]:
-    """`bersim simulate ...` arguments (the container command, without `python -m bersim`)."""
+    """`bersim simulate ...` arguments (without `python -m bersim`), each `--name=value`."""
     return [
         "simulate",
-        "--ebn0-db",
-        format_number(ebn0_db),
-        "--max-bits",
-        str(int(max_bits)),
-        "--seed",
-        str(int(seed)),
-        "--target-errors",
-        str(int(target_errors)),
-        "--task-index",
-        str(int(task_index)),
-        "--output",
-        output_uri,
+        f"--ebn0-db={format_number(ebn0_db)}",
+        f"--max-bits={int(max_bits)}",
+        f"--seed={int(seed)}",
+        f"--target-errors={int(target_errors)}",
+        f"--task-index={int(task_index)}",
+        f"--output={output_uri}",
     ]
 
 
 def aggregate_argv(
     *, input_prefix_uri: str, output_prefix_uri: str, expected_tasks: int
 ) -> list[str]:
-    """`bersim aggregate ...` arguments for the run's prefixes."""
+    """`bersim aggregate ...` arguments for the run's prefixes, each `--name=value`."""
     return [
         "aggregate",
-        "--input",
-        input_prefix_uri,
-        "--output",
-        output_prefix_uri,
-        "--expected-tasks",
-        str(int(expected_tasks)),
+        f"--input={input_prefix_uri}",
+        f"--output={output_prefix_uri}",
+        f"--expected-tasks={int(expected_tasks)}",
     ]
 
 
@@ -233,8 +224,15 @@ def poisson_mean_for(errors: int, probability: float = STRAGGLER_PROBABILITY) ->
     """The expected error count mu at which P(fewer than `errors` errors) = `probability`.
 
     A task whose cap gives it mu expected errors reaches its target of `errors` before the cap
-    in all but `probability` of runs.
+    in all but `probability` of runs. P(Poisson(mu) <= k - 1) is the regularized upper gamma
+    function Q(k, mu), so mu is its inverse in mu: beyond EXACT_TAIL_LIMIT errors scipy's
+    gammainccinv gives it in constant time (a bisection over a sum of k terms took hours at
+    10^9 errors).
     """
+    if errors > EXACT_TAIL_LIMIT:
+        from scipy.special import gammainccinv  # noqa: PLC0415 (plan time only)
+
+        return float(gammainccinv(errors, probability))
     low, high = float(errors), float(errors) + 10.0 * math.sqrt(errors) + 20.0
     for _ in range(40):
         mid = (low + high) / 2
@@ -249,6 +247,11 @@ def expected_counted(mu: float, target: int) -> float:
     """E[min(X, target)] for X ~ Poisson(mu): the errors a task with that target expects."""
     if target <= 0 or mu <= 0:
         return max(mu, 0.0)
+    if target > EXACT_TAIL_LIMIT:
+        # E[min(X, t)] = mu P(X <= t - 2) + t P(X >= t), with P(X <= k) = Q(k + 1, mu).
+        from scipy.special import gammaincc  # noqa: PLC0415 (plan time only)
+
+        return float(mu * gammaincc(target - 1, mu) + target * (1.0 - gammaincc(target, mu)))
     # E[min(X, t)] = sum_{j<t} P(X > j); one pass with a running CDF.
     log_mu = math.log(mu)
     total = cdf = 0.0
@@ -366,7 +369,7 @@ def allocate(
     return current
 
 
-def plan_study(study: Study, run_id: str) -> Plan:
+def plan_study(study: Inputs, run_id: str) -> Plan:
     """Plan every task of a run: points, bit caps, targets, seeds and output keys."""
     input_prefix = run_prefix_uri(study.s3_bucket, study.s3_prefix_task_results, run_id)
     output_prefix = run_prefix_uri(study.s3_bucket, study.s3_prefix_aggregate_results, run_id)
