@@ -18,8 +18,8 @@ CONF ?=
 # The study make run and make ui run: a folder under dags/studies/ (default: the BER study).
 STUDY ?=
 
-SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*.sh))
-DOCKERFILES := $(wildcard docker/Dockerfile*)
+SHELL_SCRIPTS := $(sort deploy.sh destroy.sh .ci/run $(wildcard scripts/*.sh docker/*/*.sh))
+DOCKERFILES := $(wildcard docker/*/Dockerfile*)
 TEMPLATES := $(wildcard cloudformation/*.yaml)
 
 .PHONY: help setup run ui test unit lint bench screenshots lock clean

@@ -35,7 +35,7 @@ import boto3
 from cfnlint.decode import decode_str
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dags"))
-from windows_batch import catalog  # noqa: E402
+from windows_batch import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"
@@ -53,6 +53,8 @@ Linux image's ENV (if the study has one) on the base image's entrypoint."""
 
 def image_uri(study: str) -> str:
     return f"{REPOSITORY}:{study}{IMAGE_SUFFIX}"
+
+
 _SETUP_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 ADMIN_POLICY = {
     "Version": "2012-10-17",
