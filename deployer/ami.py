@@ -10,7 +10,9 @@ and its own snapshots deleted.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from deployer.console import DeployError
@@ -19,26 +21,26 @@ from deployer.stacks import Stacks
 
 # Tag the ami stack's distribution puts on every AMI it bakes (cloudformation/ami.yaml).
 BAKED_AMI_TAG = "windows-batch-compute:ami-stack"
+# What bake_tag makes (and src-<hash>, the image tags of the earlier single-image bakes):
+# destroy finds Image Builder's log groups of a recipe by it.
+BAKE_TAG_PATTERN = "(?:bake|src)-[0-9a-f]{16}"
 
 
 def deploy_ami_stack(
     ctx: Context,
     stacks: Stacks,
     *,
-    repository_uri: str,
-    repository: str,
-    tag: str,
+    image_uris: Sequence[str],
     subnet: str,
     security_group: str,
 ) -> str:
-    """Bakes the image of this tag unless the stack has it already; returns the AMI ID."""
+    """Bakes these images unless the stack has them already; returns the AMI ID."""
     stack = ctx.stack_name("ami")
     stacks.deploy(
         "ami",
         {
-            "RepositoryUri": repository_uri,
-            "RepositoryName": repository,
-            "ImageTag": tag,
+            "ImageUris": baked_uris(image_uris),
+            "BakeTag": bake_tag(image_uris),
             "SubnetId": subnet,
             "SecurityGroupId": security_group,
         },
@@ -46,6 +48,17 @@ def deploy_ami_stack(
         timeout_s=ctx.timing.ami_bake_timeout_s,
     )
     return stacks.output(stack, "BakedAmiId")
+
+
+def bake_tag(image_uris: Sequence[str]) -> str:
+    """The ami stack's name for a set of images: the same images, the same tag, no new bake."""
+    digest = hashlib.sha256("\n".join(sorted(set(image_uris))).encode()).hexdigest()
+    return f"bake-{digest[:16]}"
+
+
+def baked_uris(image_uris: Sequence[str]) -> str:
+    """ImageUris as the ami stack gets it and outputs it (BakedImageUris)."""
+    return ",".join(sorted(set(image_uris)))
 
 
 def fast_launch(ec2: Any, ami: str) -> dict[str, Any] | None:

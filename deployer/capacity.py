@@ -1,9 +1,11 @@
-"""The container instances: instance types, purchase option, and the tasks that fit on each.
+"""The container instances: instance types, purchase option, and each study's tasks on them.
 
 A capacity option not given keeps what the ECS stack has (a re-run changes nothing), else the
-default. The tasks per instance come from what an instance registers with ECS: Windows reports
-less memory than the type's nominal figure and the agent registers that minus
-ECS_RESERVED_MEMORY; the group may launch any type of the list, so the minimum over them.
+default. Whether a study's task fits, and how many fit on one instance, is the engine's rule
+(dags/windows_batch/capacity.py), which the DAGs apply too: what an instance registers with ECS
+(Windows reports less memory than the type's nominal figure, and the agent registers that minus
+ECS_RESERVED_MEMORY) against the study's container; the group may launch any type of the list,
+so a study must fit on every one, and its tasks per instance are the minimum over them.
 """
 
 from __future__ import annotations
@@ -15,17 +17,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from deployer.console import DeployError
+from deployer.engine import capacity as engine_capacity
 
 DEFAULT_INSTANCE_TYPES = ("c5.xlarge", "c5a.xlarge", "c6i.xlarge", "m5.xlarge")
 # ecs.yaml's InstanceType, InstanceType2, InstanceType3, InstanceType4.
 MAX_INSTANCE_TYPES = 4
-# Windows reports less than the nominal memory (firmware, hypervisor): plan with 95 % of it.
-REPORTED_MEMORY_PERCENT = 95
 INSTANCE_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 
 
 def parse_instance_types(text: str) -> tuple[str, ...]:
-    """The list's form only; `slots_per_instance` checks each type against EC2."""
+    """The list's form only; `check_types` checks each type against EC2."""
     types = tuple(text.split(","))
     if not 1 <= len(types) <= MAX_INSTANCE_TYPES:
         raise DeployError(
@@ -152,28 +153,10 @@ class InstanceTypes:
         return self._known[name]
 
 
-@dataclass(frozen=True)
-class Slots:
-    per_instance: int
-    detail: str
-    vcpus: int
-
-
-def slots_per_instance(
-    types: InstanceTypes,
-    capacity: Capacity,
-    *,
-    region: str,
-    task_cpu: int,
-    task_memory_mib: int,
-    reserved_memory_mib: int,
-    given: int | None,
-) -> Slots:
-    """Tasks per instance that hold for every type of the list; DeployError names the type
-    that cannot be used (not offered, not x86_64, another size, too small for one task)."""
-    minimum: int | None = None
-    parts: list[str] = []
-    first: InstanceType | None = None
+def check_types(types: InstanceTypes, capacity: Capacity, *, region: str) -> list[InstanceType]:
+    """Every type of the list as EC2 describes it; DeployError names a type that cannot be
+    used (not offered, not x86_64, another size than the first)."""
+    described_types: list[InstanceType] = []
     for name in capacity.instance_types:
         described = types.get(name)
         if described is None:
@@ -186,27 +169,61 @@ def slots_per_instance(
                 f"{name} is {','.join(described.architectures)}, not x86_64: the Windows Server "
                 "2022 ECS-optimized AMI runs on x86_64 only"
             )
-        first = first or described
+        first = described_types[0] if described_types else described
         if described.vcpus != first.vcpus:
             raise DeployError(
                 f"instance types must be of one size: {name} has {described.vcpus} vCPUs, "
                 f"{first.name} {first.vcpus}"
             )
-        registered_mib = described.memory_mib * REPORTED_MEMORY_PERCENT // 100 - reserved_memory_mib
-        slots = min(described.vcpus * 1024 // task_cpu, registered_mib // task_memory_mib)
+        described_types.append(described)
+    return described_types
+
+
+def sizes_parameter(described: list[InstanceType]) -> str:
+    """mwaa.yaml's InstanceSizes (`type=vCPUs/MiB,...`): the DAGs size each study from it."""
+    return ",".join(f"{t.name}={t.vcpus}/{t.memory_mib}" for t in described)
+
+
+def describe_sizes(described: list[InstanceType]) -> str:
+    return ", ".join(f"{t.name} {t.vcpus} vCPUs {t.memory_mib} MiB" for t in described)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A study's tasks per instance: the minimum over the types, and each type's count."""
+
+    per_instance: int
+    detail: str
+
+
+def study_fit(
+    described: list[InstanceType],
+    *,
+    study: str,
+    cpu: int,
+    memory_mib: int,
+    reserved_memory_mib: int,
+) -> Fit:
+    """How many of the study's tasks fit on each type; DeployError, naming the study and both
+    sizes, when its task fits on some type not at all (ECS would never place it there)."""
+    counts: list[tuple[str, int]] = []
+    for instance_type in described:
+        size = engine_capacity.InstanceSize(instance_type.vcpus, instance_type.memory_mib)
+        units, memory = size.registered(reserved_memory_mib=reserved_memory_mib)
+        slots = engine_capacity.slots_on(
+            size, cpu=cpu, memory_mib=memory_mib, reserved_memory_mib=reserved_memory_mib
+        )
         if slots < 1:
             raise DeployError(
-                f"a task ({task_cpu} CPU units, {task_memory_mib} MiB) does not fit on {name} "
-                f"({described.vcpus} vCPUs, about {registered_mib} MiB registered)"
+                f"study {study}: a task asks for {cpu} CPU units and {memory_mib} MiB, but a "
+                f"{instance_type.name} registers {units} CPU units and about {memory} MiB for "
+                f"tasks ({instance_type.vcpus} vCPUs, {instance_type.memory_mib} MiB, "
+                f"{reserved_memory_mib} MiB reserved): it would never be placed"
             )
-        parts.append(f"{name} {slots}")
-        minimum = slots if minimum is None else min(minimum, slots)
-    # parse_instance_types allows no empty list.
-    assert first is not None
-    assert minimum is not None
-    chosen = given or minimum
-    return Slots(
-        per_instance=chosen,
-        detail=f"{', '.join(parts)} tasks per instance -> {chosen} for every type",
-        vcpus=first.vcpus,
+        counts.append((instance_type.name, slots))
+    per_instance = min(slots for _name, slots in counts)
+    parts = ", ".join(f"{name} {slots}" for name, slots in counts)
+    return Fit(
+        per_instance=per_instance,
+        detail=f"{parts} tasks per instance -> {per_instance} for every type",
     )

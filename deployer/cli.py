@@ -31,9 +31,11 @@ DEPLOY_USAGE = f"""\
 Usage: ./deploy.sh [options]
 
 Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-storage,
-<prefix>-network, <prefix>-image, (with --bake-ami) <prefix>-ami, <prefix>-ecs and
-<prefix>-mwaa, then uploads dags/, requirements-mwaa.txt and plugins.zip (plugins/, the Results
-view) to the MWAA bucket. Re-running with nothing changed changes nothing.
+<prefix>-network, <prefix>-image, (with --bake-ami) <prefix>-ami, <prefix>-ecs, one stack
+<prefix>-study-<name> per study of dags/studies/ (its task definition and task role) and
+<prefix>-mwaa, then uploads dags/ (the studies included), requirements-mwaa.txt and plugins.zip
+(plugins/, the Results view) to the MWAA bucket. The stack of a study no longer in dags/studies/
+is deleted (its results stay). Re-running with nothing changed changes nothing.
 Options not given take their defaults on every run, except the capacity options
 (--instance-types, --spot/--on-demand, --on-demand-base), which keep what the ECS stack has,
 and the baked AMI (kept until --no-bake-ami).
@@ -43,7 +45,8 @@ Options:
   --prefix PREFIX          stack-name prefix, lowercase (default: windows-batch)
   --instance-types T1,T2   up to {MAX_INSTANCE_TYPES} ECS container instance types of one size
                            (x86_64, able to run the Windows Server 2022 ECS AMI); the first has the
-                           on-demand priority. Tasks per instance = the minimum over them.
+                           on-demand priority. A study's tasks per instance = the minimum
+                           over them (its cpu and memory_mib in study.yaml).
                            (default on the first deploy: {",".join(DEFAULT_INSTANCE_TYPES)})
   --instance-type TYPE     one instance type only (same as --instance-types TYPE)
   --spot                   launch Spot instances above the on-demand base (price-capacity-
@@ -52,28 +55,31 @@ Options:
   --on-demand              launch on-demand instances only (the default on the first deploy)
   --on-demand-base N       with --spot, the first N instances are on-demand (default: 0)
   --max-instances N        upper bound of the Auto Scaling group (default: 10)
-  --task-cpu UNITS         CPU units per task, 1024 = 1 vCPU (default: 1024)
-  --task-memory MIB        memory per task in MiB (default: 1536)
-  --slots-per-instance N   tasks per instance (default: computed from the instance type)
-  --image-uri URI          run this container image instead of the image stack's repository
-  --build-image            build docker/ on a short-lived Windows Server 2022 instance (SSM Run
-                           Command) and run that image; skipped when that image already exists.
-                           Without either flag the image built from the current docker/ must exist.
-  --bake-ami               bake that image into an AMI (EC2 Image Builder, stack <prefix>-ami: about
-                           an hour for each new image) with EC2 Fast Launch, and launch the
-                           instances from it: no image pull and a shorter Windows boot. Costs its
-                           EBS snapshots while it exists (README). A re-run keeps it (and bakes a
-                           new image again); --no-bake-ami returns to the public AMI and removes
-                           the ami stack, its AMIs and their snapshots.
+  --image-uri STUDY=URI    run this container image for that study instead of building one
+                           (repeatable; a bare URI when dags/studies/ holds one study). Else a
+                           study runs study.yaml's image: URI, or the image built from
+                           docker/<image>/ (study.yaml's image:, default the study's name) on the
+                           engine's base image docker/base/, or the base image itself.
+  --build-image            build the images of the current docker/base/ and docker/<image>/
+                           folders on one short-lived Windows Server 2022 instance (SSM Run
+                           Command), base first; an image that already exists is not built again.
+                           Without it every image the studies run must exist.
+  --bake-ami               bake every study's image (and the base image) into an AMI (EC2 Image
+                           Builder, stack <prefix>-ami: about an hour for each new set of images)
+                           with EC2 Fast Launch, and launch the instances from it: no image pull
+                           and a shorter Windows boot. Costs its EBS snapshots while it exists
+                           (README). A re-run keeps it (and bakes again when an image changed);
+                           --no-bake-ami returns to the public AMI and removes the ami stack, its
+                           AMIs and their snapshots.
   --webserver-access MODE  PUBLIC_ONLY (default; AWS sign-in) or PRIVATE_ONLY (VPC only)
   --environment-class C    MWAA size (default: mw1.small)
   --nat-gateways 1|2       1 shared NAT gateway (default, cheaper) or one per AZ
   --rdp-cidr CIDR          allow RDP to the instances from CIDR (default: no inbound access)
   --skip LAYER[,LAYER]     leave these steps out; later steps read the outputs of the existing
                            stacks. Steps: {" ".join(LAYERS)}
-  --check                  only run the preflight (credentials, region, vCPU quota, stacks,
-                           image) and print it as a table; changes nothing. deploy.sh always runs
-                           it first.
+  --check                  only run the preflight (credentials, region, vCPU quota, each study,
+                           its image and stack) and print it as a table; changes nothing.
+                           deploy.sh always runs it first.
   -y, --yes                do not ask before deleting a stack left in ROLLBACK_COMPLETE
   -h, --help               show this help
 
@@ -85,25 +91,26 @@ AWS_* variables).
 DESTROY_USAGE = """\
 Usage: ./destroy.sh [options]
 
-Deletes the stacks deploy.sh created (<prefix>-mwaa, -ecs, -ami, -image, -network, -storage),
-after emptying the buckets of the storage stack, including every object version. This deletes
-all study results. Before the ECS stack the instance group is scaled to 0 and the cluster
-drained; before the ami stack its baked AMIs go (EC2 Fast Launch disabled, which deletes its
-pre-provisioned snapshots, then each AMI deregistered and its snapshots deleted); the log groups
-ECS, MWAA and Image Builder created themselves go too (by their exact names). Waits for each
-stack up to DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3 hours; MWAA alone can exceed an
-hour). Asks for confirmation unless --yes is given.
+Deletes the stacks deploy.sh created (<prefix>-mwaa, every <prefix>-study-<name>, -ecs, -ami,
+-image, -network, -storage), after emptying the buckets of the storage stack, including every
+object version. This deletes all study results. Before the ECS stack the instance group is
+scaled to 0 and the cluster drained; before the ami stack its baked AMIs go (EC2 Fast Launch
+disabled, which deletes its pre-provisioned snapshots, then each AMI deregistered and its
+snapshots deleted); the log groups ECS, MWAA and Image Builder created themselves go too (by
+their exact names). Waits for each stack up to DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3
+hours; MWAA alone can exceed an hour). Asks for confirmation unless --yes is given.
 
 --pause deletes only what bills while no study runs (<prefix>-mwaa, -ecs, -network: MWAA and
-the NAT gateway) and keeps the buckets (results, DAGs), the image and the baked AMI (its
-snapshots keep billing; see the README); ./deploy.sh with the same options resumes, without
-rebuilding the image or the AMI. The MWAA environment holds Airflow's metadata database: its
-run history (DAG runs, task instances, XComs) and Airflow's logs go with it, also on --pause.
+the NAT gateway) and keeps the buckets (results, DAGs), the images, the study stacks (they
+bill nothing) and the baked AMI (its snapshots keep billing; see the README); ./deploy.sh with
+the same options resumes, without rebuilding an image or the AMI. The MWAA environment holds
+Airflow's metadata database: its run history (DAG runs, task instances, XComs) and Airflow's
+logs go with it, also on --pause.
 
 Options:
   --region REGION   AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)
   --prefix PREFIX   stack-name prefix used with deploy.sh (default: windows-batch)
-  --pause           delete only the billing-while-idle stacks; keep buckets, image, baked AMI
+  --pause           delete only the billing-while-idle stacks; keep buckets, images, baked AMI
   -y, --yes         do not ask for confirmation
   -h, --help        show this help
 """
@@ -146,10 +153,6 @@ VALUE_OPTIONS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "--instance-type": ("instance_types", lambda _o, text: parse_instance_types(text)),
     "--on-demand-base": ("on_demand_base", lambda _o, text: _on_demand_base(text)),
     "--max-instances": ("max_instances", _positive),
-    "--task-cpu": ("task_cpu", _positive),
-    "--task-memory": ("task_memory_mib", _positive),
-    "--slots-per-instance": ("slots_per_instance", _positive),
-    "--image-uri": ("image_uri", lambda _o, text: text),
     "--webserver-access": ("webserver_access", lambda _o, text: text),
     "--environment-class": ("environment_class", lambda _o, text: text),
     "--nat-gateways": ("nat_gateways", lambda _o, text: _nat_gateways(text)),
@@ -168,10 +171,19 @@ FLAG_OPTIONS: dict[str, tuple[str, Any]] = {
 }
 
 
+# Options of the single-task deployment: each study sizes its own task now.
+GONE_OPTIONS = {
+    "--task-cpu": "cpu",
+    "--task-memory": "memory_mib",
+    "--slots-per-instance": "cpu and memory_mib",
+}
+
+
 def parse_deploy(argv: Sequence[str]) -> DeployOptions | None:
     """The options, or None for --help. Every check the shell script made, same messages."""
     values: dict[str, Any] = {}
     skip: frozenset[str] = frozenset()
+    image_uris: list[str] = []
     args = list(argv)
     while args:
         option = args.pop(0)
@@ -181,7 +193,12 @@ def parse_deploy(argv: Sequence[str]) -> DeployOptions | None:
             name, flag = FLAG_OPTIONS[option]
             values[name] = flag
             continue
-        if option not in (*VALUE_OPTIONS, "--skip"):
+        if option in GONE_OPTIONS:
+            raise DeployError(
+                f"{option} is gone: each study sizes its own task in dags/studies/<name>/"
+                f"study.yaml ({GONE_OPTIONS[option]}), and its tasks per instance follow"
+            )
+        if option not in (*VALUE_OPTIONS, "--skip", "--image-uri"):
             raise UsageError(f"unknown option: {option}")
         if not args or not args[0]:
             raise DeployError(f"{option} needs a value")
@@ -189,9 +206,12 @@ def parse_deploy(argv: Sequence[str]) -> DeployOptions | None:
         if option == "--skip":
             skip |= _skip(text)
             continue
+        if option == "--image-uri":
+            image_uris.append(text)
+            continue
         name, convert = VALUE_OPTIONS[option]
         values[name] = convert(option, text)
-    options = DeployOptions(**values, skip=skip)
+    options = DeployOptions(**values, skip=skip, image_uris=tuple(image_uris))
     validate_prefix(options.prefix)
     if options.on_demand_base is not None and options.purchase_option == "on-demand":
         raise DeployError(
@@ -199,10 +219,6 @@ def parse_deploy(argv: Sequence[str]) -> DeployOptions | None:
         )
     if options.webserver_access not in ("PUBLIC_ONLY", "PRIVATE_ONLY"):
         raise DeployError("--webserver-access must be PUBLIC_ONLY or PRIVATE_ONLY")
-    if options.build_image and options.image_uri:
-        raise DeployError("--build-image and --image-uri exclude each other")
-    if options.bake_ami and options.image_uri:
-        raise DeployError("--bake-ami bakes the image stack's image; it excludes --image-uri")
     return options
 
 

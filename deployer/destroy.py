@@ -1,5 +1,9 @@
 """Removing a deployment: the stacks in reverse order, and what CloudFormation does not own.
 
+The study stacks (`<prefix>-study-<name>`, found by their tags) go after the MWAA stack and
+before the ECS stack whose log group and execution role they name; --pause keeps them (they
+bill nothing) and the resume points them at the new ECS stack.
+
 Before the ECS stack the group is scaled to 0 (its warm pool emptied) and the cluster drained:
 DeleteCluster refuses a cluster with container instances still ACTIVE or DRAINING, and a
 terminated instance leaves the cluster only some time after it is gone. Before the ami stack
@@ -17,10 +21,10 @@ import time
 
 from botocore.exceptions import ClientError
 
-from deployer import ami, pause
+from deployer import ami, pause, studies
+from deployer.ami import BAKE_TAG_PATTERN
 from deployer.aws import error_code
 from deployer.console import DeployError
-from deployer.images import IMAGE_TAG_PATTERN
 from deployer.plan import STACK_LAYERS
 from deployer.settings import Context
 from deployer.stacks import Stacks
@@ -163,10 +167,10 @@ def mwaa_log_groups(ctx: Context, stacks: Stacks) -> list[str]:
 
 
 def image_builder_log_groups(ctx: Context) -> list[str]:
-    """Image Builder's groups of this deployment's recipes (<prefix>-ami-<image tag>)."""
+    """Image Builder's groups of this deployment's recipes (<prefix>-ami-<bake tag>)."""
     logs = ctx.aws.client("logs")
     start = f"/aws/imagebuilder/{ctx.stack_name('ami')}-"
-    exact = re.compile(re.escape(start) + IMAGE_TAG_PATTERN + "$")
+    exact = re.compile(re.escape(start) + BAKE_TAG_PATTERN + "$")
     return [
         group["logGroupName"]
         for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=start)
@@ -195,6 +199,11 @@ def destroy(ctx: Context, *, pausing: bool) -> None:
     )
     layers = pause.LAYERS_PAUSED if pausing else tuple(reversed(STACK_LAYERS))
     present = [ctx.stack_name(layer) for layer in layers if stacks.describe(ctx.stack_name(layer))]
+    if not pausing:
+        study_stacks = sorted(studies.deployed(stacks.listed(), ctx.prefix).values())
+        mwaa = ctx.stack_name("mwaa")
+        at = present.index(mwaa) + 1 if mwaa in present else 0
+        present[at:at] = study_stacks
     if not present:
         print(
             f"No stacks named {ctx.prefix}-* in {ctx.aws.region}; nothing to delete.",

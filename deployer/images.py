@@ -1,20 +1,27 @@
-"""Container images: their source tag, whether ECR has them, and the build on a Windows host.
+"""Container images: their source tags, whether ECR has them, and the builds on a Windows host.
 
-The Windows image is built on a short-lived Windows Server 2022 instance from the image stack's
-launch template, driven by its SSM Run Command document: the sources go to S3 as a zip, the
-document builds and pushes, and the instance is terminated whatever happens. One run at a time
-builds (a lease in S3, `deployer.lock`); each build host carries its run's ID as a tag, so a run
-only ever terminates its own host or the hosts of runs that are gone.
+One ECR repository holds every image of a deployment: the engine's base image (docker/base/,
+tag `base-<hash>`) and each study image built FROM it (docker/<image>/, tag `<image>-<hash>`,
+`--build-arg BASE_IMAGE=<repository>:base-<hash>`). A study image's hash covers the base's
+tag, so a changed base rebuilds every study image on it.
+
+The images are built on one short-lived Windows Server 2022 instance from the image stack's
+launch template, driven by its SSM Run Command document, base first (the later builds find its
+layers in the host's Docker cache): each image's sources go to S3 as a zip, the document builds
+and pushes, and the instance is terminated whatever happens. One run at a time builds (a lease
+in S3, `deployer.lock`); each build host carries its run's ID as a tag, so a run only ever
+terminates its own host or the hosts of runs that are gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +39,10 @@ from deployer.uploads import object_version
 SOURCE_KEY = "build/docker-source.zip"
 LOCK_KEY = "build/build.lock"
 RUN_TAG = "windows-batch-compute:deploy-run"
-# What source_tag makes; destroy finds Image Builder's log groups of a recipe by it.
-IMAGE_TAG_PATTERN = "src-[0-9a-f]{16}"
+BASE = "base"
+# ECR's rule for a tag (PutImage imageTag): at most 128 characters of these.
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+DIGEST_CHARS = 16
 # Lines of each build output stream shown when a build fails.
 LOG_TAIL_LINES = 40
 
@@ -60,18 +69,21 @@ def source_files(directory: Path) -> list[Path]:
     return sorted(files, key=lambda path: path.relative_to(directory).as_posix().encode())
 
 
-def source_tag(directory: Path) -> str:
-    """A tag from the sources' content: the same sources give the same tag and no rebuild.
+def source_digest(directory: Path, *, parent: str | None = None) -> str:
+    """A digest of the sources' content (and of the parent image's tag, when there is one):
+    the same sources on the same base give the same digest and no rebuild.
 
-    The same digest the shell deploy.sh computed (`find . -type f | sort | xargs sha256sum |
-    sha256sum`), so an existing image is found after the move to Python.
+    Without a parent, the digest the shell deploy.sh computed (`find . -type f | sort | xargs
+    sha256sum | sha256sum`); a parent adds a `FROM <tag>` line to what is hashed.
     """
     listing = "".join(
         f"{hashlib.sha256(path.read_bytes()).hexdigest()}  "
         f"./{path.relative_to(directory).as_posix()}\n"
         for path in source_files(directory)
     )
-    return "src-" + hashlib.sha256(listing.encode()).hexdigest()[:16]
+    if parent is not None:
+        listing += f"FROM {parent}\n"
+    return hashlib.sha256(listing.encode()).hexdigest()[:DIGEST_CHARS]
 
 
 def source_zip(directory: Path) -> bytes:
@@ -97,9 +109,36 @@ def image_exists(ecr: Any, repository: str, tag: str) -> bool:
 class ImageSource:
     """One image to build: its sources and where it goes (one ECR repository, many tags)."""
 
+    name: str
     directory: Path
     repository: str
     tag: str
+    # The image it is built FROM (the base image), passed as the build argument BASE_IMAGE.
+    parent: ImageSource | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    def uri(self, repository_uri: str) -> str:
+        return f"{repository_uri}:{self.tag}"
+
+
+def image_source(
+    name: str, directory: Path, *, repository: str, parent: ImageSource | None = None
+) -> ImageSource:
+    """The image built from `directory`, tagged `<name>-<digest>`."""
+    if not (directory / "Dockerfile").is_file():
+        raise DeployError(f"no {directory}/Dockerfile: the image {name} cannot be built")
+    tag = f"{name}-{source_digest(directory, parent=parent.tag if parent else None)}"
+    if not TAG_PATTERN.match(tag):
+        raise DeployError(
+            f"docker/{name}/ cannot name an image: its tag {tag} is not an ECR tag (letters, "
+            "digits, '_', '.', '-', at most 128 characters)"
+        )
+    return ImageSource(
+        name=name, directory=directory, repository=repository, tag=tag, parent=parent
+    )
 
 
 @dataclass(frozen=True)
@@ -123,58 +162,70 @@ class Builder:
         )
 
 
-def build_on_windows_host(
+def build_images(
     ctx: Context,
     stacks: Stacks,
     *,
-    source: ImageSource,
+    sources: Sequence[ImageSource],
     repository_uri: str,
     bucket: str,
     subnet: str,
     run: str,
 ) -> None:
-    """Builds `source` unless its tag exists; one run builds at a time (the lease)."""
+    """Builds every source whose tag does not exist yet, in order (a parent before the images
+    FROM it), on one build host; one run builds at a time (the lease)."""
     ecr = ctx.aws.client("ecr")
-    image = f"{source.repository}:{source.tag}"
-    with ctx.console.step(f"Image {image}") as step:
-        if image_exists(ecr, source.repository, source.tag):
-            step.result = "already built from these sources"
-            return
-        builder = Builder.from_stack(stacks, ctx.stack_name("image"))
-        # Past every deadline of the holder (SSM registration, the build, our margin).
-        lease_s = ctx.timing.builder_register_timeout_s + builder.timeout_s + 900
-        lease = lock.acquire(
-            ctx.aws.client("s3"),
-            bucket=bucket,
-            key=LOCK_KEY,
-            run=run,
-            by=ctx.caller.arn,
-            lease_s=lease_s,
-            wait_s=lease_s,
-            poll_s=ctx.timing.build_poll_s,
-            console=ctx.console,
-        )
-        try:
+    missing = [source for source in sources if not image_exists(ecr, source.repository, source.tag)]
+    for source in sources:
+        if source not in missing:
+            with ctx.console.step(f"Image {source.ref}") as step:
+                step.result = "already built from these sources"
+    if not missing:
+        return
+    builder = Builder.from_stack(stacks, ctx.stack_name("image"))
+    # Past every deadline of the holder (SSM registration, each build, our margin).
+    lease_s = ctx.timing.builder_register_timeout_s + len(missing) * builder.timeout_s + 900
+    lease = lock.acquire(
+        ctx.aws.client("s3"),
+        bucket=bucket,
+        key=LOCK_KEY,
+        run=run,
+        by=ctx.caller.arn,
+        lease_s=lease_s,
+        wait_s=lease_s,
+        poll_s=ctx.timing.build_poll_s,
+        console=ctx.console,
+    )
+    try:
+        still = []
+        for source in missing:
             if image_exists(ecr, source.repository, source.tag):
-                step.result = "built meanwhile by another run"
-                return
-            _build(
-                ctx,
-                builder=builder,
-                source=source,
-                image_uri=f"{repository_uri}:{source.tag}",
-                bucket=bucket,
-                subnet=subnet,
-                run=run,
-            )
-        finally:
-            lease.release(ctx.console)
-        if not image_exists(ecr, source.repository, source.tag):
-            raise DeployError(
-                f"the build reported success but {image} is not in the repository; "
-                f"see log group {builder.log_group}"
-            )
-        step.result = "built"
+                with ctx.console.step(f"Image {source.ref}") as step:
+                    step.result = "built meanwhile by another run"
+            else:
+                still.append(source)
+        if not still:
+            return
+        terminate_leftover_builders(ctx, host_name=builder.host_name, run=run)
+        with build_host(ctx, builder=builder, subnet=subnet, run=run) as instance:
+            for source in still:
+                with ctx.console.step(f"Image {source.ref}") as step:
+                    _build(
+                        ctx,
+                        builder=builder,
+                        source=source,
+                        instance=instance,
+                        repository_uri=repository_uri,
+                        bucket=bucket,
+                    )
+                    if not image_exists(ecr, source.repository, source.tag):
+                        raise DeployError(
+                            f"the build reported success but {source.ref} is not in the "
+                            f"repository; see log group {builder.log_group}"
+                        )
+                    step.result = "built"
+    finally:
+        lease.release(ctx.console)
 
 
 def _build(
@@ -182,49 +233,49 @@ def _build(
     *,
     builder: Builder,
     source: ImageSource,
-    image_uri: str,
+    instance: str,
+    repository_uri: str,
     bucket: str,
-    subnet: str,
-    run: str,
 ) -> None:
+    """One image on the build host: its sources to S3 (one key, read by version), then the
+    build document with the parent image as BASE_IMAGE."""
     s3 = ctx.aws.client("s3")
     s3.put_object(Bucket=bucket, Key=SOURCE_KEY, Body=source_zip(source.directory))
     version = object_version(s3, bucket, SOURCE_KEY)
-    terminate_leftover_builders(ctx, host_name=builder.host_name, run=run)
-    with build_host(ctx, builder=builder, subnet=subnet, run=run) as instance:
-        command = _send_build_command(
-            ctx,
-            builder=builder,
-            instance=instance,
-            parameters={
-                "SourceBucket": bucket,
-                "SourceKey": SOURCE_KEY,
-                "SourceVersion": version,
-                "ImageUri": image_uri,
-                "TimeoutSeconds": str(builder.timeout_s),
-            },
+    command = _send_build_command(
+        ctx,
+        builder=builder,
+        instance=instance,
+        parameters={
+            "SourceBucket": bucket,
+            "SourceKey": SOURCE_KEY,
+            "SourceVersion": version,
+            "ImageUri": source.uri(repository_uri),
+            "BaseImageUri": source.parent.uri(repository_uri) if source.parent else "",
+            "TimeoutSeconds": str(builder.timeout_s),
+        },
+    )
+    ssm = ctx.aws.client("ssm")
+    try:
+        # Run Command stops the script at its own timeout; ours only guards a lost host.
+        wait(
+            ssm,
+            "command_executed",
+            delay_s=ctx.timing.build_poll_s,
+            timeout_s=builder.timeout_s + 600,
+            console=ctx.console,
+            progress=lambda: f"build {command} on {instance}: {_status(ssm, command, instance)}",
+            CommandId=command,
+            InstanceId=instance,
         )
-        ssm = ctx.aws.client("ssm")
-        try:
-            # Run Command stops the script at its own timeout; ours only guards a lost host.
-            wait(
-                ssm,
-                "command_executed",
-                delay_s=ctx.timing.build_poll_s,
-                timeout_s=builder.timeout_s + 600,
-                console=ctx.console,
-                progress=lambda: (
-                    f"build {command} on {instance}: {_status(ssm, command, instance)}"
-                ),
-                CommandId=command,
-                InstanceId=instance,
-            )
-        except WaiterError as error:
-            status = _status(ssm, command, instance)
-            if "Max attempts exceeded" in str(error.kwargs.get("reason", "")):
-                status = f"{status} (gave up waiting)"
-            print_build_log_tail(ctx, group=builder.log_group, command=command)
-            raise DeployError(f"image build {command} on {instance} ended {status}") from error
+    except WaiterError as error:
+        status = _status(ssm, command, instance)
+        if "Max attempts exceeded" in str(error.kwargs.get("reason", "")):
+            status = f"{status} (gave up waiting)"
+        print_build_log_tail(ctx, group=builder.log_group, command=command)
+        raise DeployError(
+            f"image build {command} of {source.ref} on {instance} ended {status}"
+        ) from error
 
 
 def _status(ssm: Any, command: str, instance: str) -> str:

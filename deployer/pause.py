@@ -1,7 +1,8 @@
 """Pause and resume: delete only what bills while no study runs; a deploy brings it back.
 
 --pause deletes the MWAA environment, the ECS stack and the network (MWAA and the NAT gateway
-bill by the hour) and keeps the buckets (results, DAGs), the image and the baked AMI, so
+bill by the hour) and keeps the buckets (results, DAGs), the images, the baked AMI and the
+study stacks (task definitions and roles, which bill nothing), so
 `./deploy.sh` with the same options resumes without a rebuild. MWAA keeps Airflow's metadata
 database inside the environment (DAG runs, task instances, XComs, connections and variables set
 in the UI), so it goes with it: a resumed deployment starts with no run history. The resume
@@ -24,6 +25,7 @@ HISTORY_WARNING = (
 
 def paused_note(prefix: str) -> str:
     return (
-        f"Paused: buckets, image and baked AMI of {prefix} kept (the AMI's snapshots keep "
-        "billing); ./deploy.sh with the same options resumes, with an empty Airflow run history"
+        f"Paused: buckets, images, baked AMI and study stacks of {prefix} kept (the AMI's "
+        "snapshots keep billing); ./deploy.sh with the same options resumes, with an empty "
+        "Airflow run history"
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from deployer.capacity import Capacity
+from deployer.studies import Studies
 
-# The steps of a deploy, in order; --skip takes any of them.
-LAYERS = ("storage", "network", "image", "ami", "ecs", "upload", "mwaa")
-# The stacks of a deployment, in deploy order (destroy deletes them in reverse).
+# The steps of a deploy, in order; --skip takes any of them. "studies" is every study stack.
+LAYERS = ("storage", "network", "image", "ami", "ecs", "studies", "upload", "mwaa")
+# The stacks of a deployment, in deploy order (destroy deletes them in reverse, the study
+# stacks between mwaa and ecs).
 STACK_LAYERS = ("storage", "network", "image", "ami", "ecs", "mwaa")
 
 
@@ -22,11 +24,9 @@ class DeployOptions:
     purchase_option: str | None = None
     on_demand_base: int | None = None
     max_instances: int = 10
-    task_cpu: int = 1024
-    task_memory_mib: int = 1536
     reserved_memory_mib: int = 2048
-    slots_per_instance: int | None = None
-    image_uri: str | None = None
+    # --image-uri, as given: STUDY=URI, or a bare URI for a deployment of one study.
+    image_uris: tuple[str, ...] = ()
     build_image: bool = False
     bake_ami: bool | None = None
     check_only: bool = False
@@ -45,6 +45,12 @@ class Plan:
     # --bake-ami given, or kept: the ami stack exists.
     baking: bool
     run: str
+    studies: Studies
 
     def skipped(self, layer: str) -> bool:
         return layer in self.options.skip
+
+    @property
+    def needs_images(self) -> bool:
+        """The study stacks run the images, and a bake pulls them."""
+        return not self.skipped("studies") or (self.baking and not self.skipped("ami"))

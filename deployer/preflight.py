@@ -9,9 +9,17 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from deployer.capacity import InstanceTypes, slots_per_instance
+from deployer import studies as studies_module
+from deployer.ami import baked_uris
+from deployer.capacity import (
+    InstanceType,
+    InstanceTypes,
+    check_types,
+    describe_sizes,
+    study_fit,
+)
 from deployer.console import DeployError
-from deployer.images import ImageSource, image_exists
+from deployer.images import image_exists
 from deployer.plan import STACK_LAYERS, Plan
 from deployer.settings import Context
 from deployer.stacks import Stacks
@@ -53,15 +61,16 @@ class Finding:
 
 
 class Preflight:
-    def __init__(
-        self, ctx: Context, stacks: Stacks, plan: Plan, *, types: InstanceTypes, image: ImageSource
-    ) -> None:
+    def __init__(self, ctx: Context, stacks: Stacks, plan: Plan, *, types: InstanceTypes) -> None:
         self.ctx = ctx
         self.stacks = stacks
         self.plan = plan
         self.types = types
-        self.image = image
         self.findings: list[Finding] = []
+        # The instance types as EC2 describes them, once they passed their check.
+        self.described: list[InstanceType] | None = None
+        # {study: stack} of the study stacks that exist, found by their tags.
+        self.deployed = studies_module.deployed(stacks.listed(), ctx.prefix)
 
     def report(self, check: str, state: str, detail: str) -> None:
         self.findings.append(Finding(check=check, state=state, detail=detail))
@@ -77,10 +86,11 @@ class Preflight:
             self.report("credentials", OK, f"{ctx.caller.arn} (account {ctx.caller.account})")
             self.check_region()
             self.check_instance_types()
+            self.check_studies()
             self.check_image_builder()
             self.check_vcpu_quota()
             self.check_stacks()
-            self.check_image()
+            self.check_images()
             self.check_baked_ami()
             ctx.console.table(
                 ("check", "state", "detail"),
@@ -134,27 +144,53 @@ class Preflight:
             common = regions if common is None else common & regions
         return sorted(common or ())
 
-    def _slots(self) -> str:
-        options = self.plan.options
-        return slots_per_instance(
-            self.types,
-            self.plan.capacity,
-            region=self.ctx.aws.region,
-            task_cpu=options.task_cpu,
-            task_memory_mib=options.task_memory_mib,
-            reserved_memory_mib=options.reserved_memory_mib,
-            given=options.slots_per_instance,
-        ).detail
-
     def check_instance_types(self) -> None:
         try:
-            detail = self._slots()
+            described = check_types(self.types, self.plan.capacity, region=self.ctx.aws.region)
         except DeployError as problem:
             self.report(
                 "instance types", BLOCKER, f"{problem}; choose --instance-types of one x86_64 size"
             )
             return
-        self.report("instance types", OK, f"{self.plan.capacity.describe()}: {detail}")
+        self.described = described
+        self.report(
+            "instance types", OK, f"{self.plan.capacity.describe()}: {describe_sizes(described)}"
+        )
+
+    def check_studies(self) -> None:
+        """Each study: its DAG, whether its task fits every instance type, its image."""
+        reserved = self.plan.options.reserved_memory_mib
+        for study in self.plan.studies.studies:
+            info = study.info
+            image = study.given_uri or (study.source.ref if study.source else "")
+            facts = (
+                f"DAG {info.dag_id}, image {image} ({study.origin}), results under "
+                f"{info.results_prefix}/"
+            )
+            if self.described is None:
+                self.report(f"study {study.name}", OK, facts)
+                continue
+            try:
+                fit = study_fit(
+                    self.described,
+                    study=study.name,
+                    cpu=info.cpu,
+                    memory_mib=info.memory_mib,
+                    reserved_memory_mib=reserved,
+                )
+            except DeployError as problem:
+                self.report(
+                    f"study {study.name}",
+                    BLOCKER,
+                    f"{problem}; lower cpu or memory_mib in {info.folder.name}/study.yaml or "
+                    "choose larger --instance-types",
+                )
+                continue
+            self.report(
+                f"study {study.name}",
+                OK,
+                f"{info.cpu} CPU units, {info.memory_mib} MiB a task: {fit.detail}; {facts}",
+            )
 
     def check_image_builder(self) -> None:
         if not self.plan.baking:
@@ -229,8 +265,10 @@ class Preflight:
 
     def check_stacks(self) -> None:
         listed = self.stacks.statuses()
-        for layer in STACK_LAYERS:
-            stack = self.ctx.stack_name(layer)
+        names = [self.ctx.stack_name(layer) for layer in STACK_LAYERS]
+        if not self.plan.skipped("studies"):
+            names += [study.stack(self.ctx.prefix) for study in self.plan.studies.studies]
+        for stack in names:
             status = listed.get(stack, "NONE")
             if status == "NONE":
                 self.report(f"stack {stack}", OK, "not created yet")
@@ -248,29 +286,41 @@ class Preflight:
                 )
             else:
                 self.report(f"stack {stack}", OK, status)
+        if self.plan.skipped("studies"):
+            return
+        for study, stack in sorted(self.deployed.items()):
+            if study not in self.plan.studies.names:
+                self.report(
+                    f"stack {stack}",
+                    OK,
+                    f"study {study} is no longer in dags/studies/: deploy deletes this stack "
+                    "(its results stay in the results bucket)",
+                )
 
-    def check_image(self) -> None:
-        options = self.plan.options
-        image = f"{self.image.repository}:{self.image.tag}"
-        if options.image_uri:
-            self.report("image", OK, f"--image-uri {options.image_uri}")
-        elif image_exists(self.ctx.aws.client("ecr"), self.image.repository, self.image.tag):
-            self.report("image", OK, f"{image} (built from the current docker/)")
-        elif options.build_image:
-            self.report("image", OK, f"{image} will be built (--build-image)")
-        elif self.plan.skipped("ecs"):
-            self.report("image", OK, "ECS stack skipped")
-        else:
-            self.report(
-                "image",
-                BLOCKER,
-                f"no image {image} built from the current docker/; add --build-image (builds it "
-                "on AWS) or --image-uri URI",
-            )
+    def check_images(self) -> None:
+        """Every image built here must exist, or be built now (--build-image)."""
+        if not self.plan.needs_images:
+            self.report("images", OK, "not needed (the study stacks and the bake are skipped)")
+            return
+        ecr = self.ctx.aws.client("ecr")
+        for source in self.plan.studies.sources:
+            folder = f"docker/{source.directory.name}/"
+            if image_exists(ecr, source.repository, source.tag):
+                self.report(f"image {source.name}", OK, f"{source.ref} (built from {folder})")
+            elif self.plan.options.build_image:
+                self.report(
+                    f"image {source.name}", OK, f"{source.ref} will be built (--build-image)"
+                )
+            else:
+                self.report(
+                    f"image {source.name}",
+                    BLOCKER,
+                    f"no image {source.ref} built from the current {folder}; add --build-image "
+                    "(builds it on AWS) or --image-uri STUDY=URI",
+                )
 
     def check_baked_ami(self) -> None:
         stack = self.ctx.stack_name("ami")
-        image = f"{self.image.repository}:{self.image.tag}"
         if not self.plan.baking:
             if self.plan.options.bake_ami is False and self.stacks.describe(stack) is not None:
                 self.report(
@@ -286,13 +336,19 @@ class Preflight:
                     "not used: instances boot the public ECS-optimized AMI (--bake-ami bakes one)",
                 )
             return
-        baked_uri = self.stacks.optional_output(stack, "BakedImageUri") or ""
-        if baked_uri.endswith(f":{self.image.tag}"):
-            ami = self.stacks.output(stack, "BakedAmiId")
-            self.report("baked AMI", OK, f"{ami} has {image} (EC2 Fast Launch)")
-        else:
-            self.report(
-                "baked AMI",
-                OK,
-                f"{image} will be baked by EC2 Image Builder, then EC2 Fast Launch (about an hour)",
-            )
+        repository_uri = self.stacks.optional_output(self.ctx.stack_name("image"), "RepositoryUri")
+        baked = self.stacks.optional_output(stack, "BakedImageUris")
+        if baked and (repository_uri or not self.plan.studies.sources):
+            planned = baked_uris(self.plan.studies.image_uris(repository_uri))
+            if baked == planned:
+                ami = self.stacks.output(stack, "BakedAmiId")
+                self.report(
+                    "baked AMI", OK, f"{ami} has the {len(planned.split(','))} image(s): {planned}"
+                )
+                return
+        self.report(
+            "baked AMI",
+            OK,
+            "every study's image (and the base image) will be baked by EC2 Image Builder, "
+            "then EC2 Fast Launch (about an hour)",
+        )

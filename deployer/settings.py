@@ -38,6 +38,11 @@ class Project:
         return self.root / "dags"
 
     @property
+    def studies(self) -> Path:
+        """One folder per study (windows_batch/catalog.py); MWAA gets it with dags/."""
+        return self.dags / "studies"
+
+    @property
     def docker(self) -> Path:
         return self.root / "docker"
 

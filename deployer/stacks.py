@@ -85,14 +85,19 @@ class Stacks:
         described = self.describe(stack)
         return "NONE" if described is None else str(described["StackStatus"])
 
+    def listed(self) -> list[dict[str, Any]]:
+        """Every live stack whose name starts with this prefix (one paginated listing); other
+        deployments' stacks may be among them (prefix `wb` lists `wb-x-*`)."""
+        return [
+            stack
+            for page in self.cloudformation.get_paginator("describe_stacks").paginate()
+            for stack in page["Stacks"]
+            if stack["StackName"].startswith(f"{self.ctx.prefix}-")
+        ]
+
     def statuses(self) -> dict[str, str]:
-        """Every live stack of this prefix and its status (one paginated listing)."""
-        found: dict[str, str] = {}
-        for page in self.cloudformation.get_paginator("describe_stacks").paginate():
-            for stack in page["Stacks"]:
-                if stack["StackName"].startswith(f"{self.ctx.prefix}-"):
-                    found[stack["StackName"]] = stack["StackStatus"]
-        return found
+        """Every live stack of this prefix and its status."""
+        return {stack["StackName"]: stack["StackStatus"] for stack in self.listed()}
 
     def outputs(self, stack: str) -> dict[str, str]:
         if stack not in self._outputs:
@@ -130,8 +135,10 @@ class Stacks:
         *,
         stack: str | None = None,
         timeout_s: float | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> str:
-        """Creates or updates the layer's stack; returns created, updated or no changes."""
+        """Creates or updates the layer's stack (`stack` names another stack of the layer's
+        template); returns created, updated or no changes."""
         stack = stack or self.ctx.stack_name(layer)
         template = self.ctx.project.template(layer)
         body = template.read_text()
@@ -153,7 +160,8 @@ class Stacks:
                     template, parameters, current if exists else None, stack=stack
                 ),
                 Capabilities=["CAPABILITY_NAMED_IAM"],
-                Tags=[PROJECT_TAG],
+                Tags=[PROJECT_TAG]
+                + [{"Key": key, "Value": value} for key, value in (tags or {}).items()],
                 Description=f"Created by {self.ctx.console.program}",
             )["Id"]
             if not self._change_set_ready(stack, change_set):

@@ -15,6 +15,8 @@ from pathlib import Path
 import moto_server  # tests/cloudformation/moto_server.py, loaded by tests/conftest.py
 import pytest
 
+from deployer.engine import catalog
+
 REPO = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
 
@@ -103,9 +105,9 @@ def test_help(tmp_path: Path) -> None:
         pytest.param("deploy.sh", ["--region"], "--region needs a value", id="no-value"),
         pytest.param(
             "deploy.sh",
-            ["--build-image", "--image-uri", "x/y:z"],
-            "--build-image and --image-uri exclude each other",
-            id="image",
+            ["--task-cpu", "2048"],
+            "--task-cpu is gone: each study sizes its own task in dags/studies/<name>/study.yaml",
+            id="gone-option",
         ),
         pytest.param("destroy.sh", ["--bogus"], "unknown option: --bogus", id="destroy-option"),
     ],
@@ -143,9 +145,12 @@ def test_deploy_rerun_and_destroy_through_the_doors(tmp_path: Path, moto_url: st
     assert "==> Stack wbe-ecs: created (" in first.stdout
     assert "build host i-" in first.stdout
     assert first.stderr == ""
+    assert "==> Stack wbe-study-bersim: created (" in first.stdout
     again = run("deploy.sh", env, *args)
     assert again.returncode == 0, again.stderr + again.stdout
-    assert again.stdout.count(": no changes (") == 5  # four stacks and the uploads
+    # Four stacks, a stack per study, the uploads.
+    studies = catalog.discover(REPO / "dags" / "studies")
+    assert again.stdout.count(": no changes (") == 4 + len(studies) + 1
 
     refused = run("destroy.sh", env, "--prefix", "wbe", stdin="no\n")
     assert refused.returncode == 1

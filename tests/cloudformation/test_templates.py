@@ -211,8 +211,16 @@ def test_image_repository_and_a_build_host_that_cannot_outlive_its_build() -> No
     repository = resources["Repository"]["Properties"]
     assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
     assert repository["ImageTagMutability"] == "IMMUTABLE"
-    lifecycle = repository["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"]
-    rule = json.loads(lifecycle.replace("${ImagesToKeep}", "5"))["rules"][0]
+    # The deployer's rules (one per image name: deployer/studies.py), else ImagesToKeep of any.
+    condition, given, default = repository["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::If"]
+    template = load("image")
+    assert template["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "LifecyclePolicyText"}, ""]}]
+    }
+    assert given == {"Ref": "LifecyclePolicyText"}
+    # CloudFormation's parameter value quota (CloudFormation User Guide, quotas): 4,096 bytes.
+    assert template["Parameters"]["LifecyclePolicyText"]["MaxLength"] == 4096
+    rule = json.loads(default["Fn::Sub"].replace("${ImagesToKeep}", "5"))["rules"][0]
     assert rule["selection"]["countType"] == "imageCountMoreThan"
     assert rule["selection"]["countNumber"] == 5
     # No CodeBuild: its Windows environments run builds inside a container, without Docker.
@@ -237,6 +245,20 @@ def test_build_document_builds_the_dockerfile_and_pushes_the_tag_it_is_given() -
     assert all(isinstance(command, str) for command in commands)
     build = next(c for c in commands if c.startswith("docker build"))
     assert "--file \"$work\\src\\Dockerfile\" --tag '{{ImageUri}}'" in build
+    # A study image is built FROM the base image: its Dockerfile's ARG BASE_IMAGE.
+    assert build.startswith("docker build @buildArgs ")
+    assert any(
+        c.startswith("if ('{{BaseImageUri}}')")
+        and "@('--build-arg', 'BASE_IMAGE={{BaseImageUri}}')" in c
+        for c in commands
+    )
+    assert content["parameters"]["BaseImageUri"]["default"] == ""
+    assert re.fullmatch(content["parameters"]["BaseImageUri"]["allowedPattern"], "")
+    # One host builds several images: each build moves the host's self-shutdown past its own
+    # timeout, before anything else runs.
+    shutdown = next(i for i, c in enumerate(commands) if c.startswith("shutdown.exe /s"))
+    assert "{{TimeoutSeconds}}" in commands[shutdown]
+    assert shutdown < commands.index(build)
     push = commands.index("docker push '{{ImageUri}}'")
     assert commands[push + 1].startswith("if ($LASTEXITCODE -ne 0) { throw")
     assert commands.index(build) < push

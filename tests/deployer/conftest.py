@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from deployer.settings import Context, Project, Timing
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
+# The engine's own tiny test study (no image of its own: it runs on the base image) and a real
+# study with an image of its own (docker/option_pricing/, FROM the base image).
+TINY = REPO / "tests" / "workloads" / "studies" / "tiny"
+OPTION_PRICING = REPO / "dags" / "studies" / "option_pricing"
 FAST = Timing(
     stack_poll_s=0.01,
     change_set_poll_s=0.01,
@@ -156,6 +161,36 @@ class Deployer:
             .paginate(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
         )
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+def scratch_project(root: Path, studies: Mapping[str, Path]) -> Project:
+    """A checkout whose dags/studies/ holds these study folders (name -> source folder): the
+    real templates, images, engine and plugins, the studies chosen by the test."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("cloudformation", "docker", "plugins", "requirements-mwaa.txt"):
+        (root / name).symlink_to(REPO / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "dags", root / "dags", ignore=shutil.ignore_patterns(
+        "__pycache__", "*.pyc", "studies"
+    ))  # fmt: skip
+    for name, source in studies.items():
+        shutil.copytree(source, root / "dags" / "studies" / name, ignore=ignore)
+    return Project(root=root)
+
+
+@pytest.fixture
+def two_studies(moto_url: str, tmp_path: Path) -> Deployer:
+    """A deployer of a checkout with two studies: tiny (the base image) and option_pricing."""
+    project = scratch_project(
+        tmp_path / "checkout", {"tiny": TINY, "option_pricing": OPTION_PRICING}
+    )
+    return Deployer(moto_url, project=project)
+
+
+@pytest.fixture
+def one_study(moto_url: str, tmp_path: Path) -> Deployer:
+    """A deployer of a checkout with one study, tiny."""
+    return Deployer(moto_url, project=scratch_project(tmp_path / "one-study", {"tiny": TINY}))
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,14 @@
 """--bake-ami against the moto server's Image Builder and EC2 Fast Launch (its docstring):
-bake, keep on a re-run, follow Fast Launch's template, --no-bake-ami, pause, destroy."""
+bake every study's image and the base, keep on a re-run, follow Fast Launch's template,
+--no-bake-ami, pause, destroy; a given --image-uri is baked too."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import moto_server  # tests/cloudformation/moto_server.py, loaded by tests/conftest.py
+
+from deployer import ami
 
 LAYERS = ("storage", "network", "image", "ecs")
 
@@ -61,8 +64,9 @@ def no_bake_then_bake_again(
 
 
 def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_billing(
-    deployer: Any,
+    two_studies: Any,
 ) -> None:
+    deployer = two_studies
     prefix = deployer.prefix()
     args = ("--prefix", prefix, "--skip", "mwaa")
     ec2 = deployer.client("ec2")
@@ -75,8 +79,11 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     assert f"==> Stack {prefix}-ami: created" in baked.out
     ami_id = outputs("ami")["BakedAmiId"]
     ecs = outputs("ecs")
-    # The AMI holds exactly the image the task definition runs, and the hosts launch from it.
-    assert outputs("ami")["BakedImageUri"] == ecs["ImageUri"]
+    # The AMI holds exactly the images the study task definitions run (tiny's is the base
+    # image), and the hosts launch from it.
+    run = {outputs(f"study-{name}")["ImageUri"] for name in ("tiny", "option_pricing")}
+    assert len(run) == 2
+    assert outputs("ami")["BakedImageUris"] == ",".join(sorted(run))
     assert ecs["InstanceAmiId"] == ami_id
     group = deployer.client("autoscaling").describe_auto_scaling_groups(
         AutoScalingGroupNames=[ecs["AutoScalingGroupName"]]
@@ -88,9 +95,9 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
         Versions=["$Latest"],
     )["LaunchTemplateVersions"][0]
     assert template["LaunchTemplateData"]["ImageId"] == ami_id
-    tag = ecs["ImageUri"].rsplit(":", 1)[1]
+    bake = ami.bake_tag(sorted(run))
     image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
-    assert {t["Key"]: t["Value"] for t in image["Tags"]}["windows-batch-compute:image-tag"] == tag
+    assert {t["Key"]: t["Value"] for t in image["Tags"]}["windows-batch-compute:bake-tag"] == bake
     (fast_launch,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
     assert fast_launch["State"] == "enabled"
     assert fast_launch["MaxParallelLaunches"] >= 6
@@ -106,8 +113,9 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     )
     again = deployer.deploy(*args)
     assert again.code == 0, again.text
-    assert again.out.count(": no changes (") == len(LAYERS) + 2  # + ami stack, uploads
-    assert f"{ami_id} has {prefix}/bersim:{tag}" in again.line("baked AMI")
+    # + the ami stack, the two study stacks, the uploads
+    assert again.out.count(": no changes (") == len(LAYERS) + 4
+    assert f"{ami_id} has the 2 image(s): {','.join(sorted(run))}" in again.line("baked AMI")
     assert f"EC2 Fast Launch for {ami_id} now launches with {template_id} version 2" in again.out
     assert outputs("ecs")["InstanceAmiId"] == ami_id
     (refreshed,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
@@ -118,7 +126,8 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
 
     paused = deployer.destroy("--prefix", prefix, "--pause", "--yes")
     assert paused.code == 0, paused.text
-    assert set(deployer.stacks(prefix)) == {f"{prefix}-{s}" for s in ("storage", "image", "ami")}
+    kept = ("storage", "image", "ami", "study-option_pricing", "study-tiny")
+    assert set(deployer.stacks(prefix)) == {f"{prefix}-{s}" for s in kept}
     assert ec2.describe_images(ImageIds=[ami_id])["Images"]
     assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
 
@@ -128,3 +137,29 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     assert f"==> Remove the AMIs baked by {prefix}-ami: 1 removed" in destroyed.out
     assert deployer.stacks(prefix) == {}
     assert_nothing_left(ec2, ami_id, billed)
+
+
+def test_a_given_image_uri_is_baked_with_the_built_ones(two_studies: Any) -> None:
+    """--image-uri and --bake-ami no longer exclude each other: the given image is pulled into
+    the AMI beside the images built here; a change of it bakes a new AMI."""
+    deployer = two_studies
+    prefix = deployer.prefix()
+    given = "public.ecr.aws/example/option-pricing:3"
+    args = ("--prefix", prefix, "--skip", "mwaa", "--image-uri", f"option_pricing={given}")
+    baked = deployer.deploy(*args, "--build-image", "--bake-ami")
+    assert baked.code == 0, baked.text
+    tiny = deployer.outputs(f"{prefix}-study-tiny")["ImageUri"]
+    assert tiny.rsplit(":", 1)[1].startswith("base-")
+    first = deployer.outputs(f"{prefix}-ami")
+    assert first["BakedImageUris"] == ",".join(sorted([given, tiny]))
+    assert first["BakeTag"] == ami.bake_tag([given, tiny])
+
+    other = "public.ecr.aws/example/option-pricing:4"
+    changed = deployer.deploy(*args[:-1], f"option_pricing={other}")
+    assert changed.code == 0, changed.text
+    assert f"==> Stack {prefix}-ami: updated" in changed.out
+    second = deployer.outputs(f"{prefix}-ami")
+    assert second["BakedImageUris"] == ",".join(sorted([other, tiny]))
+    assert second["BakedAmiId"] != first["BakedAmiId"]
+    assert f"removed baked AMI {first['BakedAmiId']}" in changed.out
+    assert deployer.destroy("--prefix", prefix, "--yes").code == 0

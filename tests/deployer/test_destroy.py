@@ -1,6 +1,7 @@
 """destroy and pause against the moto server, in process: asks first, empties every object
-version, drains the cluster, deletes in order, removes the log groups AWS services created
-themselves (by exact name), and pause keeps what resumes a deployment."""
+version, drains the cluster, deletes in order (the study stacks between MWAA and ECS), removes
+the log groups AWS services created themselves (by exact name), and pause keeps what resumes a
+deployment (the study stacks too)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def register_container_instance(deployer: Any, cluster: str, group: str) -> None
 
 
 def test_destroy_asks_then_empties_versioned_buckets_drains_and_deletes_in_order(
-    deployer: Any,
+    two_studies: Any,
 ) -> None:
+    deployer = two_studies
     prefix = deployed(deployer)
     storage = deployer.outputs(f"{prefix}-storage")
     ecs = deployer.outputs(f"{prefix}-ecs")
@@ -74,20 +76,25 @@ def test_destroy_asks_then_empties_versioned_buckets_drains_and_deletes_in_order
     logs.create_log_group(logGroupName=insights)
     for log_type in destroy_module.MWAA_LOG_TYPES:
         logs.create_log_group(logGroupName=f"airflow-{prefix}-mwaa-{log_type}")
-    stacks = {f"{prefix}-{layer}" for layer in ("storage", "network", "image", "ecs")}
-    assert stacks <= set(deployer.stacks(prefix))
+    stacks = {
+        f"{prefix}-{layer}"
+        for layer in ("storage", "network", "image", "ecs", "study-option_pricing", "study-tiny")
+    }
+    assert stacks == set(deployer.stacks(prefix))
 
     refused = deployer.destroy("--prefix", prefix, stdin="no\n")
     assert refused.code == 1
     assert "not confirmed; nothing deleted" in refused.err
     assert f"bucket {mwaa_bucket}" in refused.out
-    assert stacks <= set(deployer.stacks(prefix))
+    assert f"stack  {prefix}-study-tiny" in refused.out
+    assert stacks == set(deployer.stacks(prefix))
 
     destroyed = deployer.destroy("--prefix", prefix, "--yes")
     assert destroyed.code == 0, destroyed.text
     order = [line for line in destroyed.out.splitlines() if line.startswith("==> Delete ")]
     assert [line.split(":")[0] for line in order] == [
-        f"==> Delete {prefix}-{layer}" for layer in ("ecs", "image", "network", "storage")
+        f"==> Delete {prefix}-{layer}"
+        for layer in ("study-option_pricing", "study-tiny", "ecs", "image", "network", "storage")
     ]
     assert all(": deleted (" in line for line in order)
     assert deployer.stacks(prefix) == {}
@@ -140,11 +147,12 @@ def test_destroy_leaves_the_log_groups_of_a_deployment_whose_prefix_starts_the_s
     assert set(others) <= left
 
 
-def test_pause_keeps_results_and_image_says_the_run_history_goes_and_deploy_resumes(
-    deployer: Any,
+def test_pause_keeps_results_images_and_studies_says_the_run_history_goes_and_deploy_resumes(
+    two_studies: Any,
 ) -> None:
+    deployer = two_studies
     prefix = deployed(deployer)
-    image_uri = deployer.outputs(f"{prefix}-ecs")["ImageUri"]
+    image_uri = deployer.outputs(f"{prefix}-study-option_pricing")["ImageUri"]
     results = deployer.outputs(f"{prefix}-storage")["ResultsBucketName"]
     s3 = deployer.client("s3")
     s3.put_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv", Body=b"ebn0_db\n")
@@ -166,14 +174,22 @@ def test_pause_keeps_results_and_image_says_the_run_history_goes_and_deploy_resu
     assert [
         line.split(":")[0] for line in paused.out.splitlines() if line.startswith("==> Delete")
     ] == [f"==> Delete {prefix}-{layer}" for layer in ("mwaa", "ecs", "network")]
-    assert set(deployer.stacks(prefix)) == {f"{prefix}-storage", f"{prefix}-image"}
+    assert set(deployer.stacks(prefix)) == {
+        f"{prefix}-{layer}" for layer in ("storage", "image", "study-option_pricing", "study-tiny")
+    }
     assert s3.get_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv")
     assert "with an empty Airflow run history" in paused.out
 
     resumed = deployer.deploy("--prefix", prefix, "--skip", "mwaa")
     assert resumed.code == 0, resumed.text
     assert "build host i-" not in resumed.out
-    assert deployer.outputs(f"{prefix}-ecs")["ImageUri"] == image_uri
+    assert deployer.outputs(f"{prefix}-study-option_pricing")["ImageUri"] == image_uri
+    # The study stacks now name the new ECS stack's execution role.
+    role = deployer.outputs(f"{prefix}-ecs")["TaskExecutionRoleArn"]
+    for name in ("option_pricing", "tiny"):
+        family = f"{prefix}-study-{name}"
+        definition = deployer.client("ecs").describe_task_definition(taskDefinition=family)
+        assert definition["taskDefinition"]["executionRoleArn"] == role
 
 
 def test_pause_empties_the_groups_warm_pool(deployer: Any) -> None:

@@ -1,4 +1,4 @@
-"""The Windows image build: source tag, the build host's life, the lease between runs.
+"""The Windows image builds: source tags, the build host's life, the lease between runs.
 
 The moto server simulates the build host (tests/cloudformation/moto_server.py): SendCommand
 refuses an instance that is not running, and the build document's invocation ends as
@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -21,11 +23,12 @@ import moto_server  # tests/cloudformation/moto_server.py, loaded by tests/conft
 import pytest
 
 from deployer import images, lock
+from deployer import studies as studies_module
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def shell_source_tag(directory: Path) -> str:
+def shell_digest(directory: Path) -> str:
     """What the shell deploy.sh computed."""
     listing = subprocess.run(
         [
@@ -39,12 +42,13 @@ def shell_source_tag(directory: Path) -> str:
         text=True,
         check=True,
     )
-    return "src-" + listing.stdout.strip()
+    return listing.stdout.strip()
 
 
-def test_the_source_tag_is_the_one_the_shell_script_computed(tmp_path: Path) -> None:
-    """So an image built before the move to Python is found, not built again."""
-    assert images.source_tag(REPO / "docker") == shell_source_tag(REPO / "docker")
+def test_the_source_digest_is_the_one_the_shell_script_computed(tmp_path: Path) -> None:
+    """The digest of a folder's content (the shell deploy.sh's): bytecode, egg-info and the
+    order files are found in change nothing."""
+    assert images.source_digest(REPO / "docker" / "base") == shell_digest(REPO / "docker" / "base")
     (tmp_path / "B").mkdir()
     (tmp_path / "a" / "__pycache__").mkdir(parents=True)
     (tmp_path / "x.egg-info").mkdir()
@@ -57,18 +61,41 @@ def test_the_source_tag_is_the_one_the_shell_script_computed(tmp_path: Path) -> 
         "a_",
     ):
         (tmp_path / name).write_text(name)
-    assert images.source_tag(tmp_path) == shell_source_tag(tmp_path)
-    before = images.source_tag(tmp_path)
+    assert images.source_digest(tmp_path) == shell_digest(tmp_path)
+    before = images.source_digest(tmp_path)
     (tmp_path / "a" / "__pycache__" / "b.pyc").write_text("changed bytecode")
-    assert images.source_tag(tmp_path) == before
+    assert images.source_digest(tmp_path) == before
     (tmp_path / "a" / "b.py").write_text("changed source")
-    assert images.source_tag(tmp_path) != before
+    assert images.source_digest(tmp_path) != before
+
+
+def test_a_study_image_tag_covers_its_base_so_a_changed_base_rebuilds_it(tmp_path: Path) -> None:
+    docker = tmp_path / "docker"
+    shutil.copytree(REPO / "docker" / "base", docker / "base")
+    shutil.copytree(REPO / "docker" / "option_pricing", docker / "option_pricing")
+
+    def tags() -> tuple[str, str]:
+        base = images.image_source("base", docker / "base", repository="p/images")
+        study = images.image_source(
+            "option_pricing", docker / "option_pricing", repository="p/images", parent=base
+        )
+        return base.tag, study.tag
+
+    base, study = tags()
+    assert re.fullmatch(r"base-[0-9a-f]{16}", base)
+    assert re.fullmatch(r"option_pricing-[0-9a-f]{16}", study)
+    assert tags() == (base, study)
+    (docker / "base" / "wbrun" / "runner.py").write_text("# changed\n")
+    new_base, new_study = tags()
+    assert new_base != base
+    assert new_study != study  # its own sources are the same; its base is not
+    assert new_study.startswith("option_pricing-")
 
 
 def base_stacks(deployer: Any) -> str:
     """A prefix with the storage, network and image stacks (what a build needs)."""
     prefix = deployer.prefix()
-    result = deployer.deploy("--prefix", prefix, "--skip", "ecs,upload,mwaa")
+    result = deployer.deploy("--prefix", prefix, "--skip", "ecs,studies,upload,mwaa")
     assert result.code == 0, result.text
     return prefix
 
@@ -98,11 +125,12 @@ def state(deployer: Any, instance: str) -> str:
 
 
 def test_a_second_deploy_waits_for_the_first_ones_build_and_leaves_its_host_alone(
-    deployer: Any,
+    two_studies: Any,
 ) -> None:
     """The review's finding: a second concurrent deploy terminated the first one's build
     host (it terminated every host named <prefix>-image-builder). Now the second waits for
-    the first run's lease, and once that run has pushed the image, builds nothing."""
+    the first run's lease, and once that run has pushed the images, builds nothing."""
+    deployer = two_studies
     prefix = base_stacks(deployer)
     bucket = deployer.outputs(f"{prefix}-storage")["MwaaBucketName"]
     s3 = deployer.client("s3")
@@ -131,23 +159,28 @@ def test_a_second_deploy_waits_for_the_first_ones_build_and_leaves_its_host_alon
             assert time.monotonic() < deadline, console.out.getvalue()
             time.sleep(0.05)
         assert state(deployer, host) == "running"
-        # The first run pushes its image, terminates its host and releases the lease.
-        tag = images.source_tag(REPO / "docker")
-        deployer.client("ecr").put_image(
-            repositoryName=f"{prefix}/bersim",
-            imageManifest=json.dumps({"schemaVersion": 2, "built": "run-a"}),
-            imageManifestMediaType="application/vnd.docker.distribution.manifest.v2+json",
-            imageTag=tag,
-        )
+        # The first run pushes its images, terminates its host and releases the lease.
+        sources = studies_module.resolve(
+            deployer.project, repository=f"{prefix}/images", image_uris=()
+        ).sources
+        for source in sources:
+            deployer.client("ecr").put_image(
+                repositoryName=source.repository,
+                imageManifest=json.dumps({"schemaVersion": 2, "built": f"run-a {source.tag}"}),
+                imageManifestMediaType="application/vnd.docker.distribution.manifest.v2+json",
+                imageTag=source.tag,
+            )
         deployer.client("ec2").terminate_instances(InstanceIds=[host])
         first.release(ctx.console)
     finally:
         second.join(timeout=60)
     (result,) = results
     assert result.code == 0, result.text
-    assert "built meanwhile by another run" in result.out
+    for source in sources:
+        assert f"==> Image {source.ref}: built meanwhile by another run" in result.out
     assert "build host i-" not in result.out
-    assert deployer.outputs(f"{prefix}-ecs")["ImageUri"].endswith(f":{tag}")
+    tiny = next(source for source in sources if source.name == "base")
+    assert deployer.outputs(f"{prefix}-study-tiny")["ImageUri"].endswith(f":{tiny.tag}")
 
 
 def test_a_dead_runs_expired_lease_is_taken_over_and_its_host_terminated(deployer: Any) -> None:

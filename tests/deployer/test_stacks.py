@@ -18,9 +18,9 @@ def test_a_stack_left_in_rollback_complete_is_recreated_after_confirmation(deplo
     """A first create that fails leaves ROLLBACK_COMPLETE, which CloudFormation can only
     delete; the error names the resource that failed and CloudFormation's reason."""
     prefix = deployer.prefix()
-    args = ("--prefix", prefix, "--skip", "ecs,mwaa")
+    args = ("--prefix", prefix, "--skip", "ecs,studies,mwaa")
     ecr = deployer.client("ecr")
-    ecr.create_repository(repositoryName=f"{prefix}/bersim")  # the image stack cannot create it
+    ecr.create_repository(repositoryName=f"{prefix}/images")  # the image stack cannot create it
     failed = deployer.deploy(*args)
     assert failed.code == 1
     assert deployer.stacks(prefix)[f"{prefix}-image"] == "ROLLBACK_COMPLETE"
@@ -31,7 +31,7 @@ def test_a_stack_left_in_rollback_complete_is_recreated_after_confirmation(deplo
         "Repository (AWS::ECR::Repository) CREATE_FAILED: "
     ), message
     assert "already exists" in message
-    ecr.delete_repository(repositoryName=f"{prefix}/bersim")
+    ecr.delete_repository(repositoryName=f"{prefix}/images")
 
     refused = deployer.deploy(*args, stdin="no\n")
     assert refused.code == 1
