@@ -280,6 +280,7 @@ def deploy_studies(
             "study",
             studies_module.stack_parameters(
                 study,
+                prefix=ctx.prefix,
                 image_uri=images.by_study[study.name],
                 results_bucket=results_bucket,
                 log_group=log_group,

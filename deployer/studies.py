@@ -39,7 +39,10 @@ PARAMETER_VALUE_MAX_BYTES = 4096
 
 
 def stack_name(prefix: str, study: str) -> str:
-    return f"{prefix}-{STACK_INFIX}{study}"
+    """The study's stack. A stack name takes only letters, digits and '-' ("A stack name can
+    contain only alphanumeric characters (case sensitive) and hyphens": CloudFormation API
+    reference, CreateStack), a study name also '_': it becomes '-' here (the family keeps it)."""
+    return f"{prefix}-{STACK_INFIX}{study.replace('_', '-')}"
 
 
 def family_prefix(prefix: str) -> str:
@@ -64,6 +67,9 @@ class Study:
 
     def stack(self, prefix: str) -> str:
         return stack_name(prefix, self.name)
+
+    def family(self, prefix: str) -> str:
+        return self.info.task_family(family_prefix(prefix))
 
     def image_uri(self, repository_uri: str | None) -> str:
         if self.given_uri is not None:
@@ -132,6 +138,14 @@ def resolve(project: Project, *, repository: str, image_uris: Sequence[str]) -> 
             f"no study in {project.studies}: each study is a folder with template.yaml or "
             "study.py (README, Studies)"
         )
+    stacks: dict[str, str] = {}
+    for info in found:
+        stack = stack_name("<prefix>", info.name)
+        if stacks.setdefault(stack, info.name) != info.name:
+            raise DeployError(
+                f"studies {stacks[stack]} and {info.name} would share the stack {stack} (a stack "
+                "name has no '_'); rename one of the folders"
+            )
     given = parse_image_uris(image_uris, [info.name for info in found])
     base: ImageSource | None = None
 
@@ -167,6 +181,7 @@ def resolve(project: Project, *, repository: str, image_uris: Sequence[str]) -> 
 def stack_parameters(
     study: Study,
     *,
+    prefix: str,
     image_uri: str,
     results_bucket: str,
     log_group: str,
@@ -175,6 +190,7 @@ def stack_parameters(
     """cloudformation/study.yaml's parameters for one study."""
     return {
         "StudyName": study.name,
+        "TaskFamily": study.family(prefix),
         "ImageUri": image_uri,
         "TaskCpu": str(study.info.cpu),
         "TaskMemoryInMiB": str(study.info.memory_mib),

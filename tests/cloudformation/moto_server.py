@@ -3,6 +3,9 @@
 The deployer (deployer/stacks.py) drives CloudFormation through change sets. moto 5.2.5 differs
 from AWS there in three ways this module corrects, in the server process only:
 
+- A stack name may hold only letters, digits and hyphens and start with a letter ("A stack name
+  can contain only alphanumeric characters (case sensitive) and hyphens": CloudFormation API
+  reference, CreateStack); moto takes any. CreateChangeSet refuses others, as AWS does.
 - CreateChangeSet for an unchanged stack raises "No updates are to be performed." (UpdateStack's
   error); AWS creates a FAILED change set ("The submitted information didn't contain changes"),
   which is what `--no-fail-on-empty-changeset` handles. Unchanged parameters passed back as
@@ -79,6 +82,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -730,6 +734,20 @@ def _patch_task_definitions() -> None:
     TaskDefinition.delete = delete  # type: ignore[attr-defined]
 
 
+STACK_NAME = re.compile(r"[a-zA-Z][-a-zA-Z0-9]{0,127}")
+
+
+def _check_stack_name(name: str) -> None:
+    from moto.cloudformation.exceptions import ValidationError
+
+    if not name.startswith("arn:") and not STACK_NAME.fullmatch(name):
+        raise ValidationError(
+            message=f"1 validation error detected: Value '{name}' at 'stackName' failed to "
+            "satisfy constraint: Member must satisfy regular expression pattern: "
+            "[a-zA-Z][-a-zA-Z0-9]*"
+        )
+
+
 def _patch_change_sets() -> None:
     from moto.cloudformation import parsing
     from moto.cloudformation.models import CloudFormationBackend, Event, Stack
@@ -740,6 +758,7 @@ def _patch_change_sets() -> None:
     create_change_set = CloudFormationResponse.create_change_set
 
     def create_change_set_like_aws(self: Any) -> Any:
+        _check_stack_name(str(self._get_param("StackName")))
         # The backend marks an unchanged change set FAILED, as AWS does; skip the early raise.
         self._validate_different_update = lambda *_args, **_kwargs: None
         return create_change_set(self)

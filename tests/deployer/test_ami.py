@@ -81,7 +81,7 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
     ecs = outputs("ecs")
     # The AMI holds exactly the images the study task definitions run (tiny's is the base
     # image), and the hosts launch from it.
-    run = {outputs(f"study-{name}")["ImageUri"] for name in ("tiny", "option_pricing")}
+    run = {outputs(f"study-{name}")["ImageUri"] for name in ("tiny", "option-pricing")}
     assert len(run) == 2
     assert outputs("ami")["BakedImageUris"] == ",".join(sorted(run))
     assert ecs["InstanceAmiId"] == ami_id
@@ -126,7 +126,7 @@ def test_bake_ami_launches_from_it_keeps_it_on_pause_and_destroy_leaves_nothing_
 
     paused = deployer.destroy("--prefix", prefix, "--pause", "--yes")
     assert paused.code == 0, paused.text
-    kept = ("storage", "image", "ami", "study-option_pricing", "study-tiny")
+    kept = ("storage", "image", "ami", "study-option-pricing", "study-tiny")
     assert set(deployer.stacks(prefix)) == {f"{prefix}-{s}" for s in kept}
     assert ec2.describe_images(ImageIds=[ami_id])["Images"]
     assert ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]

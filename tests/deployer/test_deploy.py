@@ -28,8 +28,9 @@ LAYERS = ("storage", "network", "image", "ecs")
 
 
 def snapshot(deployer: Any, prefix: str, studies: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What a re-run must not change: stack events and outputs, task definition revisions,
-    every object version."""
+    """What a re-run must not change: stack events and outputs (of the fixed stacks and of
+    the study stacks `<prefix>-study-<each of studies>`), task definition revisions, every
+    object version."""
     cloudformation = deployer.client("cloudformation")
     state: dict[str, Any] = {}
     for stack in [f"{prefix}-{layer}" for layer in LAYERS] + [
@@ -134,20 +135,24 @@ def assert_study_stack(
     deployer: Any, prefix: str, name: str, *, cpu: int, memory: int, results: str
 ) -> None:
     """The study's task definition: family <prefix>-study-<name>, the study's size, its own
-    role and log stream prefix; its role reads and writes only its study's results prefix."""
+    role and log stream prefix; its role reads and writes only its study's results prefix.
+    Its stack's name has '-' for the name's '_' (a stack name takes no '_'); the family and
+    the role keep the study's name, which the DAGs run."""
     family = f"{prefix}-study-{name}"
+    stack = f"{prefix}-study-{name.replace('_', '-')}"
+    assert deployer.outputs(stack)["TaskDefinitionFamily"] == family
     definition = task_definition(deployer, family)
     (container,) = definition["containerDefinitions"]
     assert (container["name"], container["cpu"], container["memory"]) == ("task", cpu, memory)
     assert container["logConfiguration"]["options"]["awslogs-stream-prefix"] == name
     # moto's CloudFormation leaves TaskRoleArn out of the task definition: the stack's output.
-    assert deployer.outputs(family)["TaskRoleArn"].endswith(f":role/{family}")
+    assert deployer.outputs(stack)["TaskRoleArn"].endswith(f":role/{family}")
     role = deployer.client("iam").get_role_policy(
         RoleName=family, PolicyName="results-own-prefix-only"
     )["PolicyDocument"]
     bucket = deployer.outputs(f"{prefix}-storage")["ResultsBucketName"]
     assert f"{bucket}/{results}/*" in json.dumps(role)
-    described = deployer.client("cloudformation").describe_stacks(StackName=family)["Stacks"][0]
+    described = deployer.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
     assert {"Key": "windows-batch-compute:study", "Value": name} in described["Tags"]
 
 
@@ -163,9 +168,9 @@ def change_one_study_and_the_cluster(
     results = step_results(third.out)
     assert results[f"Stack {prefix}-ecs"] == "updated"
     assert results[f"Stack {prefix}-study-tiny"] == "updated"
-    assert results[f"Stack {prefix}-study-option_pricing"] == "no changes"
+    assert results[f"Stack {prefix}-study-option-pricing"] == "no changes"
     assert "dags/: 1 uploaded, 0 deleted" in third.out
-    after = snapshot(deployer, prefix, ("tiny", "option_pricing"))
+    after = snapshot(deployer, prefix, ("tiny", "option-pricing"))
     for layer in ("storage", "network", "image"):
         assert after[f"{prefix}-{layer} events"] == before[f"{prefix}-{layer} events"]
     (container,) = task_definition(deployer, f"{prefix}-study-tiny")["containerDefinitions"]
@@ -193,7 +198,7 @@ def test_two_studies_deploy_then_a_rerun_changes_nothing_and_a_change_updates_on
     assert first.code == 0, first.text
     # One line per step, each with its duration.
     steps = step_lines(first.out)
-    for stack in [*LAYERS, "study-option_pricing", "study-tiny"]:
+    for stack in [*LAYERS, "study-option-pricing", "study-tiny"]:
         assert any(
             re.fullmatch(rf"==> Stack {prefix}-{stack}: created \(\d+\.\d s\)", line)
             for line in steps
@@ -203,12 +208,12 @@ def test_two_studies_deploy_then_a_rerun_changes_nothing_and_a_change_updates_on
     assert first.out.count("build host i-") == 2  # one host: launched, terminated
     assert deployer.running_instances() == []
 
-    before = snapshot(deployer, prefix, ("tiny", "option_pricing"))
+    before = snapshot(deployer, prefix, ("tiny", "option-pricing"))
     storage = before[f"{prefix}-storage outputs"]
     repository_uri = before[f"{prefix}-image outputs"]["RepositoryUri"]
     base_uri, option_uri = (f"{repository_uri}:{tag}" for tag in tags)
     tiny = before[f"{prefix}-study-tiny outputs"]
-    option = before[f"{prefix}-study-option_pricing outputs"]
+    option = before[f"{prefix}-study-option-pricing outputs"]
     assert tiny["ImageUri"] == base_uri
     assert option["ImageUri"] == option_uri
     # option_pricing's image was built FROM the base image (--build-arg BASE_IMAGE).
@@ -240,7 +245,7 @@ def test_two_studies_deploy_then_a_rerun_changes_nothing_and_a_change_updates_on
     assert len(results) == len(LAYERS) + 2 + 1  # the stacks, the study stacks, the uploads
     assert second.out.count("unchanged: s3://") == 2
     assert "dags/: 0 uploaded, 0 deleted" in second.out
-    assert snapshot(deployer, prefix, ("tiny", "option_pricing")) == before
+    assert snapshot(deployer, prefix, ("tiny", "option-pricing")) == before
 
     change_one_study_and_the_cluster(deployer, prefix, args, before)
 
@@ -274,11 +279,11 @@ def test_a_study_removed_from_dags_studies_has_its_stack_deleted_and_no_other(
     shutil.rmtree(deployer.project.studies / "option_pricing")
     check = deployer.deploy(*args, *tiny, "--check")
     assert check.code == 0, check.text
-    assert "deploy deletes this stack" in check.line(f"stack {prefix}-study-option_pricing")
+    assert "deploy deletes this stack" in check.line(f"stack {prefix}-study-option-pricing")
     gone = deployer.deploy(*args, *tiny)
     assert gone.code == 0, gone.text
     removed = (
-        f"==> Remove {prefix}-study-option_pricing (study option_pricing is no longer in "
+        f"==> Remove {prefix}-study-option-pricing (study option_pricing is no longer in "
         "dags/studies/; its results stay): deleted ("
     )
     assert removed in gone.out
@@ -376,7 +381,7 @@ def test_check_prints_the_preflight_as_a_table_with_every_study_and_changes_noth
     option = fits.line("study option_pricing")
     assert "1024 CPU units, 1024 MiB a task:" in option
     assert "DAG option-pricing" in option
-    for name in ("tiny", "option_pricing"):
+    for name in ("tiny", "option-pricing"):
         assert "not created yet" in fits.line(f"stack {prefix}-study-{name}")
     assert "64 vCPUs (L-1216C47A) >= 40 needed (10 x c5.xlarge On-Demand)" in fits.out
     assert f"stack {prefix}-storage" in fits.out

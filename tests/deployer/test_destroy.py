@@ -78,7 +78,7 @@ def test_destroy_asks_then_empties_versioned_buckets_drains_and_deletes_in_order
         logs.create_log_group(logGroupName=f"airflow-{prefix}-mwaa-{log_type}")
     stacks = {
         f"{prefix}-{layer}"
-        for layer in ("storage", "network", "image", "ecs", "study-option_pricing", "study-tiny")
+        for layer in ("storage", "network", "image", "ecs", "study-option-pricing", "study-tiny")
     }
     assert stacks == set(deployer.stacks(prefix))
 
@@ -94,7 +94,7 @@ def test_destroy_asks_then_empties_versioned_buckets_drains_and_deletes_in_order
     order = [line for line in destroyed.out.splitlines() if line.startswith("==> Delete ")]
     assert [line.split(":")[0] for line in order] == [
         f"==> Delete {prefix}-{layer}"
-        for layer in ("study-option_pricing", "study-tiny", "ecs", "image", "network", "storage")
+        for layer in ("study-option-pricing", "study-tiny", "ecs", "image", "network", "storage")
     ]
     assert all(": deleted (" in line for line in order)
     assert deployer.stacks(prefix) == {}
@@ -152,7 +152,7 @@ def test_pause_keeps_results_images_and_studies_says_the_run_history_goes_and_de
 ) -> None:
     deployer = two_studies
     prefix = deployed(deployer)
-    image_uri = deployer.outputs(f"{prefix}-study-option_pricing")["ImageUri"]
+    image_uri = deployer.outputs(f"{prefix}-study-option-pricing")["ImageUri"]
     results = deployer.outputs(f"{prefix}-storage")["ResultsBucketName"]
     s3 = deployer.client("s3")
     s3.put_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv", Body=b"ebn0_db\n")
@@ -175,7 +175,7 @@ def test_pause_keeps_results_images_and_studies_says_the_run_history_goes_and_de
         line.split(":")[0] for line in paused.out.splitlines() if line.startswith("==> Delete")
     ] == [f"==> Delete {prefix}-{layer}" for layer in ("mwaa", "ecs", "network")]
     assert set(deployer.stacks(prefix)) == {
-        f"{prefix}-{layer}" for layer in ("storage", "image", "study-option_pricing", "study-tiny")
+        f"{prefix}-{layer}" for layer in ("storage", "image", "study-option-pricing", "study-tiny")
     }
     assert s3.get_object(Bucket=results, Key="sim/aggregate_results/r1/results.csv")
     assert "with an empty Airflow run history" in paused.out
@@ -183,7 +183,7 @@ def test_pause_keeps_results_images_and_studies_says_the_run_history_goes_and_de
     resumed = deployer.deploy("--prefix", prefix, "--skip", "mwaa")
     assert resumed.code == 0, resumed.text
     assert "build host i-" not in resumed.out
-    assert deployer.outputs(f"{prefix}-study-option_pricing")["ImageUri"] == image_uri
+    assert deployer.outputs(f"{prefix}-study-option-pricing")["ImageUri"] == image_uri
     # The study stacks now name the new ECS stack's execution role.
     role = deployer.outputs(f"{prefix}-ecs")["TaskExecutionRoleArn"]
     for name in ("option_pricing", "tiny"):

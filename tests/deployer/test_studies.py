@@ -101,6 +101,18 @@ def test_the_lifecycle_rules_keep_each_images_last_ones_longer_names_first() -> 
         studies.lifecycle_policy([f"image{n:02d}" for n in range(40)])
 
 
+def test_a_study_name_with_an_underscore_gets_a_stack_name_cloudformation_takes(
+    tmp_path: Path,
+) -> None:
+    """A stack name takes letters, digits and '-' only (CloudFormation API reference,
+    CreateStack); the family and role keep the study's name. Two names that would share one
+    stack are refused."""
+    assert studies.stack_name("wb", "option_pricing") == "wb-study-option-pricing"
+    project = scratch_project(tmp_path, {"a_b": TINY, "a-b": TINY})
+    with pytest.raises(DeployError, match="studies a-b and a_b would share the stack"):
+        studies.resolve(project, repository="p/images", image_uris=())
+
+
 def test_study_stacks_are_found_by_their_tags_not_their_names() -> None:
     listed = [
         {"StackName": "wb-study-x", "Tags": [*tags("wb", "x")]},
