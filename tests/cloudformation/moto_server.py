@@ -37,8 +37,9 @@ from AWS there in three ways this module corrects, in the server process only:
   container definitions without turning their keys to the API's camelCase (so a changed study
   size reads back without `memory`), and is not deregistered when its stack is deleted. Here a
   create keeps the roles, an update that changes anything registers a new revision and
-  deregisters the old (ContainerDefinitions: "Update requires: Replacement", CloudFormation
-  template reference), and deleting it deregisters it, as CloudFormation does.
+  deregisters the old (ContainerDefinitions, TaskRoleArn and ExecutionRoleArn are
+  createOnlyProperties of the resource's CloudFormation schema: a change replaces it), and
+  deleting it deregisters it, as CloudFormation does.
 
 It also seeds the public SSM parameter of the ECS-optimized Windows Server 2022 AMI, which AWS
 publishes and moto does not know, and the EC2 On-Demand Standard vCPU quota (Service Quotas
