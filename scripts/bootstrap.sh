@@ -2,16 +2,17 @@
 #
 # Installs everything the project needs on a Debian machine: Debian packages
 # (Octave, Chromium for the browser test), the virtual environment .venv with
-# the pinned Python packages, the task runner (wbrun) and bersim, checkov in its own .venv-checkov and the AWS CLI v1 (for
-# the deploy tests) in its own .venv-awscli: neither can share MWAA's pins.
-# Each step is skipped when already done, so re-running it is quick.
+# the pinned Python packages, the task runner (wbrun) and bersim, and checkov in its own
+# .venv-checkov (it cannot share MWAA's pins). Each step is skipped when already done, so
+# re-running it is quick.
+#   scripts/bootstrap.sh          everything (make setup)
+#   scripts/bootstrap.sh --venv   .venv only: what deploy.sh and destroy.sh run the deployer with
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
 readonly VENV="${ROOT}/.venv"
 readonly CHECKOV_VENV="${ROOT}/.venv-checkov"
-readonly AWSCLI_VENV="${ROOT}/.venv-awscli"
 readonly APT_PACKAGES=(octave chromium fonts-liberation)
 
 err() {
@@ -122,24 +123,13 @@ install_checkov_venv() {
   cat "${inputs[@]}" | sha256sum >"${stamp}"
 }
 
-# awscli v1 caps rsa below the version MWAA's Airflow constraints pin: it cannot share .venv.
-install_awscli_venv() {
-  local inputs=("${ROOT}/requirements-awscli.txt")
-  local stamp="${AWSCLI_VENV}/.bootstrap-stamp"
-  make_venv "${AWSCLI_VENV}"
-  if up_to_date "${stamp}" "${inputs[@]}"; then
-    return 0
-  fi
-  echo "bootstrap: installing the AWS CLI into .venv-awscli"
-  pip_quiet "${AWSCLI_VENV}/bin/pip" install -q --no-deps -r "${ROOT}/requirements-awscli.txt"
-  "${AWSCLI_VENV}/bin/pip" check
-  cat "${inputs[@]}" | sha256sum >"${stamp}"
-}
-
 main() {
+  if [[ "${1:-}" == "--venv" ]]; then
+    install_main_venv
+    return
+  fi
   install_debian_packages
   install_main_venv
-  install_awscli_venv
   if [[ -f "${ROOT}/requirements-checkov.txt" ]]; then
     install_checkov_venv
   fi

@@ -2,17 +2,14 @@
 
 `migrated_db` is the one `airflow db migrate` of the session: tests/dags, tests/plugins and
 tests/ui copy its database instead of migrating their own (each costs tens of seconds).
-`lifecycle`, for tests/test_deploy.py and tests/test_destroy.py, is one moto server and its
-deployments (test_deploy.Lifecycle): two image builds where the tests made three.
-Under pytest-xdist (make test) each worker has its own of both; `work_unit` below decides
-which tests run together on one worker.
+Under pytest-xdist (make test) each worker has its own; `work_unit` below decides which tests
+run together on one worker.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,7 +33,6 @@ def load_module(name: str, path: Path) -> ModuleType:
 
 # The other conftests and test files take these from sys.modules (`import local_airflow`).
 moto_server = load_module("moto_server", REPO / "tests" / "cloudformation" / "moto_server.py")
-deploy_helpers = load_module("test_deploy_helpers", REPO / "tests" / "test_deploy.py")
 local_airflow = load_module("local_airflow", REPO / "scripts" / "local_airflow.py")
 
 
@@ -50,16 +46,6 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("airflow-migrated")
     local_airflow.migrate(local_airflow.airflow_env(home=home, local_root=home / "buckets"))
     return home
-
-
-@pytest.fixture(scope="session")
-def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A moto server and the deployments test_deploy.Lifecycle hands out; stopped at the end."""
-    root = tmp_path_factory.mktemp("lifecycle")
-    with deploy_helpers.moto_server.running_server(
-        root / "server.log", deploy_helpers.REGION
-    ) as url:
-        yield deploy_helpers.Lifecycle(url, root)
 
 
 # Work units for `pytest -n N --dist loadscope` (make test). Each test file is one unit (its

@@ -1,8 +1,11 @@
-"""A moto server that behaves like AWS where deploy.sh relies on it, and a way to run one.
+"""A moto server that behaves like AWS where the deployer relies on it, and a way to run one.
 
-`aws cloudformation deploy` drives CloudFormation through change sets. moto 5.2.5 differs from
-AWS there in three ways this module corrects, in the server process only:
+The deployer (deployer/stacks.py) drives CloudFormation through change sets. moto 5.2.5 differs
+from AWS there in three ways this module corrects, in the server process only:
 
+- A stack name may hold only letters, digits and hyphens and start with a letter ("A stack name
+  can contain only alphanumeric characters (case sensitive) and hyphens": CloudFormation API
+  reference, CreateStack); moto takes any. CreateChangeSet refuses others, as AWS does.
 - CreateChangeSet for an unchanged stack raises "No updates are to be performed." (UpdateStack's
   error); AWS creates a FAILED change set ("The submitted information didn't contain changes"),
   which is what `--no-fail-on-empty-changeset` handles. Unchanged parameters passed back as
@@ -12,7 +15,8 @@ AWS there in three ways this module corrects, in the server process only:
 - A stack created or updated by executing a change set keeps its old (empty) outputs and never
   registers its exports (deleting it then fails with a KeyError). A create that fails (a resource
   CloudFormation cannot create, e.g. a repository name already taken) raises from
-  ExecuteChangeSet; AWS accepts the call and the stack ends in ROLLBACK_COMPLETE.
+  ExecuteChangeSet; AWS accepts the call, records a CREATE_FAILED event for that resource (its
+  logical ID, type and the service's message) and the stack ends in ROLLBACK_COMPLETE.
 - `AWS::S3::Bucket` ignores `VersioningConfiguration` (the MWAA bucket must be versioned), and
   `AWS::ECR::Repository` ignores `EmptyOnDelete` (deleting the stack of a repository with images
   then fails).
@@ -25,6 +29,17 @@ AWS there in three ways this module corrects, in the server process only:
   be deleted. Deleting the VPC here first deletes what CloudFormation would have deleted before.
 - `AWS::AutoScaling::AutoScalingGroup` keeps an `AWS::NoValue` item of a list as None (AWS leaves
   it out: ecs.yaml's empty InstanceType2-4 overrides) and drops `CapacityRebalance`.
+- A stack update that touches a resource whose moto model cannot be updated (AWS::Logs::LogGroup
+  when any parameter it names is passed again) loses that resource: its Ref and the outputs made
+  from it are gone (ecs.yaml's LogGroupName, which the study stacks take). AWS updates it in
+  place; here it is kept as it was.
+- `AWS::ECS::TaskDefinition` drops TaskRoleArn and ExecutionRoleArn, registers an update's
+  container definitions without turning their keys to the API's camelCase (so a changed study
+  size reads back without `memory`), and is not deregistered when its stack is deleted. Here a
+  create keeps the roles, an update that changes anything registers a new revision and
+  deregisters the old (ContainerDefinitions, TaskRoleArn and ExecutionRoleArn are
+  createOnlyProperties of the resource's CloudFormation schema: a change replaces it), and
+  deleting it deregisters it, as CloudFormation does.
 
 It also seeds the public SSM parameter of the ECS-optimized Windows Server 2022 AMI, which AWS
 publishes and moto does not know, and the EC2 On-Demand Standard vCPU quota (Service Quotas
@@ -35,7 +50,10 @@ The Windows image build host is simulated, since no Windows instance runs here: 
 refuses an instance that is not running (InvalidInstanceId, as for an instance whose SSM agent
 has not registered), and the build document's invocation ends as MOTO_IMAGE_BUILD_OUTCOME says:
 Success (default; the image appears in ECR under the ImageUri parameter) or Failed (the output
-streams in the command's CloudWatch log group end with "docker build failed").
+streams in the command's CloudWatch log group end with "docker build failed"). A build whose
+BaseImageUri (the Dockerfile's `FROM ${BASE_IMAGE}`) is not in ECR fails as `docker build` does
+when it cannot pull its base ("failed to resolve source metadata for ...: not found"); the
+pushed image's manifest records the base it was built on.
 
 moto has no EC2 Image Builder and no EC2 Fast Launch, so the ami stack's part of AWS is simulated:
 - AWS::ImageBuilder::Component, ImageRecipe, InfrastructureConfiguration and
@@ -43,7 +61,11 @@ moto has no EC2 Image Builder and no EC2 Fast Launch, so the ami stack's part of
   it registers a Windows AMI in moto's EC2, named and tagged as the distribution configuration's
   AmiDistributionConfiguration says, and answers GetAtt ImageId. A new recipe ARN replaces the
   image (a new AMI); deleting an image leaves its AMI in EC2, as Image Builder's DeleteImage
-  does ("does not delete any EC2 AMIs").
+  does ("does not delete any EC2 AMIs"). moto's stack update re-creates a resource only when
+  its own template or parameters changed, not when a resource it names got a new ARN (AWS
+  re-resolves `!GetAtt Recipe.Arn`, and ImageRecipeArn is create-only): an image whose recipe,
+  infrastructure or distribution configuration was updated is updated too, and builds a new
+  AMI only when one of their ARNs differs.
 - A FastLaunchConfigurations entry with Enabled enables EC2 Fast Launch for that AMI, refused
   below 6 MaxParallelLaunches as EnableFastLaunch does ("Value must be 6 or greater"), and makes
   TargetResourceCount pre-provisioned snapshots (DescribeSnapshots lists them).
@@ -140,6 +162,8 @@ BUILD_FAILURE_LINE = "docker build failed"
 def apply_patches() -> None:
     """Make moto behave like AWS in the ways the module docstring lists."""
     _patch_change_sets()
+    _patch_in_place_updates()
+    _patch_task_definitions()
     _patch_bucket_versioning()
     _patch_mixed_instances_group()
     _patch_repository_empty_on_delete()
@@ -233,6 +257,7 @@ def _patch_service_quotas() -> None:
 
 def _patch_build_host() -> None:
     from moto.ec2.models import ec2_backends
+    from moto.ecr.exceptions import ImageNotFoundException, RepositoryNotFoundException
     from moto.ecr.models import ecr_backends
     from moto.logs.models import logs_backends
     from moto.ssm.exceptions import SSMException
@@ -266,14 +291,19 @@ def _patch_build_host() -> None:
             return command
         image_uri = kwargs["parameters"]["ImageUri"][0]
         repository, tag = image_uri.split("/", 1)[1].rsplit(":", 1)
+        base = (kwargs["parameters"].get("BaseImageUri") or [""])[0]
         outcome = os.environ.get("MOTO_IMAGE_BUILD_OUTCOME", "Success")
+        failure = [BUILD_FAILURE_LINE]
+        if outcome == "Success" and base and not _image_in_ecr(self, base):
+            outcome = "Failed"
+            failure = [f"failed to resolve source metadata for {base}: not found", *failure]
         for invocation in command.invocations:
             invocation.update(Status=outcome, StatusDetails=outcome, PluginName="BuildAndPush")
             invocation["ResponseCode"] = 0 if outcome == "Success" else 1
         if outcome == "Success":
             ecr_backends[self.account_id][self.region_name].put_image(
                 repository,
-                json.dumps({"schemaVersion": 2, "built": image_uri}),
+                json.dumps({"schemaVersion": 2, "built": image_uri, "base": base}),
                 tag,
                 "application/vnd.docker.distribution.manifest.v2+json",
             )
@@ -284,7 +314,7 @@ def _patch_build_host() -> None:
             for instance_id in kwargs["instance_ids"]:
                 for name, lines in (
                     ("stdout", [f"Step {n}/12 : RUN ..." for n in range(1, 60)]),
-                    ("stderr", [BUILD_FAILURE_LINE]),
+                    ("stderr", failure),
                 ):
                     stream = f"{command.command_id}/{instance_id}/BuildAndPush/{name}"
                     logs.ensure_log_stream(group_name, stream)
@@ -294,6 +324,16 @@ def _patch_build_host() -> None:
                         [{"timestamp": int(time.time() * 1000), "message": line} for line in lines],
                     )
         return command
+
+    def _image_in_ecr(self: Any, uri: str) -> bool:
+        repository, tag = uri.split("/", 1)[1].rsplit(":", 1)
+        try:
+            ecr_backends[self.account_id][self.region_name].describe_images(
+                repository, image_ids=[{"imageTag": tag}]
+            )
+        except (ImageNotFoundException, RepositoryNotFoundException):
+            return False
+        return True
 
     SimpleSystemManagerBackend.send_command = send_to_the_build_host  # type: ignore[method-assign]
     SimpleSystemManagerResponse.send_command = keep_output_config  # type: ignore[method-assign]
@@ -308,8 +348,30 @@ FAST_LAUNCH_MIN_PARALLEL_LAUNCHES = 6
 MOTO_MODEL_MODULE = "moto.imagebuilder.models"
 
 
+IMAGE_INPUTS = (
+    "ImageRecipeArn",
+    "InfrastructureConfigurationArn",
+    "DistributionConfigurationArn",
+)
+
+
+def _get_att_targets(value: Any) -> set[str]:
+    """The resources a template fragment names with Fn::GetAtt."""
+    if isinstance(value, dict):
+        found = set()
+        for key, item in value.items():
+            if key == "Fn::GetAtt":
+                found.add(item[0] if isinstance(item, list) else str(item).split(".")[0])
+            else:
+                found |= _get_att_targets(item)
+        return found
+    if isinstance(value, list):
+        return set().union(*(_get_att_targets(item) for item in value)) if value else set()
+    return set()
+
+
 def _patch_image_builder() -> None:
-    from moto.cloudformation.parsing import get_model_map, get_name_type_map
+    from moto.cloudformation.parsing import ResourceMap, get_model_map, get_name_type_map
     from moto.core.common_models import CloudFormationModel
     from moto.ec2.models import ec2_backends
 
@@ -445,6 +507,7 @@ def _patch_image_builder() -> None:
             if ami_settings.get("AmiTags"):
                 ec2.create_tags([ami.id], dict(ami_settings["AmiTags"]))
             self.image_id = ami.id
+            self.inputs = tuple(properties.get(key) for key in IMAGE_INPUTS)
             for fast_launch in target.get("FastLaunchConfigurations", []):
                 if str(fast_launch.get("Enabled")).lower() == "true":
                     _enable_fast_launch(ec2, ami.id, fast_launch)
@@ -461,6 +524,37 @@ def _patch_image_builder() -> None:
             if attribute_name == "ImageId":
                 return self.image_id
             return super().get_cfn_attribute(attribute_name)
+
+        @classmethod
+        def update_from_cloudformation_json(
+            cls,
+            original_resource: Any,
+            new_resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+        ) -> Any:
+            properties = cloudformation_json["Properties"]
+            if tuple(properties.get(key) for key in IMAGE_INPUTS) == original_resource.inputs:
+                return original_resource
+            original_resource.delete(account_id, region_name)
+            return cls(new_resource_name, properties, account_id, region_name)
+
+    build_resource_diff = ResourceMap.build_resource_diff
+
+    def diff_with_images(self: Any, other_template: dict[str, Any], *args: Any) -> Any:
+        actions = build_resource_diff(self, other_template, *args)
+        changed = set(actions["Modify"]) | set(actions["Add"])
+        for name, spec in other_template["Resources"].items():
+            if (
+                spec.get("Type") == "AWS::ImageBuilder::Image"
+                and name not in changed
+                and _get_att_targets(spec.get("Properties", {})) & changed
+            ):
+                actions["Modify"].append(name)
+        return actions
+
+    ResourceMap.build_resource_diff = diff_with_images  # type: ignore[method-assign]
 
     # moto caches its map of CloudFormation types; the new models must be in it.
     get_model_map.cache_clear()
@@ -585,8 +679,106 @@ def _patch_fast_launch() -> None:
     EC2Response.disable_fast_launch = disable_fast_launch  # type: ignore[attr-defined]
 
 
+def _patch_in_place_updates() -> None:
+    from moto.cloudformation import parsing
+    from moto.cloudformation.parsing import resource_class_from_type
+
+    parse_and_update_resource = parsing.parse_and_update_resource
+
+    def update_or_keep(
+        logical_id: str, resource_json: Any, resources_map: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        updated = parse_and_update_resource(
+            logical_id, resource_json, resources_map, *args, **kwargs
+        )
+        model = resource_class_from_type(resource_json.get("Type", ""))
+        # None also for a type moto does not model at all: nothing to keep then.
+        if (
+            updated is None
+            and model is not None
+            and hasattr(model.update_from_cloudformation_json, "__isabstractmethod__")
+        ):
+            return resources_map[logical_id]
+        return updated
+
+    parsing.parse_and_update_resource = update_or_keep
+
+
+def _patch_task_definitions() -> None:
+    from moto.core.utils import pascal_to_camelcase, remap_nested_keys
+    from moto.ecs.models import TaskDefinition, ecs_backends
+
+    def described(properties: dict[str, Any]) -> dict[str, Any]:
+        """RegisterTaskDefinition's arguments from the resource's properties."""
+        return {
+            "family": properties["Family"],
+            "container_definitions": remap_nested_keys(
+                properties.get("ContainerDefinitions", []), pascal_to_camelcase
+            ),
+            "network_mode": properties.get("NetworkMode"),
+            "requires_compatibilities": properties.get("RequiresCompatibilities"),
+            "cpu": properties.get("Cpu"),
+            "memory": properties.get("Memory"),
+            "task_role_arn": properties.get("TaskRoleArn"),
+            "execution_role_arn": properties.get("ExecutionRoleArn"),
+        }
+
+    def create(
+        cls: Any,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **_: Any,
+    ) -> Any:
+        backend = ecs_backends[account_id][region_name]
+        return backend.register_task_definition(**described(cloudformation_json["Properties"]))
+
+    def update(  # noqa: PLR0917 (moto's signature)
+        cls: Any,
+        original_resource: Any,
+        new_resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+    ) -> Any:
+        wanted = described(cloudformation_json["Properties"])
+        # Unset properties take moto's defaults (network mode bridge): compare the ones set.
+        if all(
+            getattr(original_resource, k, None) == v for k, v in wanted.items() if v is not None
+        ):
+            return original_resource
+        backend = ecs_backends[account_id][region_name]
+        revision = backend.register_task_definition(**wanted)
+        backend.deregister_task_definition(original_resource.arn)
+        return revision
+
+    def delete(self: Any, account_id: str, region_name: str) -> None:
+        if self.status == "ACTIVE":
+            ecs_backends[account_id][region_name].deregister_task_definition(self.arn)
+
+    TaskDefinition.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+    TaskDefinition.update_from_cloudformation_json = classmethod(update)  # type: ignore[method-assign,assignment]
+    TaskDefinition.delete = delete  # type: ignore[attr-defined]
+
+
+STACK_NAME = re.compile(r"[a-zA-Z][-a-zA-Z0-9]{0,127}")
+
+
+def _check_stack_name(name: str) -> None:
+    from moto.cloudformation.exceptions import ValidationError
+
+    if not name.startswith("arn:") and not STACK_NAME.fullmatch(name):
+        raise ValidationError(
+            message=f"1 validation error detected: Value '{name}' at 'stackName' failed to "
+            "satisfy constraint: Member must satisfy regular expression pattern: "
+            "[a-zA-Z][-a-zA-Z0-9]*"
+        )
+
+
 def _patch_change_sets() -> None:
-    from moto.cloudformation.models import CloudFormationBackend, Stack
+    from moto.cloudformation import parsing
+    from moto.cloudformation.models import CloudFormationBackend, Event, Stack
     from moto.cloudformation.parsing import ResourceMap
     from moto.cloudformation.responses import CloudFormationResponse
     from moto.ssm.models import ssm_backends
@@ -594,6 +786,7 @@ def _patch_change_sets() -> None:
     create_change_set = CloudFormationResponse.create_change_set
 
     def create_change_set_like_aws(self: Any) -> Any:
+        _check_stack_name(str(self._get_param("StackName")))
         # The backend marks an unchanged change set FAILED, as AWS does; skip the early raise.
         self._validate_different_update = lambda *_args, **_kwargs: None
         return create_change_set(self)
@@ -606,6 +799,20 @@ def _patch_change_sets() -> None:
         )
 
     execute_change_set = CloudFormationBackend.execute_change_set
+    parse_and_create_resource = parsing.parse_and_create_resource
+
+    def create_or_name_the_failure(
+        logical_id: str, resource_json: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return parse_and_create_resource(logical_id, resource_json, *args, **kwargs)
+        except Exception as error:
+            # The innermost resource is the one that failed; its callers only pass it on.
+            if not hasattr(error, "failed_resource"):
+                error.failed_resource = (logical_id, resource_json.get("Type", ""))  # type: ignore[attr-defined]
+            raise
+
+    parsing.parse_and_create_resource = create_or_name_the_failure
 
     def execute_and_refresh_outputs(
         self: Any, change_set_name: str, stack_name: str | None = None
@@ -618,7 +825,25 @@ def _patch_change_sets() -> None:
             if change_set.change_set_type != "CREATE":
                 raise
             # AWS rolls a failed create back (deleting what it created) and keeps the stack.
-            stack._add_stack_event("CREATE_FAILED", resource_status_reason=str(error))
+            failed = getattr(error, "failed_resource", None)
+            if failed is not None:
+                stack.events.append(
+                    Event(
+                        stack_id=stack.stack_id,
+                        stack_name=stack.name,
+                        logical_resource_id=failed[0],
+                        physical_resource_id="",
+                        resource_type=failed[1],
+                        resource_status="CREATE_FAILED",
+                        resource_status_reason=str(error),
+                        resource_properties=None,
+                    )
+                )
+            stack._add_stack_event(
+                "ROLLBACK_IN_PROGRESS",
+                resource_status_reason="The following resource(s) failed to create: "
+                f"[{failed[0] if failed else ''}]. Rollback requested by user.",
+            )
             with contextlib.suppress(Exception):
                 stack.resource_map.delete()
             stack.status = "ROLLBACK_COMPLETE"

@@ -1,8 +1,8 @@
 """The baked AMI (cloudformation/ami.yaml) and the ECS stack's switch to it, from the templates.
 
-moto has no EC2 Image Builder and no EC2 Fast Launch: the deploy test (tests/test_deploy.py,
---bake-ami) runs deploy.sh and destroy.sh against the moto server's simulation of them; here the
-templates are held to the documented rules the simulation cannot check.
+moto has no EC2 Image Builder and no EC2 Fast Launch: the deploy test (tests/deployer/test_ami.py,
+--bake-ami) runs the deployer against the moto server's simulation of them; here the templates
+are held to the documented rules the simulation cannot check.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 from cfnlint.decode import decode_str
+
+from deployer import cli
+from deployer import deploy as deploy_module
 
 from ..conftest import load_module
 
@@ -109,13 +112,21 @@ def test_the_recipe_bakes_on_the_ami_the_ecs_stack_launches_otherwise(
     assert parent["Default"].startswith("/aws/service/ami-windows-latest/Windows_Server-2022-")
 
 
-def test_the_component_pulls_the_image_the_task_definition_runs(
-    ami: dict[str, Any], ecs: dict[str, Any]
+def test_the_component_pulls_every_image_the_study_task_definitions_run(
+    ami: dict[str, Any],
 ) -> None:
-    (container,) = resource(ecs, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
-    repository_image = container["Image"]["Fn::If"][2]
-    task_image = sub_text(repository_image)
-    assert task_image == "${RepositoryUri}:${ImageTag}"
+    """The deployer passes each study stack's ImageUri (and the base image) as ImageUris; the
+    component logs in to each ECR registry among them, pulls each, and checks each is cached."""
+    study = load("study")
+    (container,) = resource(study, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    assert container["Image"] == {"Ref": "ImageUri"}
+    uris = ami["Parameters"]["ImageUris"]
+    # The list reaches PowerShell inside single quotes: no quote, space or ';' can get in.
+    pattern = uris["AllowedPattern"]
+    assert re.fullmatch(pattern, "123456789012.dkr.ecr.us-east-1.amazonaws.com/p/images:base-1")
+    assert re.fullmatch(pattern, "a.example/x:1,public.ecr.aws/y/z@sha256:ab")
+    for bad in ("x'; rm", "a b", "x,", ""):
+        assert not re.fullmatch(pattern, bad), bad
     component = resource(ami, "AWS::ImageBuilder::Component")
     assert component["Platform"] == "Windows"
     data = sub_text(component["Data"])
@@ -131,15 +142,18 @@ def test_the_component_pulls_the_image_the_task_definition_runs(
 
     assert all(step["action"] == "ExecutePowerShell" for steps in phases.values() for step in steps)
     build = commands("build")
+    assert build[2] == "$uris = '${ImageUris}'.Split(',')"
     login = next(i for i, c in enumerate(build) if "docker login" in c)
-    pull = build.index(f"docker pull '{task_image}'")
+    pull = next(i for i, c in enumerate(build) if "docker pull $uri" in c)
     assert login < pull
-    assert "throw" in build[pull + 1]
-    assert "$LASTEXITCODE" in build[pull + 1]
-    assert any("Get-ECRAuthorizationToken" in c for c in build[:login])
-    validate = commands("validate")
-    assert any(f"docker image inspect '{task_image}'" in c for c in validate)
-    assert any("throw" in c for c in validate)
+    assert "Get-ECRAuthorizationToken" in build[login]
+    assert "throw" in build[login]
+    assert "foreach ($uri in $uris)" in build[pull]
+    assert "$LASTEXITCODE -ne 0) { throw" in build[pull]
+    (validate,) = commands("validate")
+    assert "foreach ($uri in '${ImageUris}'.Split(','))" in validate
+    assert "docker image inspect $uri" in validate
+    assert "throw" in validate
 
 
 def test_fast_launch_meets_ec2s_rules(ami: dict[str, Any]) -> None:
@@ -169,12 +183,12 @@ def test_fast_launch_meets_ec2s_rules(ami: dict[str, Any]) -> None:
     assert fast_launch["AccountId"] == {"Ref": "AWS::AccountId"}
 
 
-def test_a_new_image_tag_makes_a_new_image_and_the_same_tag_changes_nothing(
+def test_a_new_set_of_images_makes_a_new_image_and_the_same_set_changes_nothing(
     ami: dict[str, Any],
 ) -> None:
     """Image Builder versions are immutable: a resource whose create-only properties follow the
-    image must carry the tag in its name, or its replacement would collide with itself."""
-    image_inputs = {"ImageTag", "RepositoryUri", "ParentAmiId"}
+    images must carry the bake tag in its name, or its replacement would collide with itself."""
+    image_inputs = {"BakeTag", "ImageUris", "ParentAmiId"}
     for name, spec in ami["Resources"].items():
         if not spec["Type"].startswith("AWS::ImageBuilder::"):
             continue
@@ -182,7 +196,7 @@ def test_a_new_image_tag_makes_a_new_image_and_the_same_tag_changes_nothing(
         create_only = create_only_properties(spec["Type"]) & set(properties)
         used = set().union(*(references(properties[p]) for p in create_only))
         if used & image_inputs and "Name" in properties:
-            assert "ImageTag" in references(properties["Name"]), name
+            assert "BakeTag" in references(properties["Name"]), name
     image = resource(ami, "AWS::ImageBuilder::Image")
     assert image["ImageRecipeArn"] == {"Fn::GetAtt": ["Recipe", "Arn"]}
     assert "ImageRecipeArn" in create_only_properties("AWS::ImageBuilder::Image")
@@ -265,7 +279,11 @@ def test_the_build_instance_has_least_privilege_and_goes_away(ami: dict[str, Any
             # No resource-level permission exists for the registry login token.
             assert granted == {"ecr:GetAuthorizationToken"}
         else:
-            assert sub_text(statement["Resource"]).endswith(":repository/${RepositoryName}")
+            # Any repository of this account in this Region: a study's given image may live in
+            # another one (the ECS instance role pulls from any).
+            assert sub_text(statement["Resource"]) == (
+                "arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/*"
+            )
     assert actions == ECR_PULL_ACTIONS | {"ecr:GetAuthorizationToken"}
     infrastructure = resource(ami, "AWS::ImageBuilder::InfrastructureConfiguration")
     assert infrastructure["TerminateInstanceOnFailure"] is True
@@ -276,49 +294,40 @@ def test_the_build_instance_has_least_privilege_and_goes_away(ami: dict[str, Any
 
 
 def test_the_estimate_gets_the_baked_boot_and_pull_times() -> None:
-    """mwaa.yaml carries them to cost.py; deploy.sh passes the baked ones; all agree."""
+    """mwaa.yaml carries them to cost.py; the deployer passes the baked ones; all agree."""
     cost = load_module("baked_ami_cost", REPO / "dags" / "windows_batch" / "cost.py")
     bench = load_module("baked_ami_bench_cost", REPO / "benchmarks" / "bench_cost.py")
-    constants = dict(
-        re.findall(r"^readonly (\w+_AMI_\w+_SECONDS)=(\d+)$", DEPLOY.read_text(), re.M)
-    )
     defaults = cost.load_cost_settings({}, backend="ecs")
-    assert float(constants["PUBLIC_AMI_BOOT_SECONDS"]) == defaults.boot_s
-    assert float(constants["PUBLIC_AMI_PULL_SECONDS"]) == defaults.pull_s
+    assert float(deploy_module.PUBLIC_AMI_BOOT_S) == defaults.boot_s
+    assert float(deploy_module.PUBLIC_AMI_PULL_S) == defaults.pull_s
     mwaa = load("mwaa")
     assert float(mwaa["Parameters"]["InstanceBootSeconds"]["Default"]) == defaults.boot_s
     assert float(mwaa["Parameters"]["ImagePullSeconds"]["Default"]) == defaults.pull_s
     # Fast Launch: "up to 65 % faster" (EC2 User Guide), the benchmark's assumption too.
-    assert int(constants["BAKED_AMI_BOOT_SECONDS"]) == round(
-        defaults.boot_s * bench.FAST_LAUNCH_BOOT
-    )
-    assert int(constants["BAKED_AMI_PULL_SECONDS"]) == 0
+    assert round(defaults.boot_s * bench.FAST_LAUNCH_BOOT) == deploy_module.BAKED_AMI_BOOT_S
+    assert deploy_module.BAKED_AMI_PULL_S == 0
     options = mwaa["Resources"]["Environment"]["Properties"]["AirflowConfigurationOptions"]
     assert options["windows_batch.boot_s"] == {"Ref": "InstanceBootSeconds"}
     assert options["windows_batch.pull_s"] == {"Ref": "ImagePullSeconds"}
     # MWAA hands windows_batch.<key> to Airflow as AIRFLOW__WINDOWS_BATCH__<KEY>.
     baked = cost.load_cost_settings(
         {
-            "AIRFLOW__WINDOWS_BATCH__BOOT_S": constants["BAKED_AMI_BOOT_SECONDS"],
-            "AIRFLOW__WINDOWS_BATCH__PULL_S": constants["BAKED_AMI_PULL_SECONDS"],
+            "AIRFLOW__WINDOWS_BATCH__BOOT_S": str(deploy_module.BAKED_AMI_BOOT_S),
+            "AIRFLOW__WINDOWS_BATCH__PULL_S": str(deploy_module.BAKED_AMI_PULL_S),
         },
         backend="ecs",
     )
     assert (baked.boot_s, baked.pull_s) == (315, 0)
 
 
-def test_help_and_option_checks_name_the_baked_ami(tmp_path: Path) -> None:
+def test_help_names_the_baked_ami_and_it_takes_given_images() -> None:
     shown = subprocess.run(
         ["/bin/bash", str(DEPLOY), "--help"], capture_output=True, text=True, check=False
     )
     assert shown.returncode == 0
     assert "--bake-ami" in shown.stdout
     assert "--no-bake-ami" in shown.stdout
-    refused = subprocess.run(
-        ["/bin/bash", str(DEPLOY), "--bake-ami", "--image-uri", "example.com/b:1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert refused.returncode != 0
-    assert "--bake-ami bakes the image stack's image; it excludes --image-uri" in refused.stderr
+    # --image-uri and --bake-ami no longer exclude each other: the given image is baked too.
+    options = cli.parse_deploy(["--bake-ami", "--image-uri", "tiny=example.com/b:1"])
+    assert options is not None
+    assert (options.bake_ami, options.image_uris) == (True, ("tiny=example.com/b:1",))

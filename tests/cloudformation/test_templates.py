@@ -211,8 +211,16 @@ def test_image_repository_and_a_build_host_that_cannot_outlive_its_build() -> No
     repository = resources["Repository"]["Properties"]
     assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
     assert repository["ImageTagMutability"] == "IMMUTABLE"
-    lifecycle = repository["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"]
-    rule = json.loads(lifecycle.replace("${ImagesToKeep}", "5"))["rules"][0]
+    # The deployer's rules (one per image name: deployer/studies.py), else ImagesToKeep of any.
+    condition, given, default = repository["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::If"]
+    template = load("image")
+    assert template["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "LifecyclePolicyText"}, ""]}]
+    }
+    assert given == {"Ref": "LifecyclePolicyText"}
+    # CloudFormation's parameter value quota (CloudFormation User Guide, quotas): 4,096 bytes.
+    assert template["Parameters"]["LifecyclePolicyText"]["MaxLength"] == 4096
+    rule = json.loads(default["Fn::Sub"].replace("${ImagesToKeep}", "5"))["rules"][0]
     assert rule["selection"]["countType"] == "imageCountMoreThan"
     assert rule["selection"]["countNumber"] == 5
     # No CodeBuild: its Windows environments run builds inside a container, without Docker.
@@ -237,6 +245,20 @@ def test_build_document_builds_the_dockerfile_and_pushes_the_tag_it_is_given() -
     assert all(isinstance(command, str) for command in commands)
     build = next(c for c in commands if c.startswith("docker build"))
     assert "--file \"$work\\src\\Dockerfile\" --tag '{{ImageUri}}'" in build
+    # A study image is built FROM the base image: its Dockerfile's ARG BASE_IMAGE.
+    assert build.startswith("docker build @buildArgs ")
+    assert any(
+        c.startswith("if ('{{BaseImageUri}}')")
+        and "@('--build-arg', 'BASE_IMAGE={{BaseImageUri}}')" in c
+        for c in commands
+    )
+    assert content["parameters"]["BaseImageUri"]["default"] == ""
+    assert re.fullmatch(content["parameters"]["BaseImageUri"]["allowedPattern"], "")
+    # One host builds several images: each build moves the host's self-shutdown past its own
+    # timeout, before anything else runs.
+    shutdown = next(i for i, c in enumerate(commands) if c.startswith("shutdown.exe /s"))
+    assert "{{TimeoutSeconds}}" in commands[shutdown]
+    assert shutdown < commands.index(build)
     push = commands.index("docker push '{{ImageUri}}'")
     assert commands[push + 1].startswith("if ($LASTEXITCODE -ne 0) { throw")
     assert commands.index(build) < push
@@ -285,24 +307,43 @@ def ecs_stack(aws: Any) -> dict[str, str]:
         "t-ecs",
         PrivateSubnetIds=network["PrivateSubnetIds"],
         InstanceSecurityGroupId=network["EcsInstanceSecurityGroupId"],
-        ResultsBucketName="results-bucket",
-        RepositoryUri="123456789012.dkr.ecr.us-east-1.amazonaws.com/t/bersim",
-        ImageTag="src-0123456789abcdef",
         MaxInstances="6",
         LogRetentionInDays="14",
+    )
+
+
+STUDY_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/t/images:bersim-0123456789abcdef"
+
+
+@pytest.fixture
+def study_stack(aws: Any, ecs_stack: dict[str, str]) -> dict[str, str]:
+    """The BER study's stack as the deployer creates it (its name has no '_': the family does)."""
+    return create_stack(
+        aws,
+        "study",
+        "t-study-bersim",
+        StudyName="bersim",
+        ImageUri=STUDY_IMAGE,
+        TaskCpu="1024",
+        TaskMemoryInMiB="1536",
+        ResultsPrefix="sim",
+        ResultsBucketName="results-bucket",
+        LogGroupName=ecs_stack["LogGroupName"],
+        TaskExecutionRoleArn=ecs_stack["TaskExecutionRoleArn"],
     )
 
 
 def test_ecs_stack_outputs_what_the_dag_needs(ecs_stack: dict[str, str]) -> None:
     assert ecs_stack["ClusterName"] == "t-ecs-cluster"
     assert ecs_stack["AutoScalingGroupName"] == "t-ecs-instances"
-    assert ecs_stack["TaskDefinitionFamily"] == "t-ecs-bersim"
-    assert ecs_stack["ContainerName"] == "bersim"
-    assert ecs_stack["LogGroupName"] == "/ecs/t-ecs/bersim"
-    assert ecs_stack["LogStreamPrefix"] == "bersim"
-    assert ecs_stack["SlotsPerInstance"] == "3"
+    assert ecs_stack["LogGroupName"] == "/ecs/t-ecs/tasks"
+    assert ecs_stack["ReservedMemoryInMiB"] == "2048"
     ecs = boto3.client("ecs", region_name=REGION)
     assert ecs.describe_clusters(clusters=["t-ecs-cluster"])["clusters"][0]["status"] == "ACTIVE"
+    groups = boto3.client("logs", region_name=REGION).describe_log_groups(
+        logGroupNamePrefix="/ecs/t-ecs/tasks"
+    )["logGroups"]
+    assert groups[0]["retentionInDays"] == 14
 
 
 def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
@@ -328,32 +369,30 @@ def test_auto_scaling_group_idles_at_zero_and_user_data_prefers_cached_images(
     assert pull < initialize
 
 
-def test_task_definition_container_and_logs(ecs_stack: dict[str, str]) -> None:
+def test_a_study_s_task_definition_container_and_logs(study_stack: dict[str, str]) -> None:
+    assert study_stack["TaskDefinitionFamily"] == "t-study-bersim"
     ecs = boto3.client("ecs", region_name=REGION)
-    definition = ecs.describe_task_definition(taskDefinition=ecs_stack["TaskDefinitionFamily"])
+    definition = ecs.describe_task_definition(taskDefinition=study_stack["TaskDefinitionFamily"])
     container = definition["taskDefinition"]["containerDefinitions"][0]
-    assert container["name"] == "bersim"
-    assert container["image"] == (
-        "123456789012.dkr.ecr.us-east-1.amazonaws.com/t/bersim:src-0123456789abcdef"
-    )
+    # The engine's one container name for every study (settings.CONTAINER_NAME).
+    assert container["name"] == "task"
+    assert container["image"] == STUDY_IMAGE
     assert (container["cpu"], container["memory"]) == (1024, 1536)
     assert container["logConfiguration"] == {
         "logDriver": "awslogs",
         "options": {
-            "awslogs-group": "/ecs/t-ecs/bersim",
+            "awslogs-group": "/ecs/t-ecs/tasks",
             "awslogs-region": REGION,
             "awslogs-stream-prefix": "bersim",
         },
     }
-    groups = boto3.client("logs", region_name=REGION).describe_log_groups(
-        logGroupNamePrefix="/ecs/t-ecs/bersim"
-    )["logGroups"]
-    assert groups[0]["retentionInDays"] == 14
 
 
-def test_task_role_may_only_use_the_sim_prefix(ecs_stack: dict[str, str]) -> None:
+def test_a_study_s_task_role_may_only_use_its_own_prefix(study_stack: dict[str, str]) -> None:
     iam = boto3.client("iam", region_name=REGION)
-    role_name = ecs_stack["TaskRoleArn"].rsplit("/", 1)[1]
+    role_name = study_stack["TaskRoleArn"].rsplit("/", 1)[1]
+    # Named after the family: mwaa.yaml may pass <TaskFamilyPrefix>* roles only.
+    assert role_name == "t-study-bersim"
     policies = iam.list_role_policies(RoleName=role_name)["PolicyNames"]
     assert iam.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"] == []
     statements = []
@@ -365,7 +404,7 @@ def test_task_role_may_only_use_the_sim_prefix(ecs_stack: dict[str, str]) -> Non
         statements += document["Statement"]
     assert statements == [
         {
-            "Sid": "ReadWriteSimObjects",
+            "Sid": "ReadWriteOwnObjects",
             "Effect": "Allow",
             "Action": ["s3:GetObject", "s3:PutObject"],
             "Resource": "arn:aws:s3:::results-bucket/sim/*",
@@ -380,7 +419,7 @@ def test_task_role_may_only_use_the_sim_prefix(ecs_stack: dict[str, str]) -> Non
             },
         },
         {
-            "Sid": "ListSimPrefix",
+            "Sid": "ListOwnPrefix",
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": "arn:aws:s3:::results-bucket",
@@ -390,12 +429,12 @@ def test_task_role_may_only_use_the_sim_prefix(ecs_stack: dict[str, str]) -> Non
 
 
 def test_task_definition_is_ec2_default_network_with_both_roles() -> None:
-    template = load("ecs")
-    properties = template["Resources"]["TaskDefinition"]["Properties"]
+    properties = load("study")["Resources"]["TaskDefinition"]["Properties"]
     assert properties["RequiresCompatibilities"] == ["EC2"]
     assert "NetworkMode" not in properties
     assert properties["TaskRoleArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}
-    assert properties["ExecutionRoleArn"] == {"Fn::GetAtt": ["TaskExecutionRole", "Arn"]}
+    assert properties["ExecutionRoleArn"] == {"Ref": "TaskExecutionRoleArn"}
+    template = load("ecs")
     cluster = template["Resources"]["Cluster"]["Properties"]
     assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
     assert template["Parameters"]["AmiId"] == {
@@ -442,8 +481,7 @@ def task_definition_features(properties: dict[str, Any]) -> set[str]:
 def test_user_data_starts_the_agent_with_every_capability_the_task_definition_needs(
     ecs_stack: dict[str, str],
 ) -> None:
-    template = load("ecs")
-    definitions = resources_of_type(template, "AWS::ECS::TaskDefinition")
+    definitions = resources_of_type(load("study"), "AWS::ECS::TaskDefinition")
     features = set().union(
         *(task_definition_features(d["Properties"]) for d in definitions.values())
     )
@@ -465,15 +503,3 @@ def test_user_data_starts_the_agent_with_every_capability_the_task_definition_ne
             assert machine.get(name) == value, f"{feature}: {name}={value} before Initialize"
         for flag in flags:
             assert flag in initialize, f"{feature}: Initialize-ECSAgent needs {flag}"
-
-
-def test_default_slots_fit_in_what_a_windows_instance_registers() -> None:
-    """The agent registers what Windows reports minus ECS_RESERVED_MEMORY (agent source,
-    ecsclient.getResources); Windows reports less than nominal. Plan with 95 % of nominal."""
-    parameters = load("ecs")["Parameters"]
-    nominal_mib = 8192  # c5.xlarge, the default InstanceType
-    assert parameters["InstanceType"]["Default"] == "c5.xlarge"
-    registered_mib = nominal_mib * 95 // 100 - parameters["ReservedMemoryInMiB"]["Default"]
-    slots = parameters["SlotsPerInstance"]["Default"]
-    planned_mib = slots * parameters["TaskMemoryInMiB"]["Default"]
-    assert planned_mib <= registered_mib

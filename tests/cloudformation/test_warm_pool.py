@@ -475,12 +475,14 @@ def test_the_idle_alarm_never_counts_a_stopped_pool_instance_as_idle_capacity(
         described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
         instances = described["AutoScalingGroups"][0]["Instances"]
         in_service = sum(1 for i in instances if i["LifecycleState"] == "InService")
-        # No task runs (no CPUReservation point): idle only if something is in service.
-        value = metric_math(queries["idle"]["Expression"], {"instances": in_service, "tasks": None})
+        # No task runs (no CPUReservation point) and no scale-out is under way (no heartbeat):
+        # idle only if something is in service.
+        quiet = {"tasks": None, "scaling": None}
+        value = metric_math(queries["idle"]["Expression"], {"instances": in_service, **quiet})
         assert (len(pool), value) == (2, 0.0)
         # Had the alarm read the group and its pool together, the stopped pool would look idle.
         total = in_service + len(pool)
-        assert metric_math(queries["idle"]["Expression"], {"instances": total, "tasks": None}) == 1
+        assert metric_math(queries["idle"]["Expression"], {"instances": total, **quiet}) == 1
 
 
 # --- EC2 Fast Launch sized to the group --------------------------------------------------------

@@ -240,10 +240,13 @@ def _deploy(deployment: EcsDeployment, ecs_parameters: dict[str, str] | None = N
     for info in catalog.discover(deployment.studies_dir):
         studies[info.name] = _create(
             cloudformation,
-            info.task_family(family_prefix),
+            # A stack name takes letters, digits and '-' only (the deployer's rule); the family
+            # and the role keep the study's name.
+            info.task_family(family_prefix).replace("_", "-"),
             (TEMPLATES / "study.yaml").read_text(),
             {
                 "StudyName": info.name,
+                "TaskFamily": info.task_family(family_prefix),
                 "ImageUri": image_uri(info.name),
                 "TaskCpu": str(info.cpu),
                 "TaskMemoryInMiB": str(info.memory_mib),
