@@ -62,6 +62,7 @@ from windows_batch.runs import (
     exit_message,
     is_final,
     params_of,
+    run_budget,
 )
 from windows_batch_triggers.deadline import (
     DEADLINE_STATUS,
@@ -317,7 +318,8 @@ class ChunkEcsOperator(EcsRunTaskOperator):
             spent = budget_exhausted(
                 ti,
                 task_id=self.task_id,
-                budget=self.budget,
+                # The form's budget, not only study.yaml's: the run's own value decides.
+                budget=run_budget(self.study.info, params_of(context), default=self.budget),
                 chunks=int(ti.xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
             )
             if spent:

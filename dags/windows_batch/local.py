@@ -29,6 +29,7 @@ from windows_batch.runs import (
     exit_message,
     is_final,
     params_of,
+    run_budget,
 )
 
 if TYPE_CHECKING:
@@ -131,7 +132,8 @@ class LocalRunnerOperator(BaseOperator):
             spent = budget_exhausted(
                 context["ti"],
                 task_id=self.task_id,
-                budget=self.budget,
+                # The form's budget, not only study.yaml's: the run's own value decides.
+                budget=run_budget(self.study.info, params_of(context), default=self.budget),
                 chunks=int(context["ti"].xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
             )
             if spent:
