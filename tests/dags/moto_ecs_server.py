@@ -144,7 +144,9 @@ def image_env(image: str) -> dict[str, str]:
     tag = image.rsplit(":", 1)[-1]
     study = tag.removesuffix(IMAGE_SUFFIX) if tag.endswith(IMAGE_SUFFIX) else ""
     env: dict[str, str] = {}
-    dockerfiles = [BASE_DOCKERFILE] + ([REPO / "docker" / study / "Dockerfile.linux"] if study else [])
+    dockerfiles = [BASE_DOCKERFILE] + (
+        [REPO / "docker" / study / "Dockerfile.linux"] if study else []
+    )
     for dockerfile in (d for d in dockerfiles if d.is_file()):
         text = dockerfile.read_text().replace("\\\n", " ")
         for line in text.splitlines():

@@ -1,8 +1,9 @@
-"""Deadlines, stops and results that exist, end to end: dag.test() against our stacks in moto.
+"""Deadlines, stops and chunks already done, end to end: dag.test() against our stacks in moto.
 
 tests/dags/ecs_harness.py deploys the real templates into the moto ECS server, whose containers
-run the real bersim command (tests/dags/moto_ecs_server.py); tests/dags/moto_ecs_faults.py adds
-the faults: a container that never exits until StopTask, CloudWatch Logs refusing GetLogEvents.
+run the engine's task runner on the tiny test workload (tests/dags/moto_ecs_server.py);
+tests/dags/moto_ecs_faults.py adds the faults: a chunk whose container never exits until
+StopTask, a chunk whose host is terminated under it, CloudWatch Logs refusing GetLogEvents.
 The DAG runs with the MWAA execution role's credentials and mwaa.yaml's settings.
 """
 
@@ -22,110 +23,106 @@ from typing import Any
 
 import pytest
 
+from windows_batch import catalog, dag_factory, planning
 from windows_batch import settings as settings_mod
-from windows_batch.params import form, validate_study
-from windows_batch.plan import plan_study
+from windows_batch.objects import Objects
 
 from . import ecs_harness
-from .conftest import RunDag, local_airflow, migrated_home
+from .conftest import DAG_ID, STUDY, RunDag, local_airflow, migrated_home
+from .ecs_harness import chunk_of
 
 pytestmark = pytest.mark.airflow
 
-FAULTS_SERVER = Path(__file__).resolve().with_name("moto_ecs_faults.py")
-STUDY: dict[str, Any] = {
-    "num_tasks": 3,
-    "ebn0_db": [2, 4],
-    "max_bits_per_task": 20_000,
-    "target_errors": 10,
-    "cluster_size": 1,
-    "scale_out_timeout_s": 120,
-    "scale_in_timeout_s": 120,
-}
+SWEEP = "work"
 _DEADLINE_IN_REASON = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\)")
 
 
 @contextmanager
 def deployment(tmp_path: Path, **faults: str) -> Iterator[ecs_harness.EcsDeployment]:
     """Our stacks in the moto ECS server with `faults` (moto_ecs_faults.py) switched on."""
-    original = ecs_harness.SERVER
-    ecs_harness.SERVER = FAULTS_SERVER
-    try:
-        with ecs_harness.moto_ecs(tmp_path, MOTO_CONTAINER_STOP_TIMEOUT_S="5", **faults) as d:
-            yield d
-    finally:
-        ecs_harness.SERVER = original
+    with ecs_harness.moto_ecs(
+        tmp_path, server=ecs_harness.FAULTS_SERVER, MOTO_CONTAINER_STOP_TIMEOUT_S="5", **faults
+    ) as d:
+        yield d
 
 
 def dag_env(d: ecs_harness.EcsDeployment, base: dict[str, str], **settings: str) -> dict[str, str]:
     env = d.airflow_env(base)
     env.update(
         {
+            "WB_DAG_ID": DAG_ID,
             "AIRFLOW__WINDOWS_BATCH__WAITER_DELAY_S": "1",
             "AIRFLOW__WINDOWS_BATCH__SCALE_POKE_INTERVAL_S": "1",
             "AIRFLOW__WINDOWS_BATCH__CAPACITY_RETRY_S": "2",
             "AIRFLOW__WINDOWS_BATCH__DEFER_SETTLE_S": "0",  # dag.test(): no executor
             "AIRFLOW__WINDOWS_BATCH__RETRY_DELAY_S": "0",
             "AIRFLOW__WINDOWS_BATCH__RUN_NOTE": "off",
+            # plan_tasks refuses a chunk expected to outrun the deadline; a container starts
+            # here in a second, not in a Windows host's 30 s.
+            "AIRFLOW__WINDOWS_BATCH__TASK_START_S": "1",
         }
     )
     env.update({f"AIRFLOW__WINDOWS_BATCH__{k}": v for k, v in settings.items()})
     return env
 
 
-def study(d: ecs_harness.EcsDeployment, **changes: Any) -> dict[str, Any]:
-    return {**STUDY, "s3_bucket": d.outputs["storage"]["ResultsBucketName"], **changes}
+def study(**changes: Any) -> dict[str, Any]:
+    return {**STUDY, "cluster_size": 1, **changes}
 
 
-def desired(d: ecs_harness.EcsDeployment) -> list[int]:
-    return [int(e["value"]) for e in d.events("set_desired_capacity")]
+def outputs_of(d: ecs_harness.EcsDeployment, run_id: str) -> list[str]:
+    prefix = f"studies/{DAG_ID}/runs/{run_id}/"
+    return sorted(key.removeprefix(prefix) for key in d.keys(prefix))
 
 
-def index_of(command: list[str]) -> int | None:
-    if command[:1] == ["simulate"]:
-        return int(command[command.index("--task-index") + 1])
-    return None
+def combined(d: ecs_harness.EcsDeployment, run_id: str) -> str:
+    results = json.loads(d.read(f"studies/{DAG_ID}/runs/{run_id}/Out/results.json"))
+    return str(results["summary"])
 
 
-def test_a_hung_container_is_stopped_at_its_deadline_and_the_run_fails_with_the_group_at_0(
+def test_a_hung_container_is_stopped_at_its_deadline_without_a_retry_and_the_group_goes_to_0(
     airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
 ) -> None:
     timeout_s = 20
-    with deployment(tmp_path, MOTO_HANG_TASK_INDEXES="1") as d:
+    with deployment(tmp_path, MOTO_HANG_CHUNKS="1") as d:
         env = dag_env(d, airflow_env, TASK_TIMEOUT_S=str(timeout_s), RETRIES="1")
         started = time.monotonic()
-        outcome = run_dag(env, study(d), timeout_s=480)
+        outcome = run_dag(env, study(), timeout_s=480)
         elapsed_s = time.monotonic() - started
         runs = [e for e in d.events("run_task") if e["placed"]]
         stops = d.events("stop_task")
         exits = {e["task_arn"]: e["exit_code"] for e in d.events("container_exited")}
-        capacities = desired(d)
+        capacities = d.desired_capacities()
+        summary = combined(d, outcome["run_id"])
     tasks = outcome["tasks"]
     assert outcome["state"] == "failed"
-    assert tasks["simulate[1]"] == "failed"
-    assert outcome["tries"]["simulate[1]"] == 2
-    assert tasks["simulate[0]"] == tasks["simulate[2]"] == "success"
-    assert tasks["aggregate"] == "failed"  # task 1's result is missing
+    assert tasks[f"{SWEEP}[1]"] == "failed"
+    # A deadline is final: a retry gets the same deadline and would only reach it again.
+    assert outcome["tries"][f"{SWEEP}[1]"] == 1
+    assert f"this try reached its deadline (TASK_TIMEOUT_S={timeout_s} s" in outcome["log"]
+    assert tasks[f"{SWEEP}[0]"] == tasks[f"{SWEEP}[2]"] == "success"
+    assert tasks["combine"] == "success"  # it combines what exists
+    assert summary == "4 items combined"
     assert tasks["scale_in"] == "success"
     assert tasks["finish"] == "failed"  # the verdict
     assert capacities[0] == 1
     assert capacities[-1] == 0
-    # Each try started its own container (the retry did not reattach to the stopped one) ...
-    hung = [arn for e in runs if index_of(e["command"]) == 1 for arn in e["task_arns"]]
-    assert len(hung) == len(set(hung)) == 2
-    # ... and each was stopped at its deadline, with a reason that says so, and exited.
-    assert sorted(s["task"] for s in stops) == sorted(hung)
-    late_s = []
-    for stop in stops:
-        assert f"reached the deadline TASK_TIMEOUT_S={timeout_s} s" in stop["reason"]
-        assert exits[stop["task"]] == 143  # SIGTERM, as Docker reports it
-        deadline = datetime.strptime(
-            _DEADLINE_IN_REASON.search(stop["reason"]).group(1),  # type: ignore[union-attr]
-            "%Y-%m-%d %H:%M:%S",
-        ).replace(tzinfo=UTC)
-        late_s.append(stop["t"] - deadline.timestamp())
+    # One container for the hung chunk ...
+    hung = [arn for e in runs if chunk_of(e["command"]) == 1 for arn in e["task_arns"]]
+    assert len(hung) == 1
+    # ... stopped at its deadline, with a reason that says so, and exited.
+    assert [s["task"] for s in stops] == hung
+    [stop] = stops
+    assert f"reached the deadline TASK_TIMEOUT_S={timeout_s} s" in stop["reason"]
+    assert exits[stop["task"]] == 143  # SIGTERM, as Docker reports it
+    deadline = datetime.strptime(
+        _DEADLINE_IN_REASON.search(stop["reason"]).group(1),  # type: ignore[union-attr]
+        "%Y-%m-%d %H:%M:%S",
+    ).replace(tzinfo=UTC)
+    late_s = stop["t"] - deadline.timestamp()
     # The deadline is printed to the second: StopTask came within a poll of it.
-    assert all(-1 <= late < 15 for late in late_s), late_s
-    print(f"deadline -> StopTask: {', '.join(f'{x:.1f} s' for x in late_s)}; run {elapsed_s:.0f} s")
+    assert -1 <= late_s < 15, late_s
+    print(f"deadline -> StopTask: {late_s:.1f} s; run {elapsed_s:.0f} s")
     assert elapsed_s < 400
 
 
@@ -135,34 +132,29 @@ def test_a_task_definition_that_never_fits_ends_at_its_deadline(
     timeout_s = 12
     with deployment(tmp_path) as d:
         ecs = d.client("ecs")
-        family = d.outputs["ecs"]["TaskDefinitionFamily"]
+        family = d.outputs[f"study:{DAG_ID}"]["TaskDefinitionFamily"]
         current = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
-        # More CPU than any container instance has: ECS answers RESOURCE:CPU for ever.
+        # A new revision with more CPU than any container instance has: ECS answers RESOURCE:CPU
+        # for ever. The engine names the family only, and "If a revision isn't specified, the
+        # latest ACTIVE revision is used" (ECS API reference, RunTask, taskDefinition).
         huge = [{**current["containerDefinitions"][0], "cpu": 65536}]
-        revision = ecs.register_task_definition(
+        ecs.register_task_definition(
             family=family,
             containerDefinitions=huge,
             taskRoleArn=current["taskRoleArn"],
             executionRoleArn=current["executionRoleArn"],
-        )["taskDefinition"]["revision"]
-        env = dag_env(
-            d,
-            airflow_env,
-            TASK_TIMEOUT_S=str(timeout_s),
-            RETRIES="0",
-            TASK_DEFINITION=f"{family}:{revision}",
         )
+        env = dag_env(d, airflow_env, TASK_TIMEOUT_S=str(timeout_s), RETRIES="1")
         started = time.monotonic()
-        outcome = run_dag(env, study(d, num_tasks=2), timeout_s=400)
+        outcome = run_dag(env, study(Items=4), timeout_s=400)
         elapsed_s = time.monotonic() - started
         calls = d.events("run_task")
-        capacities = desired(d)
+        capacities = d.desired_capacities()
     tasks = outcome["tasks"]
     assert outcome["state"] == "failed"
-    assert tasks["simulate[0]"] == tasks["simulate[1]"] == tasks["aggregate"] == "failed"
+    assert tasks[f"{SWEEP}[0]"] == tasks[f"{SWEEP}[1]"] == tasks["combine"] == "failed"
+    assert {outcome["tries"][t] for t in (f"{SWEEP}[0]", f"{SWEEP}[1]", "combine")} == {1}
     assert "The cluster has no room for this task now (RESOURCE:CPU)" in outcome["log"]
-    # dag.test drops next_kwargs when a trigger fires (sdk/definitions/dag.py), so a resumed
-    # try may not know what it waited for; the deadline itself comes from the try's start.
     assert outcome["log"].count(f"reached its deadline (TASK_TIMEOUT_S={timeout_s} s") >= 3
     assert calls
     assert not any(c["placed"] for c in calls)
@@ -178,35 +170,30 @@ def test_a_log_fetch_failure_after_exit_0_is_a_success(
 ) -> None:
     with deployment(tmp_path, MOTO_LOGS_FAIL="missing") as d:
         env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
-        outcome = run_dag(env, study(d, num_tasks=2), timeout_s=400)
+        outcome = run_dag(env, study(Items=4), timeout_s=400)
         exits = [e["exit_code"] for e in d.events("container_exited")]
     assert outcome["state"] == "success", outcome["log"][-4000:]
     assert set(outcome["tasks"].values()) == {"success"}
-    assert exits == [0, 0, 0]  # two simulations and the aggregate
+    assert exits == [0, 0, 0]  # two chunks and the combine step
     assert "its last log line could not be read" in outcome["log"]
 
 
-def test_a_task_whose_host_was_terminated_runs_again_without_a_retry(
+def test_a_chunk_whose_host_was_terminated_runs_again_without_a_retry(
     airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
 ) -> None:
     """Issue 12 point 2: an interruption costs time, not one of the user's retries.
 
-    The only instance is terminated under task 1 (as EC2 reclaims a Spot instance): the group
-    replaces it, and every task it took down runs again there, counted once.
+    The only instance is terminated under chunk 1 (as EC2 reclaims a Spot instance): the group
+    replaces it, and every chunk it took down runs again there, its items counted once.
     """
-    with deployment(tmp_path, MOTO_RECLAIM_TASK_INDEXES="1") as d:
+    with deployment(tmp_path, MOTO_RECLAIM_CHUNKS="1") as d:
         env = dag_env(d, airflow_env, TASK_TIMEOUT_S="180", RETRIES="0")
-        conf = study(d)
-        outcome = run_dag(env, conf, timeout_s=400)
-        runs = Counter(index_of(e["command"]) for e in d.events("run_task") if e["placed"])
+        outcome = run_dag(env, study(), timeout_s=400)
+        runs = Counter(chunk_of(e["command"]) for e in d.events("run_task") if e["placed"])
         reclaimed = [e["instance"] for e in d.events("reclaim_instance")]
         replaced = [e["instance"] for e in d.events("replace_instance")]
-        bucket = conf["s3_bucket"]
-        s3 = d.client("s3")
-        prefix = f"sim/task_results/{outcome['run_id']}/"
-        task_results = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-        results_key = f"sim/aggregate_results/{outcome['run_id']}/results.json"
-        results = json.load(s3.get_object(Bucket=bucket, Key=results_key)["Body"])
+        outputs = outputs_of(d, outcome["run_id"])
+        summary = combined(d, outcome["run_id"])
         reservations = d.client("ec2").describe_instances()["Reservations"]
         instances = {
             i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]
@@ -221,67 +208,94 @@ def test_a_task_whose_host_was_terminated_runs_again_without_a_retry(
     assert group["DesiredCapacity"] == 0
     assert not group["Instances"]
     assert f"lost its host (Host EC2 (instance {reclaimed[0]}) terminated." in outcome["log"]
-    assert runs[1] == 2  # index 1 ran again; 0 and 2 once more only if they were on the host too
+    assert runs[1] == 2  # chunk 1 ran again; 0 and 2 once more only if they were on the host too
     assert {runs[0], runs[2]} <= {1, 2}
     assert sum(runs[i] for i in (0, 1, 2)) - 3 == outcome["log"].count("lost its host (Host EC2")
-    # Each index has one result and is counted once in the aggregate.
-    assert sorted(o["Key"].removeprefix(prefix) for o in task_results) == [
-        "task-00000.json",
-        "task-00001.json",
-        "task-00002.json",
-    ]
-    assert results["missing_tasks"] == []
-    assert sum(row["tasks"] for row in results["rows"]) == 3
+    # Each item has one output, and is counted once by the combine step.
+    assert outputs == [*(f"Out/item-{i:05d}.txt" for i in range(1, 7)), "Out/results.json"]
+    assert summary == "6 items combined"
 
 
-def planned(env: dict[str, str], conf: dict[str, Any], run_id: str) -> list[list[str]]:
-    """The simulate commands plan_tasks will give this run (the planner is deterministic)."""
-    params = {name: param.value for name, param in form(settings_mod.load(env)).items()}
-    study_, _ = validate_study({**params, **conf}, conf=conf, max_cluster_size=3)
-    return plan_study(study_, run_id).simulate_commands
+def plan_here(
+    d: ecs_harness.EcsDeployment, env: dict[str, str], conf: dict[str, Any], run_id: str
+) -> planning.Planned:
+    """Plan the run here, as plan_tasks will (the plan is deterministic), writing its manifest
+    to moto's S3 with the administrator's credentials."""
+    settings = settings_mod.load(env)
+    [info] = [i for i in catalog.discover(settings.studies_dir) if i.dag_id == DAG_ID]
+    study_ = dag_factory.load_study(info, settings)
+    params = {name: param.value for name, param in study_.form(settings).items()}
+    objects = Objects(settings)
+    objects._client = d.client("s3")
+    return planning.plan_run(
+        study_, settings, params={**params, **conf}, conf=conf, run_id=run_id, objects=objects
+    )
 
 
-def test_an_existing_result_is_reported_not_simulated_again(
+def run_chunk_as_the_task_role(
+    d: ecs_harness.EcsDeployment, planned: planning.Planned, chunk: int
+) -> None:
+    """What a container of the chunk does (the runner, with the study's task role)."""
+    role = d.outputs[f"study:{DAG_ID}"]["TaskRoleArn"]
+    credentials = d.client("sts").assume_role(RoleArn=role, RoleSessionName="earlier-try")
+    keys = credentials["Credentials"]
+    ref = planned.refs[chunk].to_json()
+    command = ["run", "--manifest", planned.context.engine_uri + "manifest/"]
+    command += ["--chunk", str(chunk), "--at", ref["at"], "--sha", ref["sha"]]
+    env = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "AWS_ENDPOINT_URL": d.url,
+        "AWS_DEFAULT_REGION": ecs_harness.REGION,
+        "AWS_ACCESS_KEY_ID": keys["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": keys["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": keys["SessionToken"],
+    }
+    subprocess.run([sys.executable, "-m", "wbrun", *command], env=env, check=True, timeout=120)
+
+
+def test_a_chunk_already_done_is_reported_not_run_again(
     airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
 ) -> None:
-    """A retry after the container finished but its Airflow task died: the result is there."""
+    """A retry after the container finished but its Airflow task died: the chunk's record is
+    there (the runner's, from the earlier try), so no container starts for it."""
     logical_date = "2026-03-04T05:06:07+00:00"
+    run_id = f"manual__{logical_date}"
     with deployment(tmp_path) as d:
         env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
-        conf = study(d)
-        command = planned(env, conf, f"manual__{logical_date}")[1]
-        # The result bersim itself writes for that command (run here, to a local file).
-        local = tmp_path / "task-1.json"
-        argv = [*command[: command.index("--output")], "--output", str(local)]
-        subprocess.run([sys.executable, "-m", "bersim", *argv], check=True, timeout=120)
-        bucket, _, key = command[-1].removeprefix("s3://").partition("/")
-        d.client("s3").put_object(Bucket=bucket, Key=key, Body=local.read_bytes())
+        conf = study()
+        planned = plan_here(d, env, conf, run_id)
+        run_chunk_as_the_task_role(d, planned, 1)
+        assert outputs_of(d, run_id) == ["Out/item-00003.txt", "Out/item-00004.txt"]
         outcome = run_dag(env, conf, logical_date=logical_date, timeout_s=400)
-        simulated = [index_of(e["command"]) for e in d.events("run_task") if e["placed"]]
-        prefix = conf["s3_bucket"], f"sim/aggregate_results/manual__{logical_date}/results.json"
-        results = json.load(d.client("s3").get_object(Bucket=prefix[0], Key=prefix[1])["Body"])
+        chunks = [chunk_of(e["command"]) for e in d.events("run_task") if e["placed"]]
+        outputs = outputs_of(d, run_id)
+        summary = combined(d, run_id)
     assert outcome["state"] == "success", outcome["log"][-4000:]
-    assert sorted(i for i in simulated if i is not None) == [0, 2]
-    assert f"Not simulating again: existing result {command[-1]}: task 1" in outcome["log"]
-    assert results["missing_tasks"] == []
-    assert sum(row["tasks"] for row in results["rows"]) == 3
+    assert outcome["xcom"]["plan_tasks.return_value"] == [r.to_json() for r in planned.refs]
+    assert sorted(chunks, key=str) == [0, 2, None]  # None: the combine step
+    record = f"{planned.context.engine_uri}chunks/done/00001-2.json"
+    assert (
+        f"Not running it again: chunk 1 already done (2 work items): {record}" in (outcome["log"])
+    )
+    assert outputs == [*(f"Out/item-{i:05d}.txt" for i in range(1, 7)), "Out/results.json"]
+    assert summary == "6 items combined"
 
 
 def _ti_state(url: str, run_path: str, map_index: int) -> str | None:
-    path = f"{run_path}/taskInstances/simulate/{map_index}"
+    path = f"{run_path}/taskInstances/{SWEEP}/{map_index}"
     status, body = local_airflow.request(url, "GET", path)
     return body.get("state") if status == 200 else None
 
 
 def _triggers_polling(home: Path) -> set[int]:
-    """Map indexes of simulate whose trigger has polled ECS at least once (its trigger log).
+    """Map indexes of the fan-out whose trigger has polled ECS at least once (its trigger log).
 
     Not merely started: a cancel that lands while the trigger still creates its aiobotocore
     clients arrives without its message (asyncio drops it crossing a thread's future), and
     the triggerer then cannot tell it was a person's action: scale_in stops such a task.
     """
     started = set()
-    for log in home.glob("logs/dag_id=*/run_id=*/task_id=simulate/map_index=*/*.trigger.*.log"):
+    for log in home.glob(f"logs/dag_id=*/run_id=*/task_id={SWEEP}/map_index=*/*.trigger.*.log"):
         if "Status of the task is" in log.read_text():
             started.add(int(log.parent.name.split("=")[1]))
     return started
@@ -290,13 +304,13 @@ def _triggers_polling(home: Path) -> set[int]:
 def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containers(
     tmp_path: Path, migrated_db: Path
 ) -> None:
-    """`airflow standalone` (scheduler, triggerer, API server), two containers that hang.
+    """`airflow standalone` (scheduler, triggerer, API server), two chunks that hang.
 
-    Marking simulate[0] failed stops its container (the triggerer cancels the deferred task's
+    Marking work[0] failed stops its container (the triggerer cancels the deferred task's
     trigger and calls its on_kill); marking the whole run failed stops the other one, and the
     teardown scale_in still brings the group to 0.
     """
-    with deployment(tmp_path, MOTO_HANG_TASK_INDEXES="0,1") as d:
+    with deployment(tmp_path, MOTO_HANG_CHUNKS="0,1") as d:
         base = local_airflow.airflow_env(
             home=migrated_home(migrated_db, tmp_path / "airflow"),
             port=local_airflow.free_port(),
@@ -308,20 +322,17 @@ def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containe
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "dags")
         local_airflow.migrate(env)
         with local_airflow.standalone(env) as url:
-            dag = "dags/windows-batch-compute-dag"
+            dag = f"dags/{DAG_ID}"
             d.wait_for("the DAG", lambda: local_airflow.request(url, "GET", dag)[0] == 200)
             status, run = local_airflow.request(
-                url,
-                "POST",
-                f"{dag}/dagRuns",
-                {"logical_date": None, "conf": study(d, num_tasks=2, target_errors=0)},
+                url, "POST", f"{dag}/dagRuns", {"logical_date": None, "conf": study(Items=4)}
             )
             assert status == 200, run
             run_path = f"{dag}/dagRuns/{run['dag_run_id']}"
 
-            def containers() -> dict[int, str]:
+            def containers() -> dict[int | None, str]:
                 started = d.events("container_started")
-                found = {index_of(e["command"]): e["task_arn"] for e in started}
+                found = {chunk_of(e["command"]): e["task_arn"] for e in started}
                 ready = all(_ti_state(url, run_path, i) == "deferred" for i in (0, 1)) and {
                     0,
                     1,
@@ -335,18 +346,18 @@ def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containe
 
             marked = time.time()
             status, body = local_airflow.request(
-                url, "PATCH", f"{run_path}/taskInstances/simulate/0", {"new_state": "failed"}
+                url, "PATCH", f"{run_path}/taskInstances/{SWEEP}/0", {"new_state": "failed"}
             )
             assert status == 200, body
-            first = d.wait_for("StopTask of simulate[0]", lambda: stopped(arns[0]), timeout_s=90)
+            first = d.wait_for(f"StopTask of {SWEEP}[0]", lambda: stopped(arns[0]), timeout_s=90)
             assert "marked its task failed or success" in first["reason"]
-            assert stopped(arns[1]) is None  # the other simulation keeps running
+            assert stopped(arns[1]) is None  # the other chunk keeps running
             task_s = first["t"] - marked
 
             marked = time.time()
             status, body = local_airflow.request(url, "PATCH", run_path, {"state": "failed"})
             assert status == 200, body
-            second = d.wait_for("StopTask of simulate[1]", lambda: stopped(arns[1]), timeout_s=90)
+            second = d.wait_for(f"StopTask of {SWEEP}[1]", lambda: stopped(arns[1]), timeout_s=90)
             run_s = second["t"] - marked
 
             def finished() -> Any:
@@ -356,7 +367,7 @@ def test_in_a_real_scheduler_marking_a_task_or_the_run_failed_stops_its_containe
                 return (state, scale_in[1]["state"]) if done and state != "running" else None
 
             run_state, scale_in_state = d.wait_for("the run to end", finished, timeout_s=180)
-            capacities = desired(d)
+            capacities = d.desired_capacities()
     assert (run_state, scale_in_state) == ("failed", "success")
     assert capacities[-1] == 0
     print(f"mark failed -> StopTask: task {task_s:.1f} s, run {run_s:.1f} s")
