@@ -55,8 +55,8 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # (xdist's loadgroup cannot be used: with pytest 9 it no longer puts the group in the node ID.)
 _ONE_UNIT_FOLDERS = ("tests/ui/",)
 _ONE_UNIT_PER_TEST_FILES = (
-    "tests/dags/test_windows_batch_compute_dag_ecs.py",
-    "tests/dags/test_windows_batch_compute_dag_ecs_deadlines.py",
+    "tests/dags/test_ecs_end_to_end.py",
+    "tests/dags/test_ecs_deadlines.py",
 )
 
 

@@ -65,8 +65,8 @@ from windows_batch.runs import (
     exit_message,
     is_final,
     params_of,
+    run_budget,
 )
-from windows_batch.study import failure_budget
 from windows_batch_triggers.deadline import (
     DEADLINE_STATUS,
     DeadlineTaskDoneTrigger,
@@ -289,13 +289,6 @@ class ChunkEcsOperator(EcsRunTaskOperator):
             f"after it started, {deadline_text(self._deadline)})"
         )
 
-    def run_budget(self, context: Context) -> FailureBudget | None:
-        """The run's failure budget: its form's max_failed_tasks, else study.yaml's."""
-        try:
-            return failure_budget(self.study.info, params_of(context))
-        except ValueError:
-            return self.budget
-
     def _spread_first_call(self, ti: Any) -> None:
         """Spread the first RunTask of the chunks that start together over a few seconds
         (RUN_TASK_RATE per second); botocore's adaptive mode absorbs ECS throttling beyond."""
@@ -329,7 +322,8 @@ class ChunkEcsOperator(EcsRunTaskOperator):
             spent = budget_exhausted(
                 ti,
                 task_id=self.task_id,
-                budget=self.run_budget(context),
+                # The form's budget, not only study.yaml's: the run's own value decides.
+                budget=run_budget(self.study.info, params_of(context), default=self.budget),
                 chunks=int(ti.xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
             )
             if spent:

@@ -29,8 +29,8 @@ from windows_batch.runs import (
     exit_message,
     is_final,
     params_of,
+    run_budget,
 )
-from windows_batch.study import failure_budget
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -70,13 +70,6 @@ class LocalRunnerOperator(BaseOperator):
         self.budget = budget
         self._proc: subprocess.Popen[str] | None = None
         self._last_error = ""
-
-    def run_budget(self, context: Context) -> FailureBudget | None:
-        """The run's failure budget: its form's max_failed_tasks, else study.yaml's."""
-        try:
-            return failure_budget(self.study.info, params_of(context))
-        except ValueError:
-            return self.budget
 
     def runner_args(self, context: Context) -> list[str]:
         run = context_for(
@@ -139,7 +132,8 @@ class LocalRunnerOperator(BaseOperator):
             spent = budget_exhausted(
                 context["ti"],
                 task_id=self.task_id,
-                budget=self.run_budget(context),
+                # The form's budget, not only study.yaml's: the run's own value decides.
+                budget=run_budget(self.study.info, params_of(context), default=self.budget),
                 chunks=int(context["ti"].xcom_pull(task_ids="plan_tasks", key="chunk_count") or 1),
             )
             if spent:

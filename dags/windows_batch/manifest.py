@@ -160,7 +160,10 @@ def stage_bundle(objects: Objects, *, plan: Plan, folder: Path, context: RunCont
     """Where the study's bundle is for the task runner: its folder locally; on AWS a copy
     under the run's engine prefix (uploaded once per run, when a step uses it)."""
     steps = [plan.sweep] + ([plan.aggregate_step] if plan.aggregate_step else [])
-    if not any(step.bundle for step in steps):
+    # One task per file of a bundle folder: each item stages its file from the copy.
+    copied = bundle_uri(context)
+    per_file = any(i.uri.startswith(copied) for item in plan.items for i in item.inputs)
+    if not (per_file or any(step.bundle for step in steps)):
         return ""
     if objects.local:
         return str(folder.resolve())
@@ -174,9 +177,14 @@ def stage_bundle(objects: Objects, *, plan: Plan, folder: Path, context: RunCont
             f"and may hold at most {BUNDLE_MAX_BYTES // 2**20} MiB: put data in S3 and pass it "
             "as an IN parameter",
         )
-    uri = context.engine_uri + "bundle/"
+    uri = bundle_uri(context)
     objects.upload_tree(folder, uri)
     return uri
+
+
+def bundle_uri(context: RunContext) -> str:
+    """Where the run's copy of the study's bundle is on AWS (stage_bundle uploads it there)."""
+    return context.engine_uri + "bundle/"
 
 
 def done_key(chunk: int, work_items: int) -> str:

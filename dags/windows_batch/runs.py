@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from windows_batch.engine_form import check_bucket, check_run_id
-from windows_batch.study import RunContext, StudyError
+from windows_batch.study import RunContext, StudyError, failure_budget
 
 if TYPE_CHECKING:
     from windows_batch.catalog import FailureBudget, StudyInfo
@@ -76,6 +76,17 @@ def exit_message(code: int | None, *, final_codes: tuple[int, ...], detail: str)
 
 def is_final(code: int | None, final_codes: tuple[int, ...]) -> bool:
     return code is not None and (code in final_codes or code in RUNNER_FINAL_EXITS)
+
+
+def run_budget(
+    info: StudyInfo, params: Mapping[str, Any], *, default: FailureBudget | None
+) -> FailureBudget | None:
+    """The run's failure budget: the form's max_failed_tasks, else study.yaml's (`default` for
+    a value plan_tasks would have refused)."""
+    try:
+        return failure_budget(info, params)
+    except ValueError:
+        return default
 
 
 def budget_exhausted(

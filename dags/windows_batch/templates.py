@@ -216,7 +216,7 @@ class TemplateStudy:
         """
         om = _openjd()
         inputs = self._input_values(params, context=context)
-        listing = self._listing(inputs, list_files=list_files)
+        listing = self._listing(inputs, list_files=list_files, context=context)
         template = om.decode_job_template(
             template=self._document_for(listing), supported_extensions=list(EXTENSIONS)
         )
@@ -392,6 +392,7 @@ class TemplateStudy:
         inputs: Mapping[str, _Value],
         *,
         list_files: Callable[[str], list[str]] | None,
+        context: RunContext,
     ) -> dict[str, list[str]] | None:
         each = self.info.for_each_file
         if each is None:
@@ -400,10 +401,15 @@ class TemplateStudy:
         if spec is None:
             raise StudyError(each.input, "is empty: one task per input file needs a folder")
         if spec.bundle:
-            base = (self.info.folder / spec.bundle).resolve()
-            found = (
-                [str(p) for p in sorted(base.rglob("*")) if p.is_file()] if base.is_dir() else []
-            )
+            folder = self.info.folder.resolve()
+            base = (folder / spec.bundle).resolve()
+            files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+            found = [str(p) for p in files]
+            if not context.local:
+                # A container cannot read this machine's files: it stages the run's copy.
+                from windows_batch.manifest import bundle_uri  # noqa: PLC0415
+
+                found = [bundle_uri(context) + p.relative_to(folder).as_posix() for p in files]
         else:
             if list_files is None:
                 raise StudyError(each.input, "cannot be listed here")

@@ -78,7 +78,16 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, migrated_db: Path) -> 
 
 
 RunDag = Callable[..., dict[str, Any]]
-DAG_ID = "windows-batch-compute-dag"
+DAG_ID = "tiny"
+"""The DAG the ECS end-to-end tests run: the engine's tiny test workload (tests/workloads/)."""
+STUDY: dict[str, Any] = {
+    "Items": 6,
+    "PerChunk": 2,
+    "cluster_size": 2,
+    "scale_out_timeout_s": 120,
+    "scale_in_timeout_s": 120,
+}
+"""Its form: 6 work items in 3 chunks of 2 (3 ECS tasks), then the combine step."""
 WORKLOADS = REPO / "tests" / "workloads" / "studies"
 
 
@@ -125,11 +134,13 @@ def run_dag() -> RunDag:
 
 @pytest.fixture
 def ecs_deployment(tmp_path: Path) -> Iterator[Callable[..., EcsDeployment]]:
-    """Factory: our stacks in a fresh moto ECS server (ecs_harness.py), stopped after the test."""
+    """Factory: our stacks in a fresh moto ECS server (ecs_harness.py), stopped after the test.
+
+    Its keywords go to ecs_harness.moto_ecs: `server`, `studies_dir` and MOTO_* settings."""
     with ExitStack() as stack:
 
         def start(
-            *, ecs_parameters: dict[str, str] | None = None, **server_env: str
+            *, ecs_parameters: dict[str, str] | None = None, **server_env: Any
         ) -> EcsDeployment:
             return stack.enter_context(
                 ecs_harness.moto_ecs(tmp_path / "moto", ecs_parameters=ecs_parameters, **server_env)
@@ -150,28 +161,28 @@ class EcsAirflow:
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return local_airflow.request(self.url, method, path, body)
 
-    def trigger(self, conf: dict[str, Any]) -> str:
+    def trigger(self, conf: dict[str, Any], *, dag_id: str = DAG_ID) -> str:
         """Start a run of the DAG with `conf`; return its run id."""
         status, body = self.api(
-            "POST", f"dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
+            "POST", f"dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
         )
         assert status == 200, body
         return str(body["dag_run_id"])
 
-    def task_instances(self, run_id: str) -> dict[str, dict[str, Any]]:
+    def task_instances(self, run_id: str, *, dag_id: str = DAG_ID) -> dict[str, dict[str, Any]]:
         """The run's task instances by `task_id` or `task_id[map_index]`."""
-        status, body = self.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")
+        status, body = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
         assert status == 200, body
         return {
             (ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"): ti
             for ti in body["task_instances"]
         }
 
-    def report(self, run_id: str) -> str:
+    def report(self, run_id: str, *, dag_id: str = DAG_ID) -> str:
         """The run's task states and the end of each task log: what a failed assertion shows."""
         lines = [
             f"{key}: {ti['state']} (try {ti['try_number']})"
-            for key, ti in sorted(self.task_instances(run_id).items())
+            for key, ti in sorted(self.task_instances(run_id, dag_id=dag_id).items())
         ]
         lines += [f"scheduler: {line}" for line in self.state_mismatches(run_id)]
         for path in sorted((self.home / "logs").rglob("*.log")):
@@ -190,11 +201,13 @@ class EcsAirflow:
             if "but the task instance's state attribute is" in line and run_id in line
         ]
 
-    def wait_for_run(self, run_id: str, *, timeout_s: float = 180) -> dict[str, Any]:
+    def wait_for_run(
+        self, run_id: str, *, dag_id: str = DAG_ID, timeout_s: float = 180
+    ) -> dict[str, Any]:
         """Poll until the run has finished; return it."""
 
         def finished() -> dict[str, Any] | None:
-            status, run = self.api("GET", f"dags/{DAG_ID}/dagRuns/{run_id}")
+            status, run = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}")
             assert status == 200, run
             return run if run["state"] in {"success", "failed"} else None
 
@@ -256,7 +269,7 @@ def ecs_airflow(
 ) -> Iterator[EcsAirflow]:
     """A real Airflow on the moto ECS deployment (standalone_on_ecs), shared by a module.
 
-    Simulations are capped at 2 at once (MAX_PARALLEL_TASKS) on a cluster with room for more.
+    Chunks are capped at 2 at once per run (MAX_PARALLEL_TASKS) on a cluster with room for more.
     """
     with standalone_on_ecs(tmp_path_factory.mktemp("ecs-airflow"), migrated_db) as airflow:
         yield airflow

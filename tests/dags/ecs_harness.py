@@ -40,6 +40,8 @@ from windows_batch import catalog
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "cloudformation"
 SERVER = Path(__file__).resolve().with_name("moto_ecs_server.py")
+FAULTS_SERVER = SERVER.with_name("moto_ecs_faults.py")
+"""The server with the faults some tests switch on (hung or reclaimed chunks, logs failing)."""
 REGION = "us-east-1"
 PREFIX = "wb"
 MAX_INSTANCES = 3
@@ -53,6 +55,13 @@ Linux image's ENV (if the study has one) on the base image's entrypoint."""
 
 def image_uri(study: str) -> str:
     return f"{REPOSITORY}:{study}{IMAGE_SUFFIX}"
+
+
+def chunk_of(command: list[str]) -> int | None:
+    """The chunk a container command runs (`run ... --chunk N`); None for the aggregate."""
+    if command[:1] == ["run"] and "--chunk" in command:
+        return int(command[command.index("--chunk") + 1])
+    return None
 
 
 _SETUP_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -152,6 +161,39 @@ class EcsDeployment:
 
     def role_name(self, stack: str, output: str) -> str:
         return self.outputs[stack][output].rsplit("/", maxsplit=1)[-1]
+
+    @property
+    def bucket(self) -> str:
+        return self.outputs["storage"]["ResultsBucketName"]
+
+    def desired_capacities(self) -> list[int]:
+        """Every desired capacity set on the group, in order."""
+        return [int(e["value"]) for e in self.events("set_desired_capacity")]
+
+    def keys(self, prefix: str) -> list[str]:
+        """The results bucket's keys under `prefix` (s3://bucket/... or a bare key prefix)."""
+        prefix = prefix.removeprefix(f"s3://{self.bucket}/")
+        pages = self.client("s3").get_paginator("list_objects_v2")
+        return [
+            o["Key"]
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        ]
+
+    def read(self, uri: str) -> bytes:
+        """An object of the results bucket (s3://bucket/key or a bare key)."""
+        key = uri.removeprefix(f"s3://{self.bucket}/")
+        return bytes(self.client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def container_log(self, task_arn: str, study: str) -> list[str]:
+        """What a task's container printed, from its awslogs stream `<study>/task/<task id>`."""
+        stream = f"{study}/task/{task_arn.rsplit('/', maxsplit=1)[-1]}"
+        events = self.client("logs").get_log_events(
+            logGroupName=self.outputs["ecs"]["LogGroupName"],
+            logStreamName=stream,
+            startFromHead=True,
+        )["events"]
+        return [str(e["message"]) for e in events]
 
     def airflow_env(self, base: dict[str, str]) -> dict[str, str]:
         """`base` plus what MWAA gives the DAG: its settings, the execution role's credentials."""
@@ -317,12 +359,13 @@ def moto_ecs(
     tmp: Path,
     *,
     studies_dir: Path = WORKLOADS,
+    server: Path | None = None,
     ecs_parameters: dict[str, str] | None = None,
     **server_env: str,
 ) -> Iterator[EcsDeployment]:
-    """Start the server (extra MOTO_* settings in `server_env`), deploy the ECS stack (with
-    `ecs_parameters` as well) and a study stack for every study of `studies_dir`, yield;
-    always stop it."""
+    """Start the server (`server`, by default SERVER; extra MOTO_* settings in `server_env`),
+    deploy the ECS stack (with `ecs_parameters` as well) and a study stack for every study of
+    `studies_dir`, yield; always stop it."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     deployment = EcsDeployment(
@@ -342,7 +385,7 @@ def moto_ecs(
         env.pop(name, None)
     with deployment.server_log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(SERVER), str(port)],
+            [sys.executable, str(server or SERVER), str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,13 +1,16 @@
 """tests/dags/moto_ecs_server.py with the faults the deadline tests need, switched on by env.
 
-- MOTO_HANG_TASK_INDEXES (comma-separated): the container of `simulate ... --task-index I` for
-  such an I never exits by itself (it sleeps); only StopTask ends it (SIGTERM, exit 143).
-- MOTO_RECLAIM_TASK_INDEXES (comma-separated): the first container of such an index (one that
-  would not finish by itself) loses its host after MOTO_RECLAIM_AFTER_S (default 2) seconds, as
-  when EC2 reclaims a Spot instance: the EC2 instance is terminated, so every container on it is
+A container is picked by the chunk its command runs (`run --manifest ... --chunk N ...`, the
+engine's task runner): the aggregate (`aggregate --manifest ...`) is never picked.
+
+- MOTO_HANG_CHUNKS (comma-separated): the container of such a chunk never exits by itself (it
+  sleeps); only StopTask ends it (SIGTERM, exit 143).
+- MOTO_RECLAIM_CHUNKS (comma-separated): the first container of such a chunk (one that would
+  not finish by itself) loses its host after MOTO_RECLAIM_AFTER_S (default 2) seconds, as when
+  EC2 reclaims a Spot instance: the EC2 instance is terminated, so every container on it is
   killed and its task STOPPED with ECS's stoppedReason "Host EC2 (instance i-...) terminated.",
   and the Auto Scaling group replaces the instance (moto_ecs_server.py's health check).
-  Later containers of the index run bersim.
+  Later containers of the chunk run the task runner.
 - MOTO_UNHEALTHY_INSTANCES=N: the first N instances of a group fail their health check as
   their container instance registers (the group marks them Unhealthy, as a failed EC2 status
   check or a reclaimed Spot instance does); the server's Auto Scaling then replaces each one
@@ -43,9 +46,9 @@ from moto.core.exceptions import JsonRESTError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.logs.responses import LogsResponse  # noqa: E402
 
-HANG = {int(x) for x in os.environ.get("MOTO_HANG_TASK_INDEXES", "").split(",") if x.strip()}
+HANG = {int(x) for x in os.environ.get("MOTO_HANG_CHUNKS", "").split(",") if x.strip()}
 LOGS_FAIL = os.environ.get("MOTO_LOGS_FAIL", "")
-RECLAIM = {int(x) for x in os.environ.get("MOTO_RECLAIM_TASK_INDEXES", "").split(",") if x.strip()}
+RECLAIM = {int(x) for x in os.environ.get("MOTO_RECLAIM_CHUNKS", "").split(",") if x.strip()}
 RECLAIM_AFTER_S = float(os.environ.get("MOTO_RECLAIM_AFTER_S", "2"))
 UNHEALTHY = int(os.environ.get("MOTO_UNHEALTHY_INSTANCES", "0"))
 _reclaimed: set[int] = set()
@@ -54,7 +57,7 @@ _unhealthy: list[str] = []
 
 def _hang_entrypoint() -> Path:
     script = Path(tempfile.mkdtemp(prefix="moto-hang-")) / "hang.sh"
-    script.write_text('#!/bin/bash\necho "bersim (hung): $*"\nexec sleep 86400\n')
+    script.write_text('#!/bin/bash\necho "wbrun (hung): $*"\nexec sleep 86400\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
@@ -63,11 +66,18 @@ _HANG_ENTRYPOINT = _hang_entrypoint()
 _original_container_init = server.Container.__init__
 
 
-def _task_index(task: Any) -> int | None:
+def chunk_of(command: list[str]) -> int | None:
+    """The chunk a container command runs (`run ... --chunk N`), None for anything else."""
+    if command[:1] == ["run"] and "--chunk" in command:
+        return int(command[command.index("--chunk") + 1])
+    return None
+
+
+def _chunk(task: Any) -> int | None:
     for override in (task.overrides or {}).get("containerOverrides", []):
-        command = [str(a) for a in override.get("command") or []]
-        if command[:1] == ["simulate"] and "--task-index" in command:
-            return int(command[command.index("--task-index") + 1])
+        found = chunk_of([str(a) for a in override.get("command") or []])
+        if found is not None:
+            return found
     return None
 
 
@@ -85,14 +95,14 @@ def _lose_host(container: Any) -> None:
 
 
 def container_init(self: Any, backend: Any, task: Any) -> None:
-    """Start the container; a hung index gets a process that only StopTask ends."""
-    index = _task_index(task)
-    reclaim = index in RECLAIM and index not in _reclaimed
+    """Start the container; a hung chunk gets a process that only StopTask ends."""
+    chunk = _chunk(task)
+    reclaim = chunk in RECLAIM and chunk not in _reclaimed
     if reclaim:
-        _reclaimed.add(index)
+        _reclaimed.add(chunk)
         timer = threading.Timer(RECLAIM_AFTER_S, _lose_host, args=(self,))
         timer.daemon = True
-    elif index not in HANG:
+    elif chunk not in HANG:
         _original_container_init(self, backend, task)
         return
     entrypoint = server.ENTRYPOINT

@@ -2,7 +2,7 @@
 
 IAM User Guide, "Policy evaluation logic" (explicit deny > allow > implicit deny) and "IAM JSON
 policy elements: Condition operators" (a missing key fails a positive operator, ...IfExists
-passes). The statements below have the shapes of our templates' (mwaa.yaml, ecs.yaml).
+passes). The statements below have the shapes of our templates' (mwaa.yaml, study.yaml).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/wb-ecs-cluster"
 RUN_TASK = {
     "Effect": "Allow",
     "Action": "ecs:RunTask",
-    "Resource": "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-ecs-bersim:*",
+    "Resource": "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-study-*:*",
     "Condition": {"ArnEquals": {"ecs:cluster": CLUSTER}},
 }
-LIST_SIM = {
+LIST_OWN = {
     "Effect": "Allow",
     "Action": "s3:ListBucket",
     "Resource": "arn:aws:s3:::results",
-    "Condition": {"StringLike": {"s3:prefix": ["sim/*"]}},
+    "Condition": {"StringLike": {"s3:prefix": ["studies/tiny/*"]}},
 }
 KMS = {
     "Effect": "Allow",
@@ -30,7 +30,7 @@ KMS = {
     "NotResource": "arn:aws:kms:*:123456789012:key/*",
     "Condition": {"StringLike": {"kms:ViaService": ["sqs.us-east-1.amazonaws.com"]}},
 }
-TASK_DEF = "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-ecs-bersim:1"
+TASK_DEF = "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-study-tiny:1"
 
 
 @pytest.mark.parametrize(
@@ -70,19 +70,21 @@ TASK_DEF = "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-ecs-bersim:1"
             id="other-action",
         ),
         pytest.param(
-            [LIST_SIM],
-            Request("s3:ListBucket", "arn:aws:s3:::results", {"s3:prefix": "sim/task_results/r/"}),
+            [LIST_OWN],
+            Request(
+                "s3:ListBucket", "arn:aws:s3:::results", {"s3:prefix": "studies/tiny/_engine/r/"}
+            ),
             ALLOW,
             id="prefix-like",
         ),
         pytest.param(
-            [LIST_SIM],
-            Request("s3:ListBucket", "arn:aws:s3:::results", {"s3:prefix": "other/"}),
+            [LIST_OWN],
+            Request("s3:ListBucket", "arn:aws:s3:::results", {"s3:prefix": "studies/other/"}),
             IMPLICIT_DENY,
             id="prefix-outside",
         ),
         pytest.param(
-            [LIST_SIM],
+            [LIST_OWN],
             Request("s3:ListBucket", "arn:aws:s3:::results"),
             IMPLICIT_DENY,
             id="head-bucket-no-prefix",
@@ -119,7 +121,7 @@ TASK_DEF = "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-ecs-bersim:1"
         ),
         pytest.param(
             [
-                LIST_SIM,
+                LIST_OWN,
                 {
                     "Effect": "Deny",
                     "Action": "s3:*",
@@ -130,7 +132,7 @@ TASK_DEF = "arn:aws:ecs:us-east-1:123456789012:task-definition/wb-ecs-bersim:1"
             Request(
                 "s3:ListBucket",
                 "arn:aws:s3:::results",
-                {"s3:prefix": "sim/", "aws:SecureTransport": "false"},
+                {"s3:prefix": "studies/tiny/", "aws:SecureTransport": "false"},
             ),
             DENY,
             id="explicit-deny-wins",

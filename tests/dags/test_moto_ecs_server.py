@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from .conftest import DAG_ID
 from .ecs_harness import EcsDeployment
 
 pytestmark = pytest.mark.airflow
@@ -23,7 +24,7 @@ def test_stop_task_ends_the_container_process_and_reports_its_exit(
     deployment = ecs_deployment(MOTO_CONTAINER_STOP_TIMEOUT_S="5")
     ecs_out = deployment.outputs["ecs"]
     cluster = ecs_out["ClusterName"]
-    bucket = deployment.outputs["storage"]["ResultsBucketName"]
+    family = deployment.outputs[f"study:{DAG_ID}"]["TaskDefinitionFamily"]
     deployment.client("autoscaling").set_desired_capacity(
         AutoScalingGroupName=ecs_out["AutoScalingGroupName"], DesiredCapacity=1
     )
@@ -32,15 +33,17 @@ def test_stop_task_ends_the_container_process_and_reports_its_exit(
         "the instance to join",
         lambda: ecs.list_container_instances(cluster=cluster)["containerInstanceArns"],
     )
-    command = ["simulate", "--ebn0-db", "0", "--max-bits", "1e9", "--seed", "1"]
-    command += ["--output", f"s3://{bucket}/sim/stop/task-00000.json"]
+    # The task runner's `exec`: one command as it is (what the images' smoke tests run).
+    command = ["exec", "--", "sleep", "600"]
+    definition = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    container_name = definition["containerDefinitions"][0]["name"]
     arn = ecs.run_task(
         cluster=cluster,
-        taskDefinition=ecs_out["TaskDefinitionFamily"],
+        taskDefinition=family,
         launchType="EC2",
-        overrides={"containerOverrides": [{"name": ecs_out["ContainerName"], "command": command}]},
+        overrides={"containerOverrides": [{"name": container_name, "command": command}]},
     )["tasks"][0]["taskArn"]
-    container = deployment.wait_for("the container", lambda: deployment.containers("sim/stop"))[0]
+    container = deployment.wait_for("the container", lambda: deployment.containers("sleep"))[0]
     task = ecs.describe_tasks(cluster=cluster, tasks=[arn])["tasks"][0]
     assert task["lastStatus"] == "RUNNING"
     assert task["desiredStatus"] == "RUNNING"

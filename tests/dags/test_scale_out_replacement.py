@@ -26,7 +26,6 @@ from windows_batch import settings as settings_module
 from windows_batch.cluster import ScaleOutSensor
 
 from . import ecs_harness
-from .test_windows_batch_compute_dag_ecs_deadlines import FAULTS_SERVER
 
 pytestmark = pytest.mark.airflow
 
@@ -45,8 +44,7 @@ def test_scale_out_waits_while_the_group_replaces_an_unhealthy_instance(
     ecs_deployment: Callable[..., ecs_harness.EcsDeployment],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(ecs_harness, "SERVER", FAULTS_SERVER)
-    deployment = ecs_deployment(MOTO_UNHEALTHY_INSTANCES="1")
+    deployment = ecs_deployment(server=ecs_harness.FAULTS_SERVER, MOTO_UNHEALTHY_INSTANCES="1")
     for name, value in deployment.airflow_env(dict(os.environ)).items():
         monkeypatch.setenv(name, value)
     settings = settings_module.load()

@@ -148,8 +148,19 @@ class ChunkRunner:
         items: list[dict[str, Any]] = []
         paths = self._stage_step(step)
         code = 0
+        error: RunnerError | None = None
         for item in entry.get("items", []):
-            record = self._run_item(step, item, paths, skip_done=skip_done)
+            try:
+                record = self._run_item(step, item, paths, skip_done=skip_done)
+            except RunnerError as exc:  # e.g. an output it may not publish: the item failed
+                error = exc
+                record = {
+                    "index": int(item["index"]),
+                    "count": int(item.get("count", 1)),
+                    "status": "failed",
+                    "exit_code": exc.code,
+                    "error": str(exc),
+                }
             items.append(record)
             if record["status"] != "done":
                 code = int(record["exit_code"])
@@ -157,24 +168,28 @@ class ChunkRunner:
         status = "done" if code == 0 else "failed"
         if code != 0:
             marker = join(self.engine, failed_record(entry.get("chunk")))
-        self._write_json(
-            marker,
-            {
-                "schema": CHUNK_SCHEMA,
-                "chunk": entry.get("chunk"),
-                "step": entry.get("step"),
-                "sha": chunk_sha,
-                "status": status,
-                "exit_code": code,
-                "started": started,
-                "finished": time.time(),
-                "work_items": work_items,
-                "done": sum(int(i["count"]) for i in items if i["status"] == "done"),
-                "failed": sum(int(i["count"]) for i in items if i["status"] != "done"),
-                "items": items,
-            },
-        )
+        record_chunk = {
+            "schema": CHUNK_SCHEMA,
+            "chunk": entry.get("chunk"),
+            "step": entry.get("step"),
+            "sha": chunk_sha,
+            "status": status,
+            "exit_code": code,
+            "started": started,
+            "finished": time.time(),
+            "work_items": work_items,
+            "done": sum(int(i["count"]) for i in items if i["status"] == "done"),
+            "failed": sum(int(i["count"]) for i in items if i["status"] != "done"),
+            "items": items,
+        }
+        try:
+            self._write_json(marker, record_chunk)
+        except RunnerError:
+            if error is None:
+                raise
         log(f"{name} {status} in {time.time() - started:.1f} s")
+        if error is not None:  # recorded first, so that its items count failed, not pending
+            raise error
         return code
 
     def _done(self, marker: str, sha: str) -> bool:
