@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -88,8 +88,7 @@ class LocalRunnerOperator(BaseOperator):
             "WB_LOCAL_ROOT": str(self.settings.local_root),
             "PYTHONUNBUFFERED": "1",
         }
-        deadline = time.monotonic() + self.settings.task_timeout_s
-        self._proc = subprocess.Popen(
+        proc = self._proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -99,20 +98,28 @@ class LocalRunnerOperator(BaseOperator):
             env=env,
             start_new_session=True,
         )
-        assert self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            line = raw.rstrip("\n")
-            self.log.info("%s", line)
-            if "error:" in line:
-                self._last_error = line
-            if time.monotonic() > deadline:
-                break
+        reached = threading.Event()
+
+        def stop_at_deadline() -> None:
+            if proc.poll() is None:
+                reached.set()
+                self.on_kill()
+
+        # A timer, not a check per output line: a silent runner would never reach the check.
+        timer = threading.Timer(self.settings.task_timeout_s, stop_at_deadline)
+        timer.daemon = True
+        timer.start()
         try:
-            return self._proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            self.on_kill()
-            self._proc.wait()
-            return _DEADLINE_EXIT
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                self.log.info("%s", line)
+                if "error:" in line:
+                    self._last_error = line
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        return _DEADLINE_EXIT if reached.is_set() else code
 
     def fail_for(self, code: int) -> None:
         if code == _DEADLINE_EXIT:

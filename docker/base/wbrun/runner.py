@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ EXIT_STORAGE = 74
 """Reading or writing the run's objects failed: a retry may pass."""
 EXIT_TIMEOUT = 124
 """An item outran its action's timeout (OpenJD onRun.timeout)."""
+STOP_GRACE_S = 10.0
+"""How long a stopped item may take to exit after SIGTERM before it is killed."""
 TOKEN_KINDS = ("path", "file", "in", "cwd")
 
 
@@ -308,23 +311,31 @@ class ChunkRunner:
         except subprocess.TimeoutExpired:
             log(f"the command outran its timeout of {timeout:g} s: stopped")
             self.stop_child()
+            self._child.wait()  # reaped here: stop_child only waits for it to exit
             return EXIT_TIMEOUT
         finally:
             self._child = None
 
     def stop_child(self) -> None:
-        """Stop the running command (and, on POSIX, its whole process group)."""
+        """Stop the running command (and, on POSIX, its whole process group): SIGTERM, then
+        SIGKILL if it has not exited within STOP_GRACE_S."""
         child = self._child
         if child is None or child.poll() is not None:
             return
+        if os.name != "posix":
+            child.terminate()
+            try:
+                child.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            return
         try:
-            if os.name == "posix":
-                os.killpg(child.pid, signal.SIGTERM)
-            else:
-                child.terminate()
-            child.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            child.kill()
+            os.killpg(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if not exits_within(child.pid, STOP_GRACE_S):
+            with suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
 
     # ---- staging ----------------------------------------------------------------------------
 
@@ -465,6 +476,24 @@ class ChunkRunner:
             )
         except StorageError as exc:
             raise RunnerError(f"cannot record progress: {exc}", EXIT_STORAGE) from None
+
+
+def exits_within(pid: int, timeout_s: float) -> bool:
+    """True once child `pid` has exited, within `timeout_s`; it is left for its Popen to reap.
+
+    stop_child runs in the SIGTERM handler too, which may have interrupted Popen.wait: that wait
+    holds the lock Popen's other waits and polls need, so they would sleep out the whole grace.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # already reaped
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def done_record(chunk: object, work_items: int) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -297,6 +299,62 @@ def test_an_item_that_outruns_its_timeout_is_stopped(local: Path) -> None:
     sleeper = Item(index=0, argv=(PY, "-c", "import time; time.sleep(60)"), expected_s=1)
     refs = write(local, [sleeper], sweep=StepSpec(task_id="work", env={"WB_ACTION_TIMEOUT_S": "1"}))
     assert run(refs[0]) == runner.EXIT_TIMEOUT
+
+
+def test_an_item_that_ignores_sigterm_is_killed_after_the_grace(
+    local: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "STOP_GRACE_S", 0.5)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    stubborn = Item(index=0, argv=(PY, "-c", code), expected_s=1)
+    refs = write(
+        local, [stubborn], sweep=StepSpec(task_id="work", env={"WB_ACTION_TIMEOUT_S": "1"})
+    )
+    started = time.monotonic()
+    assert run(refs[0]) == runner.EXIT_TIMEOUT
+    assert time.monotonic() - started < 30  # killed, not waited for
+
+
+def process_state(pid: int) -> str:
+    """Linux's state letter of process `pid` ('Z' a zombie), or '' when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def test_a_sigterm_stops_the_item_and_the_runner_without_sitting_out_the_grace(
+    local: Path, tmp_path: Path
+) -> None:
+    """ECS StopTask and the local backend's deadline send SIGTERM to the runner: it stops its
+    item's process group and exits 143 once the item has stopped. The grace (STOP_GRACE_S) is
+    for an item that ignores SIGTERM, not one that obeyed it."""
+    pid_file = tmp_path / "item.pid"
+    code = (
+        f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()));"
+        " time.sleep(60)"
+    )
+    ref = write(local, [Item(index=0, argv=(PY, "-c", code), expected_s=1)])[0]
+    argv = [PY, "-m", "wbrun", "run", "--manifest", context().engine_uri + "manifest/"]
+    argv += ["--chunk", "0", "--at", f"{ref.offset}:{ref.length}", "--sha", ref.sha]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        item = int(pid_file.read_text())
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        stopped_s = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert process_state(item) in {"", "Z"}  # stopped (a zombie once its parent is gone)
+    assert stopped_s < runner.STOP_GRACE_S / 2
 
 
 def test_locally_s3_arguments_name_the_local_buckets_files(local: Path) -> None:
