@@ -9,7 +9,7 @@ characters whatever the chunk holds (ECS caps overrides at 8,192).
 
 One deadline per try (deadline.py): TASK_TIMEOUT_S from the try's start, carried through every
 deferral. The capacity waits end at it, and so does the wait for the container, which is then
-stopped (StopTask, reason naming the deadline) before the try fails; a retry starts afresh.
+stopped (StopTask, reason naming the deadline) before the try fails, without a retry (below).
 A person marking a deferred task failed or success stops its container (the trigger's on_kill);
 a running one is stopped by the provider's `on_kill`.
 

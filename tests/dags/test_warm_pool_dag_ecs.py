@@ -1,5 +1,5 @@
 """A study on a cluster started from the warm pool, end to end: dag.test() against the moto ECS
-server (tests/dags/test_windows_batch_compute_dag_ecs.py has the harness; the server emulates
+server (tests/dags/test_ecs_end_to_end.py has the harness's use; the server emulates
 the warm pool lifecycle of the Auto Scaling user guide, "Use lifecycle hooks with a warm pool
 in Auto Scaling group", tests/cloudformation/moto_server.py).
 
@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from .conftest import RunDag
-from .test_windows_batch_compute_dag_ecs import STUDY, Deploy, check_iam, dag_env
+from .conftest import STUDY, RunDag
+from .test_ecs_end_to_end import Deploy, check_iam, dag_env
 
 pytestmark = pytest.mark.airflow
 
@@ -31,7 +31,7 @@ def test_a_study_starts_its_cluster_from_the_pool_and_reports_the_first_task(
     assert [i["LifecycleState"] for i in pool] == ["Warmed:Stopped"] * 2
     pooled = {i["InstanceId"] for i in pool}
 
-    outcome = run_dag(dag_env(airflow_env, deployment), STUDY)
+    outcome = run_dag(dag_env(airflow_env, deployment), STUDY)  # 2 instances of the tiny study
     assert outcome["state"] == "success", outcome["log"][-5000:]
     log = outcome["log"]
     assert "warm pool: 2 of 2 start from stopped; refill 2 x " in log  # plan_tasks' estimate
@@ -39,7 +39,8 @@ def test_a_study_starts_its_cluster_from_the_pool_and_reports_the_first_task(
     usage = [line for line in log.splitlines() if "cluster: " in line][-1]
     assert "warm pool: 2 of 2 started from stopped; refill (estimated) 2 x " in usage
     assert "2 launched into the pool since the run began" in usage
-    (first,) = {m.group(0) for m in re.finditer(r"first task: [^\n\[]*", log)}
+    # The line as logged, and as pushed for the note (the runner prints the XComs as JSON).
+    (first,) = {m.group(0).strip() for m in re.finditer(r'first task: [^\n\["]*', log)}
     assert "after the trigger (queued " in first
     assert ", start from stopped " in first
     assert first.rstrip().endswith("instances: 2 warm")
