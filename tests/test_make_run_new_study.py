@@ -149,7 +149,13 @@ def test_a_new_template_study_runs_ten_thousand_items_with_make_run_touching_no_
 
     conf = json.dumps({"Items": ITEMS, "PerTask": PER_CHUNK})
     port = local_airflow.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    # Not Airflow's settings of this session, nor an outer make's (`make unit` would make this
+    # a sub-make, which prints "Entering directory" lines around the output).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AIRFLOW") and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+    }
     done = subprocess.run(
         ["make", "run", "STUDY=sweep10k", f"PORT={port}", f"CONF={conf}"],
         cwd=checkout,

@@ -66,6 +66,7 @@ from windows_batch.runs import (
     is_final,
     params_of,
     run_budget,
+    runner_args,
 )
 from windows_batch_triggers.deadline import (
     DEADLINE_STATUS,
@@ -300,13 +301,9 @@ class ChunkEcsOperator(EcsRunTaskOperator):
 
     def runner_command(self, context: Context) -> list[str]:
         """The container command: the runner's arguments for this chunk or the aggregate."""
-        run = context_for(
-            self.study.info, self.settings, params_of(context), str(context["run_id"])
+        return runner_args(
+            self.study.info, self.settings, params_of(context), str(context["run_id"]), self.chunk
         )
-        uri = run.engine_uri + "manifest/"
-        if self.chunk is None:
-            return ["aggregate", "--manifest", uri]
-        return ChunkRef.parse(self.chunk).command(uri)
 
     def execute(
         self, context: Context, deadline_ts: float | None = None, waiting_for: str | None = None

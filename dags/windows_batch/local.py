@@ -25,11 +25,11 @@ from windows_batch.publish import PublishMixin
 from windows_batch.runs import (
     ChunkRef,
     budget_exhausted,
-    context_for,
     exit_message,
     is_final,
     params_of,
     run_budget,
+    runner_args,
 )
 
 if TYPE_CHECKING:
@@ -72,13 +72,9 @@ class LocalRunnerOperator(BaseOperator):
         self._last_error = ""
 
     def runner_args(self, context: Context) -> list[str]:
-        run = context_for(
-            self.study.info, self.settings, params_of(context), str(context["run_id"])
+        return runner_args(
+            self.study.info, self.settings, params_of(context), str(context["run_id"]), self.chunk
         )
-        manifest = run.engine_uri + "manifest/"
-        if self.chunk is None:
-            return ["aggregate", "--manifest", manifest]
-        return ChunkRef.parse(self.chunk).command(manifest)
 
     def run_runner(self, args: Sequence[str]) -> int:
         argv = [sys.executable, "-m", "wbrun", *args]

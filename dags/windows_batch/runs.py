@@ -78,6 +78,17 @@ def is_final(code: int | None, final_codes: tuple[int, ...]) -> bool:
     return code is not None and (code in final_codes or code in RUNNER_FINAL_EXITS)
 
 
+def runner_args(
+    info: StudyInfo, settings: Settings, params: Mapping[str, Any], run_id: str, chunk: object
+) -> list[str]:
+    """The task runner's arguments for a chunk (its reference from plan_tasks), or for the
+    aggregate step when `chunk` is None: the ECS container command, or `python -m wbrun`'s."""
+    manifest_uri = context_for(info, settings, params, run_id).engine_uri + "manifest/"
+    if chunk is None:
+        return ["aggregate", "--manifest", manifest_uri]
+    return ChunkRef.parse(chunk).command(manifest_uri)
+
+
 def run_budget(
     info: StudyInfo, params: Mapping[str, Any], *, default: FailureBudget | None
 ) -> FailureBudget | None:

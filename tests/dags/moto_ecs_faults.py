@@ -15,9 +15,6 @@ engine's task runner): the aggregate (`aggregate --manifest ...`) is never picke
   their container instance registers (the group marks them Unhealthy, as a failed EC2 status
   check or a reclaimed Spot instance does); the server's Auto Scaling then replaces each one
   (see moto_ecs_server.py: Terminating with the agent still connected, terminated, removed).
-- MOTO_LOGS_FAIL=throttle | missing: every GetLogEvents call answers ThrottlingException (as
-  CloudWatch Logs does over its rate) or ResourceNotFoundException (a stream that is gone); the
-  containers still write their lines.
 
     python tests/dags/moto_ecs_faults.py PORT      # prints "READY <port>" when serving
 """
@@ -42,12 +39,9 @@ sys.modules["moto_ecs_server"] = server
 _spec.loader.exec_module(server)
 
 from moto.autoscaling.models import autoscaling_backends  # noqa: E402
-from moto.core.exceptions import JsonRESTError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
-from moto.logs.responses import LogsResponse  # noqa: E402
 
 HANG = {int(x) for x in os.environ.get("MOTO_HANG_CHUNKS", "").split(",") if x.strip()}
-LOGS_FAIL = os.environ.get("MOTO_LOGS_FAIL", "")
 RECLAIM = {int(x) for x in os.environ.get("MOTO_RECLAIM_CHUNKS", "").split(",") if x.strip()}
 RECLAIM_AFTER_S = float(os.environ.get("MOTO_RECLAIM_AFTER_S", "2"))
 UNHEALTHY = int(os.environ.get("MOTO_UNHEALTHY_INSTANCES", "0"))
@@ -115,17 +109,6 @@ def container_init(self: Any, backend: Any, task: Any) -> None:
         timer.start()
 
 
-_original_get_log_events = LogsResponse.get_log_events
-
-
-def get_log_events(self: LogsResponse) -> str:
-    if LOGS_FAIL == "throttle":
-        raise JsonRESTError("ThrottlingException", "Rate exceeded")
-    if LOGS_FAIL == "missing":
-        raise JsonRESTError("ResourceNotFoundException", "The specified log stream does not exist.")
-    return _original_get_log_events(self)
-
-
 _original_register = server.EC2ContainerServiceBackend.register_container_instance
 
 
@@ -142,7 +125,6 @@ def register_container_instance(self: Any, cluster_str: str, ec2_instance_id: st
 
 server.Container.__init__ = container_init  # type: ignore[method-assign]
 server.EC2ContainerServiceBackend.register_container_instance = register_container_instance  # type: ignore[method-assign]
-LogsResponse.get_log_events = get_log_events  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(server.main())

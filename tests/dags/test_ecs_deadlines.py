@@ -3,7 +3,9 @@
 tests/dags/ecs_harness.py deploys the real templates into the moto ECS server, whose containers
 run the engine's task runner on the tiny test workload (tests/dags/moto_ecs_server.py);
 tests/dags/moto_ecs_faults.py adds the faults: a chunk whose container never exits until
-StopTask, a chunk whose host is terminated under it, CloudWatch Logs refusing GetLogEvents.
+StopTask, a chunk whose host is terminated under it. (What one operator decides, a log fetch
+that fails after exit 0, a chunk already done, a wait for room until the deadline, is tested
+on the operator itself: tests/dags/windows_batch/test_ecs.py.)
 The DAG runs with the MWAA execution role's credentials and mwaa.yaml's settings.
 """
 
@@ -12,8 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,10 +24,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-from windows_batch import catalog, dag_factory, planning
-from windows_batch import settings as settings_mod
-from windows_batch.objects import Objects
 
 from . import ecs_harness
 from .conftest import DAG_ID, STUDY, RunDag, local_airflow, migrated_home
@@ -128,48 +124,6 @@ def test_a_hung_container_is_stopped_at_its_deadline_without_a_retry_and_the_gro
     assert elapsed_s < 400
 
 
-def test_a_revision_registered_by_hand_that_never_fits_ends_at_its_deadline(
-    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
-) -> None:
-    """The engine compares a task with the instances by the study's own size (study.yaml): a
-    revision registered by hand with more CPU than any instance is not caught, and each try
-    waits for room until its deadline, bounded."""
-    timeout_s = 12
-    with deployment(tmp_path) as d:
-        ecs = d.client("ecs")
-        family = d.outputs[f"study:{DAG_ID}"]["TaskDefinitionFamily"]
-        current = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
-        # A new revision with more CPU than any container instance has: ECS answers RESOURCE:CPU
-        # for ever. The engine names the family only, and "If a revision isn't specified, the
-        # latest ACTIVE revision is used" (ECS API reference, RunTask, taskDefinition).
-        huge = [{**current["containerDefinitions"][0], "cpu": 65536}]
-        ecs.register_task_definition(
-            family=family,
-            containerDefinitions=huge,
-            taskRoleArn=current["taskRoleArn"],
-            executionRoleArn=current["executionRoleArn"],
-        )
-        env = dag_env(d, airflow_env, TASK_TIMEOUT_S=str(timeout_s), RETRIES="1")
-        started = time.monotonic()
-        outcome = run_dag(env, study(Items=4), timeout_s=400)
-        elapsed_s = time.monotonic() - started
-        calls = d.events("run_task")
-        capacities = d.desired_capacities()
-    tasks = outcome["tasks"]
-    assert outcome["state"] == "failed"
-    assert tasks[f"{SWEEP}[0]"] == tasks[f"{SWEEP}[1]"] == tasks["combine"] == "failed"
-    assert {outcome["tries"][t] for t in (f"{SWEEP}[0]", f"{SWEEP}[1]", "combine")} == {1}
-    assert "The cluster has no room for this task now (RESOURCE:CPU)" in outcome["log"]
-    assert outcome["log"].count(f"reached its deadline (TASK_TIMEOUT_S={timeout_s} s") >= 3
-    assert calls
-    assert not any(c["placed"] for c in calls)
-    # Bounded: about one RunTask per CAPACITY_RETRY_S within each try's deadline, 3 tries.
-    assert len(calls) <= 3 * (timeout_s // 2 + 2), len(calls)
-    assert tasks["scale_in"] == "success"
-    assert capacities[-1] == 0
-    assert elapsed_s < 300
-
-
 def sized_studies(tmp_path: Path, *, memory_mib: int) -> Path:
     """A studies folder with the tiny workload asking for `memory_mib` per task (study.yaml):
     the harness deploys its stack, task definition included, with that size."""
@@ -226,40 +180,6 @@ def test_a_task_larger_than_every_instance_fails_at_once_not_at_its_deadline(
     print(f"{len(calls)} RunTask calls, run {elapsed_s:.0f} s (deadline {timeout_s} s per try)")
 
 
-def test_a_task_an_instance_type_of_the_group_cannot_hold_is_refused_before_anything_scales(
-    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
-) -> None:
-    """Issue 17 point 13 (b): 20000 MiB is more than the group's instance types register (a
-    c5.xlarge about 5734 MiB, an m5.xlarge 13516), so plan_tasks refuses the study, naming
-    study.yaml's field, before any instance starts."""
-    studies = sized_studies(tmp_path, memory_mib=20000)
-    with ecs_harness.moto_ecs(tmp_path / "moto", studies_dir=studies) as d:
-        env = dag_env(d, airflow_env, STUDIES_DIR=str(studies))
-        outcome = run_dag(env, study(Items=2), timeout_s=400)
-        calls = d.events("run_task")
-        capacities = d.desired_capacities()
-    tasks = outcome["tasks"]
-    assert outcome["state"] == "failed"
-    assert tasks["plan_tasks"] == "failed"
-    assert "memory_mib: study.yaml: a task asks for 1024 CPU units and 20000 MiB" in outcome["log"]
-    assert "registers 4096 CPU units and about 5734 MiB" in outcome["log"]
-    assert calls == []
-    assert all(capacity == 0 for capacity in capacities), capacities
-
-
-def test_a_log_fetch_failure_after_exit_0_is_a_success(
-    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
-) -> None:
-    with deployment(tmp_path, MOTO_LOGS_FAIL="missing") as d:
-        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
-        outcome = run_dag(env, study(Items=4), timeout_s=400)
-        exits = [e["exit_code"] for e in d.events("container_exited")]
-    assert outcome["state"] == "success", outcome["log"][-4000:]
-    assert set(outcome["tasks"].values()) == {"success"}
-    assert exits == [0, 0, 0]  # two chunks and the combine step
-    assert "its last log line could not be read" in outcome["log"]
-
-
 def test_a_chunk_whose_host_was_terminated_runs_again_without_a_retry(
     airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
 ) -> None:
@@ -294,71 +214,6 @@ def test_a_chunk_whose_host_was_terminated_runs_again_without_a_retry(
     assert {runs[0], runs[2]} <= {1, 2}
     assert sum(runs[i] for i in (0, 1, 2)) - 3 == outcome["log"].count("lost its host (Host EC2")
     # Each item has one output, and is counted once by the combine step.
-    assert outputs == [*(f"Out/item-{i:05d}.txt" for i in range(1, 7)), "Out/results.json"]
-    assert summary == "6 items combined"
-
-
-def plan_here(
-    d: ecs_harness.EcsDeployment, env: dict[str, str], conf: dict[str, Any], run_id: str
-) -> planning.Planned:
-    """Plan the run here, as plan_tasks will (the plan is deterministic), writing its manifest
-    to moto's S3 with the administrator's credentials."""
-    settings = settings_mod.load(env)
-    [info] = [i for i in catalog.discover(settings.studies_dir) if i.dag_id == DAG_ID]
-    study_ = dag_factory.load_study(info, settings)
-    params = {name: param.value for name, param in study_.form(settings).items()}
-    objects = Objects(settings)
-    objects._client = d.client("s3")
-    return planning.plan_run(
-        study_, settings, params={**params, **conf}, conf=conf, run_id=run_id, objects=objects
-    )
-
-
-def run_chunk_as_the_task_role(
-    d: ecs_harness.EcsDeployment, planned: planning.Planned, chunk: int
-) -> None:
-    """What a container of the chunk does (the runner, with the study's task role)."""
-    role = d.outputs[f"study:{DAG_ID}"]["TaskRoleArn"]
-    credentials = d.client("sts").assume_role(RoleArn=role, RoleSessionName="earlier-try")
-    keys = credentials["Credentials"]
-    ref = planned.refs[chunk].to_json()
-    command = ["run", "--manifest", planned.context.engine_uri + "manifest/"]
-    command += ["--chunk", str(chunk), "--at", ref["at"], "--sha", ref["sha"]]
-    env = {
-        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-        "AWS_ENDPOINT_URL": d.url,
-        "AWS_DEFAULT_REGION": ecs_harness.REGION,
-        "AWS_ACCESS_KEY_ID": keys["AccessKeyId"],
-        "AWS_SECRET_ACCESS_KEY": keys["SecretAccessKey"],
-        "AWS_SESSION_TOKEN": keys["SessionToken"],
-    }
-    subprocess.run([sys.executable, "-m", "wbrun", *command], env=env, check=True, timeout=120)
-
-
-def test_a_chunk_already_done_is_reported_not_run_again(
-    airflow_env: dict[str, str], run_dag: RunDag, tmp_path: Path
-) -> None:
-    """A retry after the container finished but its Airflow task died: the chunk's record is
-    there (the runner's, from the earlier try), so no container starts for it."""
-    logical_date = "2026-03-04T05:06:07+00:00"
-    run_id = f"manual__{logical_date}"
-    with deployment(tmp_path) as d:
-        env = dag_env(d, airflow_env, TASK_TIMEOUT_S="120", RETRIES="0")
-        conf = study()
-        planned = plan_here(d, env, conf, run_id)
-        run_chunk_as_the_task_role(d, planned, 1)
-        assert outputs_of(d, run_id) == ["Out/item-00003.txt", "Out/item-00004.txt"]
-        outcome = run_dag(env, conf, logical_date=logical_date, timeout_s=400)
-        chunks = [chunk_of(e["command"]) for e in d.events("run_task") if e["placed"]]
-        outputs = outputs_of(d, run_id)
-        summary = combined(d, run_id)
-    assert outcome["state"] == "success", outcome["log"][-4000:]
-    assert outcome["xcom"]["plan_tasks.return_value"] == [r.to_json() for r in planned.refs]
-    assert sorted(chunks, key=str) == [0, 2, None]  # None: the combine step
-    record = f"{planned.context.engine_uri}chunks/done/00001-2.json"
-    assert (
-        f"Not running it again: chunk 1 already done (2 work items): {record}" in (outcome["log"])
-    )
     assert outputs == [*(f"Out/item-{i:05d}.txt" for i in range(1, 7)), "Out/results.json"]
     assert summary == "6 items combined"
 

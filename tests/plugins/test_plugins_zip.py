@@ -1,4 +1,4 @@
-"""plugins.zip as deploy.sh builds it: reproducible, flat, and loadable by Airflow once unpacked.
+"""plugins.zip as the deployer builds it: reproducible, flat, and loadable by Airflow once unpacked.
 
 MWAA unpacks plugins.zip into /usr/local/airflow/plugins; the test unpacks it into a folder and
 points Airflow's plugin manager at it (`airflow plugins`), so the zip, not the source tree, is
@@ -19,21 +19,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def build(source: Path, archive: Path) -> bytes:
-    """Run deploy.sh's build_plugins_zip (the function alone: deploy.sh's main needs AWS)."""
-    script = (REPO / "deploy.sh").read_text()
-    function = script[script.index("build_plugins_zip() {") :]
-    function = function[: function.index("\n}\n") + 3]
-    subprocess.run(
-        [
-            "bash",
-            "-c",
-            f'PLUGINS_DIR="$1"; {function}\nbuild_plugins_zip "$2"',
-            "-",
-            str(source),
-            str(archive),
-        ],
-        check=True,
-    )
+    """The deployer's plugins.zip of `source` (deployer/uploads.py), written to `archive`."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from deployer.uploads import plugins_zip  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(REPO))
+    archive.write_bytes(plugins_zip(source))
     return archive.read_bytes()
 
 

@@ -257,8 +257,11 @@ def test_ecs_backend_accepts_the_results_bucket_under_the_role_prefix() -> None:
 
 
 def test_the_checked_prefix_is_the_one_the_task_role_allows() -> None:
-    template = (settings_mod._REPO / "cloudformation" / "ecs.yaml").read_text()
-    prefix = INFO.results_prefix
-    assert prefix == "sim"
-    assert f"s3:::${{ResultsBucketName}}/{prefix}/*'" in template
-    assert f"- {prefix}/*" in template  # the ListBucket condition
+    """The study's stack (cloudformation/study.yaml) gets ResultsPrefix = study.yaml's
+    results_prefix, and its task role may use only that prefix."""
+    template = (settings_mod._REPO / "cloudformation" / "study.yaml").read_text()
+    assert INFO.results_prefix == "sim"
+    assert "s3:::${ResultsBucketName}/${ResultsPrefix}/*'" in template
+    assert "- !Sub '${ResultsPrefix}/*'" in template  # the ListBucket condition
+    assert ber_form.DEFAULTS["s3_prefix_task_results"].startswith(INFO.results_prefix + "/")
+    assert ber_form.DEFAULTS["s3_prefix_aggregate_results"].startswith(INFO.results_prefix + "/")
