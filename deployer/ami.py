@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from deployer.console import DeployError
@@ -24,6 +25,30 @@ BAKED_AMI_TAG = "windows-batch-compute:ami-stack"
 # What bake_tag makes (and src-<hash>, the image tags of the earlier single-image bakes):
 # destroy finds Image Builder's log groups of a recipe by it.
 BAKE_TAG_PATTERN = "(?:bake|src)-[0-9a-f]{16}"
+# EnableFastLaunch's MaxParallelLaunches: "6 or greater" (EC2 API reference); at most the
+# account's default quota of 40 per Region across all AMIs (ami.yaml's MaxValue).
+FAST_LAUNCH_MIN_PARALLEL_LAUNCHES = 6
+FAST_LAUNCH_MAX_PARALLEL_LAUNCHES = 40
+
+
+@dataclass(frozen=True)
+class FastLaunchSize:
+    """EC2 Fast Launch sized to the group: each launch uses one pre-provisioned snapshot, so
+    one per instance the group may launch at once, and as many launches in parallel to make
+    them again (within EC2's minimum and the default quota)."""
+
+    snapshots: int
+    parallel_launches: int
+
+    @classmethod
+    def for_group(cls, max_instances: int) -> FastLaunchSize:
+        return cls(
+            snapshots=max_instances,
+            parallel_launches=min(
+                FAST_LAUNCH_MAX_PARALLEL_LAUNCHES,
+                max(FAST_LAUNCH_MIN_PARALLEL_LAUNCHES, max_instances),
+            ),
+        )
 
 
 def deploy_ami_stack(
@@ -33,6 +58,7 @@ def deploy_ami_stack(
     image_uris: Sequence[str],
     subnet: str,
     security_group: str,
+    fast_launch: FastLaunchSize,
 ) -> str:
     """Bakes these images unless the stack has them already; returns the AMI ID."""
     stack = ctx.stack_name("ami")
@@ -43,6 +69,8 @@ def deploy_ami_stack(
             "BakeTag": bake_tag(image_uris),
             "SubnetId": subnet,
             "SecurityGroupId": security_group,
+            "FastLaunchSnapshotCount": str(fast_launch.snapshots),
+            "FastLaunchMaxParallelLaunches": str(fast_launch.parallel_launches),
         },
         # Image Builder's Windows build plus Fast Launch's first snapshots: about an hour.
         timeout_s=ctx.timing.ami_bake_timeout_s,
@@ -67,12 +95,16 @@ def fast_launch(ec2: Any, ami: str) -> dict[str, Any] | None:
     return images[0] if images else None
 
 
-def refresh_fast_launch(ctx: Context, stacks: Stacks, *, ami: str) -> None:
-    """Points Fast Launch at its launch template's latest version.
+def refresh_fast_launch(ctx: Context, stacks: Stacks, *, ami: str, size: FastLaunchSize) -> None:
+    """Points Fast Launch at its launch template's latest version, with `size`'s snapshots and
+    parallel launches.
 
     A resume after --pause recreates the network stack, so the ami stack's Fast Launch template
     gets a new version (new subnet); the AMI's Fast Launch settings still name the old one, with
-    which EC2 could not launch the instances that replenish its snapshots.
+    which EC2 could not launch the instances that replenish its snapshots. The ami stack's own
+    FastLaunchSnapshotCount and FastLaunchMaxParallelLaunches reach only the AMIs it bakes from
+    then on (its distribution configuration), not one baked already: a new --max-instances
+    reaches that AMI here.
     """
     ec2 = ctx.aws.client("ec2")
     template = stacks.output(ctx.stack_name("ami"), "FastLaunchTemplateId")
@@ -88,21 +120,26 @@ def refresh_fast_launch(ctx: Context, stacks: Stacks, *, ami: str) -> None:
         )
         return
     launch_template = current.get("LaunchTemplate", {})
-    if (launch_template.get("LaunchTemplateId"), str(launch_template.get("Version"))) == (
-        template,
-        version,
-    ):
+    now = (
+        launch_template.get("LaunchTemplateId"),
+        str(launch_template.get("Version")),
+        current["SnapshotConfiguration"]["TargetResourceCount"],
+        current["MaxParallelLaunches"],
+    )
+    if now == (template, version, size.snapshots, size.parallel_launches):
         return
     ec2.enable_fast_launch(
         ImageId=ami,
         ResourceType="snapshot",
         LaunchTemplate={"LaunchTemplateId": template, "Version": version},
-        MaxParallelLaunches=current["MaxParallelLaunches"],
-        SnapshotConfiguration={
-            "TargetResourceCount": current["SnapshotConfiguration"]["TargetResourceCount"]
-        },
+        MaxParallelLaunches=size.parallel_launches,
+        SnapshotConfiguration={"TargetResourceCount": size.snapshots},
     )
-    ctx.console.info(f"EC2 Fast Launch for {ami} now launches with {template} version {version}")
+    ctx.console.info(
+        f"EC2 Fast Launch for {ami} now launches with {template} version {version}, keeps "
+        f"{size.snapshots} pre-provisioned snapshot(s) (was {now[2]}) and makes them "
+        f"{size.parallel_launches} at a time (was {now[3]})"
+    )
 
 
 def remove_baked_amis(ctx: Context, *, stack: str, keep: str | None) -> list[str]:

@@ -1,11 +1,12 @@
 """The container instances: instance types, purchase option, and each study's tasks on them.
 
 A capacity option not given keeps what the ECS stack has (a re-run changes nothing), else the
-default. Whether a study's task fits, and how many fit on one instance, is the engine's rule
-(dags/windows_batch/capacity.py), which the DAGs apply too: what an instance registers with ECS
-(Windows reports less memory than the type's nominal figure, and the agent registers that minus
-ECS_RESERVED_MEMORY) against the study's container; the group may launch any type of the list,
-so a study must fit on every one, and its tasks per instance are the minimum over them.
+default; the warm pool's size (--warm-pool) is one of them. Whether a study's task fits, and
+how many fit on one instance, is the engine's rule (dags/windows_batch/capacity.py), which the
+DAGs apply too: what an instance registers with ECS (Windows reports less memory than the
+type's nominal figure, and the agent registers that minus ECS_RESERVED_MEMORY) against the
+study's container; the group may launch any type of the list, so a study must fit on every
+one, and its tasks per instance are the minimum over them.
 """
 
 from __future__ import annotations
@@ -49,16 +50,26 @@ class Capacity:
     purchase_option: str
     on_demand_base: int
     max_instances: int
+    # Stopped, pre-initialized instances of the group's warm pool (ecs.yaml WarmPoolSize).
+    warm_pool: int = 0
 
     @property
     def on_demand_instances(self) -> int:
+        """The most On-Demand instances running at once. A warm pool's are On-Demand too, and
+        they run while they start; the group and its pool together hold at most
+        max(MaxGroupPreparedCapacity, desired) instances ("the maximum number of instances
+        that are allowed to be in the warm pool or in any state except Terminated for the Auto
+        Scaling group": Auto Scaling API reference, WarmPoolConfiguration), so the pool adds
+        none above max(pool, the group's maximum)."""
         if self.purchase_option != "spot":
-            return self.max_instances
-        return min(self.on_demand_base, self.max_instances)
+            return max(self.max_instances, self.warm_pool)
+        return max(min(self.on_demand_base, self.max_instances), self.warm_pool)
 
     @property
     def spot_instances(self) -> int:
-        return self.max_instances - self.on_demand_instances
+        if self.purchase_option != "spot":
+            return 0
+        return self.max_instances - min(self.on_demand_base, self.max_instances)
 
     def describe(self) -> str:
         if self.purchase_option == "spot":
@@ -77,6 +88,7 @@ class Capacity:
             "PurchaseOption": self.purchase_option,
             "OnDemandBaseCapacity": str(self.on_demand_base),
             "MaxInstances": str(self.max_instances),
+            "WarmPoolSize": str(self.warm_pool),
         }
         return parameters
 
@@ -90,6 +102,7 @@ def resolve_capacity(
     on_demand_base: int | None,
     max_instances: int,
     notes: list[str],
+    warm_pool: int | None = None,
 ) -> Capacity:
     """Options given win; else the ECS stack's parameters (not its outputs: an old stack may
     have none); else the defaults. What was kept is appended to `notes` for the user."""
@@ -110,11 +123,16 @@ def resolve_capacity(
         notes.append(f"Purchase option {purchase_option} (kept from stack {stack_name})")
     if on_demand_base is None and parameters.get("OnDemandBaseCapacity"):
         on_demand_base = int(parameters["OnDemandBaseCapacity"])
+    if warm_pool is None and parameters.get("WarmPoolSize"):
+        warm_pool = int(parameters["WarmPoolSize"])
+        if warm_pool:
+            notes.append(f"Warm pool of {warm_pool} (kept from stack {stack_name})")
     return Capacity(
         instance_types=instance_types or DEFAULT_INSTANCE_TYPES,
         purchase_option=purchase_option or "on-demand",
         on_demand_base=on_demand_base or 0,
         max_instances=max_instances,
+        warm_pool=warm_pool or 0,
     )
 
 

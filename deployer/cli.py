@@ -37,8 +37,8 @@ Deploys (or updates) windows-batch-compute in one AWS region: stacks <prefix>-st
 (plugins/, the Results view) to the MWAA bucket. The stack of a study no longer in dags/studies/
 is deleted (its results stay). Re-running with nothing changed changes nothing.
 Options not given take their defaults on every run, except the capacity options
-(--instance-types, --spot/--on-demand, --on-demand-base), which keep what the ECS stack has,
-and the baked AMI (kept until --no-bake-ami).
+(--instance-types, --spot/--on-demand, --on-demand-base, --warm-pool), which keep what the ECS
+stack has, and the baked AMI (kept until --no-bake-ami).
 
 Options:
   --region REGION          AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)
@@ -55,6 +55,12 @@ Options:
   --on-demand              launch on-demand instances only (the default on the first deploy)
   --on-demand-base N       with --spot, the first N instances are on-demand (default: 0)
   --max-instances N        upper bound of the Auto Scaling group (default: 10)
+  --warm-pool N            keep N pre-initialized instances stopped in a warm pool (at most
+                           --max-instances; On-Demand only, not with --spot): a scale-out starts
+                           them instead of launching cold ones. Idle, each bills its root
+                           volume (--check shows what); 0 removes the pool (default on the
+                           first deploy: 0). A launch template change (a new baked AMI) starts
+                           an instance refresh of the pool, not awaited.
   --image-uri STUDY=URI    run this container image for that study instead of building one
                            (repeatable; a bare URI when dags/studies/ holds one study). Else a
                            study runs study.yaml's image: URI, or the image built from
@@ -66,7 +72,8 @@ Options:
                            Without it every image the studies run must exist.
   --bake-ami               bake every study's image (and the base image) into an AMI (EC2 Image
                            Builder, stack <prefix>-ami: about an hour for each new set of images)
-                           with EC2 Fast Launch, and launch the instances from it: no image pull
+                           with EC2 Fast Launch (one pre-provisioned snapshot per instance of
+                           --max-instances), and launch the instances from it: no image pull
                            and a shorter Windows boot. Costs its EBS snapshots while it exists
                            (README). A re-run keeps it (and bakes again when an image changed);
                            --no-bake-ami returns to the public AMI and removes the ami stack, its
@@ -77,8 +84,9 @@ Options:
   --rdp-cidr CIDR          allow RDP to the instances from CIDR (default: no inbound access)
   --skip LAYER[,LAYER]     leave these steps out; later steps read the outputs of the existing
                            stacks. Steps: {" ".join(LAYERS)}
-  --check                  only run the preflight (credentials, region, vCPU quota, each study,
-                           its image and stack) and print it as a table; changes nothing.
+  --check                  only run the preflight (credentials, region, warm pool and its cost,
+                           vCPU quota, each study, its image and stack) and print it as a
+                           table; changes nothing.
                            deploy.sh always runs it first.
   -y, --yes                do not ask before deleting a stack left in ROLLBACK_COMPLETE
   -h, --help               show this help
@@ -93,19 +101,20 @@ Usage: ./destroy.sh [options]
 
 Deletes the stacks deploy.sh created (<prefix>-mwaa, every <prefix>-study-<name>, -ecs, -ami,
 -image, -network, -storage), after emptying the buckets of the storage stack, including every
-object version. This deletes all study results. Before the ECS stack the instance group is
-scaled to 0 and the cluster drained; before the ami stack its baked AMIs go (EC2 Fast Launch
-disabled, which deletes its pre-provisioned snapshots, then each AMI deregistered and its
+object version. This deletes all study results. Before the ECS stack an instance refresh still
+running is cancelled, the warm pool deleted (its instances terminated, awaited), the instance
+group scaled to 0 and the cluster drained; before the ami stack its baked AMIs go (EC2 Fast
+Launch disabled, which deletes its pre-provisioned snapshots, then each AMI deregistered and its
 snapshots deleted); the log groups ECS, MWAA and Image Builder created themselves go too (by
 their exact names). Waits for each stack up to DESTROY_STACK_DELETE_TIMEOUT_SECONDS (default 3
 hours; MWAA alone can exceed an hour). Asks for confirmation unless --yes is given.
 
---pause deletes only what bills while no study runs (<prefix>-mwaa, -ecs, -network: MWAA and
-the NAT gateway) and keeps the buckets (results, DAGs), the images, the study stacks (they
-bill nothing) and the baked AMI (its snapshots keep billing; see the README); ./deploy.sh with
-the same options resumes, without rebuilding an image or the AMI. The MWAA environment holds
-Airflow's metadata database: its run history (DAG runs, task instances, XComs) and Airflow's
-logs go with it, also on --pause.
+--pause deletes only what bills while no study runs (<prefix>-mwaa, -ecs, -network: MWAA, the
+NAT gateway and the warm pool's volumes, deleted as above) and keeps the buckets (results,
+DAGs), the images, the study stacks (they bill nothing) and the baked AMI (its snapshots keep
+billing; see the README); ./deploy.sh with the same options resumes, without rebuilding an
+image or the AMI. The MWAA environment holds Airflow's metadata database: its run history (DAG
+runs, task instances, XComs) and Airflow's logs go with it, also on --pause.
 
 Options:
   --region REGION   AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or the profile's)
@@ -126,9 +135,9 @@ def _positive(option: str, text: str) -> int:
     return int(text)
 
 
-def _on_demand_base(text: str) -> int:
+def _whole(option: str, text: str) -> int:
     if not re.fullmatch(r"0|[1-9][0-9]*", text):
-        raise DeployError(f"--on-demand-base must be a whole number: {text}")
+        raise DeployError(f"{option} must be a whole number: {text}")
     return int(text)
 
 
@@ -151,8 +160,9 @@ VALUE_OPTIONS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "--prefix": ("prefix", lambda _o, text: text),
     "--instance-types": ("instance_types", lambda _o, text: parse_instance_types(text)),
     "--instance-type": ("instance_types", lambda _o, text: parse_instance_types(text)),
-    "--on-demand-base": ("on_demand_base", lambda _o, text: _on_demand_base(text)),
+    "--on-demand-base": ("on_demand_base", _whole),
     "--max-instances": ("max_instances", _positive),
+    "--warm-pool": ("warm_pool", _whole),
     "--webserver-access": ("webserver_access", lambda _o, text: text),
     "--environment-class": ("environment_class", lambda _o, text: text),
     "--nat-gateways": ("nat_gateways", lambda _o, text: _nat_gateways(text)),

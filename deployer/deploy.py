@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deployer import ami, uploads
+from deployer import ami, uploads, warm_pool
 from deployer import studies as studies_module
 from deployer.capacity import (
     InstanceTypes,
@@ -25,15 +25,6 @@ from deployer.plan import DeployOptions, Plan
 from deployer.preflight import Preflight
 from deployer.settings import Context
 from deployer.stacks import Stacks
-
-# The DAG's estimate (windows_batch.boot_s / pull_s, cost.py). Without a baked AMI: cost.py's
-# defaults. AWS says a Windows launch takes "15 minutes or longer" and Fast Launch launches "up
-# to 65% faster" (EC2 User Guide, EC2 Fast Launch): 900 s x 0.35. The baked AMI has the images
-# in Docker's cache and the agent's prefer-cached pull behaviour uses them: no pull.
-PUBLIC_AMI_BOOT_S = 900
-PUBLIC_AMI_PULL_S = 300
-BAKED_AMI_BOOT_S = 315
-BAKED_AMI_PULL_S = 0
 
 
 def repository_name(prefix: str) -> str:
@@ -50,6 +41,7 @@ def resolve_plan(ctx: Context, stacks: Stacks, options: DeployOptions) -> Plan:
         options.instance_types,
         options.purchase_option,
         options.on_demand_base,
+        options.warm_pool,
     )
     capacity = resolve_capacity(
         ecs_stack=stacks.describe(ecs_stack) if keeps_capacity else None,
@@ -59,6 +51,7 @@ def resolve_plan(ctx: Context, stacks: Stacks, options: DeployOptions) -> Plan:
         on_demand_base=options.on_demand_base,
         max_instances=options.max_instances,
         notes=notes,
+        warm_pool=options.warm_pool,
     )
     for note in notes:
         ctx.console.info(note)
@@ -221,10 +214,12 @@ def deploy_compute(
     subnets: str,
     instance_sg: str,
 ) -> None:
-    """The baked AMI, the ECS stack, then AMIs no longer used."""
+    """The baked AMI, the ECS stack (and a refresh of its warm pool), then AMIs no longer
+    used."""
     options = plan.options
     baked_ami = ""
     ami_stack = ctx.stack_name("ami")
+    fast_launch = ami.FastLaunchSize.for_group(options.max_instances)
     if plan.baking:
         if not plan.skipped("ami"):
             ami.deploy_ami_stack(
@@ -233,9 +228,10 @@ def deploy_compute(
                 image_uris=plan.studies.image_uris(images.repository_uri),
                 subnet=subnets.split(",", maxsplit=1)[0],
                 security_group=instance_sg,
+                fast_launch=fast_launch,
             )
         baked_ami = stacks.output(ami_stack, "BakedAmiId")
-        ami.refresh_fast_launch(ctx, stacks, ami=baked_ami)
+        ami.refresh_fast_launch(ctx, stacks, ami=baked_ami, size=fast_launch)
     stacks.deploy(
         "ecs",
         {
@@ -246,6 +242,8 @@ def deploy_compute(
             "BakedAmiId": baked_ami,
         },
     )
+    # The pool's instances keep the launch template they were launched from.
+    warm_pool.refresh_stale_pool(ctx, stacks)
     if plan.baking:
         # AMIs of earlier image sets: no launch template uses them any more.
         ami.remove_baked_amis(ctx, stack=ami_stack, keep=baked_ami)
@@ -319,14 +317,9 @@ def deploy_mwaa(
     options = plan.options
     ecs = ctx.stack_name("ecs")
     network = ctx.stack_name("network")
-    boot_s, pull_s = (
-        (BAKED_AMI_BOOT_S, BAKED_AMI_PULL_S)
-        if plan.baking
-        else (PUBLIC_AMI_BOOT_S, PUBLIC_AMI_PULL_S)
-    )
     parameters = {
-        "InstanceBootSeconds": str(boot_s),
-        "ImagePullSeconds": str(pull_s),
+        "InstanceBootSeconds": str(plan.boot_s),
+        "ImagePullSeconds": str(plan.pull_s),
         "EnvironmentClass": options.environment_class,
         "WebserverAccessMode": options.webserver_access,
         "MwaaBucketName": mwaa_bucket,
@@ -349,6 +342,12 @@ def deploy_mwaa(
         "TaskExecutionRoleArn",
     ):
         parameters[name] = stacks.output(ecs, name)
+    # The pool the DAGs report and price (windows_batch.warm_pool_size, root_volume_gib); an ECS
+    # stack from before the pool has neither output, and MWAA keeps its values.
+    for name in ("WarmPoolSize", "RootVolumeSizeInGiB"):
+        value = stacks.optional_output(ecs, name)
+        if value is not None:
+            parameters[name] = value
     # The DAGs size each study's concurrency from the types' vCPUs and memory, as EC2 has them.
     described = [types.get(name) for name in parameters["InstanceTypes"].split(",")]
     parameters["InstanceSizes"] = sizes_parameter([t for t in described if t is not None])

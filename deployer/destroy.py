@@ -4,14 +4,16 @@ The study stacks (`<prefix>-study-<name>`, found by their tags) go after the MWA
 before the ECS stack whose log group and execution role they name; --pause keeps them (they
 bill nothing) and the resume points them at the new ECS stack.
 
-Before the ECS stack the group is scaled to 0 (its warm pool emptied) and the cluster drained:
-DeleteCluster refuses a cluster with container instances still ACTIVE or DRAINING, and a
-terminated instance leaves the cluster only some time after it is gone. Before the ami stack
-its baked AMIs go (`ami.remove_baked_amis`). The storage stack's buckets are emptied first,
-every object version and delete marker included (the MWAA bucket is versioned). The log groups
-that ECS (Container Insights), MWAA and Image Builder create themselves are deleted by their
-exact names: a name prefix would also match another deployment whose prefix starts the same
-way.
+Before the ECS stack an instance refresh still running is cancelled, the warm pool is deleted
+and its instances awaited until terminated (`warm_pool.delete_pool`: stopped instances bill
+their volumes, and scaling the group down first would make the pool launch a refill), then the
+group is scaled to 0 and the cluster drained: DeleteCluster refuses a cluster with container
+instances still ACTIVE or DRAINING, and a terminated instance leaves the cluster only some time
+after it is gone. Before the ami stack its baked AMIs go (`ami.remove_baked_amis`). The storage
+stack's buckets are emptied first, every object version and delete marker included (the MWAA
+bucket is versioned). The log groups that ECS (Container Insights), MWAA and Image Builder
+create themselves are deleted by their exact names: a name prefix would also match another
+deployment whose prefix starts the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 
 from botocore.exceptions import ClientError
 
-from deployer import ami, pause, studies
+from deployer import ami, pause, studies, warm_pool
 from deployer.ami import BAKE_TAG_PATTERN
 from deployer.aws import error_code
 from deployer.console import DeployError
@@ -72,21 +74,9 @@ def empty_bucket(ctx: Context, bucket: str) -> int:
     return deleted
 
 
-def empty_warm_pool(ctx: Context, group: str) -> None:
-    """A warm pool's instances are not in the group's Instances: set the pool to hold none."""
-    autoscaling = ctx.aws.client("autoscaling")
-    try:
-        pool = autoscaling.describe_warm_pool(AutoScalingGroupName=group)
-    except ClientError:
-        return
-    if not pool.get("WarmPoolConfiguration"):
-        return
-    autoscaling.put_warm_pool(AutoScalingGroupName=group, MinSize=0, MaxGroupPreparedCapacity=0)
-    ctx.console.info(f"{group}: warm pool set to hold no instances")
-
-
 def drain_cluster(ctx: Context, stacks: Stacks) -> None:
-    """Group to 0 and wait until its instances are gone; then deregister what ECS still lists."""
+    """The warm pool deleted and its instances gone (they are not in the group's Instances),
+    the group to 0 and its instances gone; then deregister what ECS still lists."""
     stack = ctx.stack_name("ecs")
     group = stacks.optional_output(stack, "AutoScalingGroupName")
     cluster = stacks.optional_output(stack, "ClusterName")
@@ -95,7 +85,8 @@ def drain_cluster(ctx: Context, stacks: Stacks) -> None:
     autoscaling = ctx.aws.client("autoscaling")
     ecs = ctx.aws.client("ecs")
     with ctx.console.step(f"Drain {cluster} (group {group} to 0)") as step:
-        empty_warm_pool(ctx, group)
+        warm_pool.cancel_refresh(ctx, group)
+        warm_pool.delete_pool(ctx, group)
         autoscaling.update_auto_scaling_group(
             AutoScalingGroupName=group, MinSize=0, DesiredCapacity=0
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from deployer import studies as studies_module
+from deployer import warm_pool
 from deployer.ami import baked_uris
 from deployer.capacity import (
     InstanceType,
@@ -86,6 +87,7 @@ class Preflight:
             self.report("credentials", OK, f"{ctx.caller.arn} (account {ctx.caller.account})")
             self.check_region()
             self.check_instance_types()
+            self.check_warm_pool()
             self.check_studies()
             self.check_image_builder()
             self.check_vcpu_quota()
@@ -155,6 +157,34 @@ class Preflight:
         self.described = described
         self.report(
             "instance types", OK, f"{self.plan.capacity.describe()}: {describe_sizes(described)}"
+        )
+
+    def check_warm_pool(self) -> None:
+        """--warm-pool: refused with Spot or above --max-instances; else its size and cost."""
+        capacity = self.plan.capacity
+        stack = self.ctx.stack_name("ecs")
+        refused = warm_pool.refusal(capacity=capacity, options=self.plan.options, stack=stack)
+        if refused is not None:
+            self.report("warm pool", BLOCKER, refused)
+            return
+        if capacity.warm_pool == 0:
+            deployed = warm_pool.deployed_size(self.stacks, stack)
+            self.report(
+                "warm pool",
+                OK,
+                f"--warm-pool 0: the pool of {deployed} of {stack} and its instances will go"
+                if deployed
+                else "none (--warm-pool N keeps N instances stopped, ready to start)",
+            )
+            return
+        self.report(
+            "warm pool",
+            OK,
+            warm_pool.describe_cost(
+                capacity=capacity,
+                root_volume_gib=warm_pool.root_volume_gib(self.ctx, self.stacks),
+                boot_s=self.plan.boot_s,
+            ),
         )
 
     def check_studies(self) -> None:
@@ -245,11 +275,15 @@ class Preflight:
                 f"On-Demand, {spot_needed} Spot)",
             )
             return
+        what = f"{capacity.on_demand_instances} x {first} On-Demand"
+        if capacity.warm_pool:
+            # The group and its pool together stay within the larger of the two (capacity.py).
+            what += f", the warm pool's {capacity.warm_pool} among them while they start"
         self._vcpu_quota(
             name="vCPU quota",
             code=STANDARD_VCPU_QUOTA_CODE,
             needed=needed,
-            what=f"{capacity.on_demand_instances} x {first} On-Demand",
+            what=what,
             lower="lower --max-instances or --on-demand-base",
         )
         if capacity.spot_instances > 0:

@@ -86,7 +86,8 @@ def test_help(tmp_path: Path) -> None:
     assert deploy.returncode == 0, deploy.stderr
     assert deploy.stdout.startswith("Usage: ./deploy.sh [options]")
     for option in ("--region", "--prefix", "--instance-types", "--spot", "--image-uri",
-                   "--build-image", "--bake-ami", "--skip", "--check", "-y, --yes"):  # fmt: skip
+                   "--build-image", "--bake-ami", "--warm-pool", "--skip", "--check",
+                   "-y, --yes"):  # fmt: skip
         assert f"  {option}" in deploy.stdout, option
     destroy = run("destroy.sh", aws_env(tmp_path), "-h")
     assert destroy.returncode == 0, destroy.stderr
@@ -103,6 +104,12 @@ def test_help(tmp_path: Path) -> None:
         pytest.param("deploy.sh", ["--bogus"], "unknown option: --bogus", id="unknown-option"),
         pytest.param("deploy.sh", ["--skip", "everything"], "unknown step for --skip", id="skip"),
         pytest.param("deploy.sh", ["--region"], "--region needs a value", id="no-value"),
+        pytest.param(
+            "deploy.sh",
+            ["--warm-pool", "-1"],
+            "--warm-pool must be a whole number: -1",
+            id="warm-pool",
+        ),
         pytest.param(
             "deploy.sh",
             ["--task-cpu", "2048"],

@@ -28,7 +28,12 @@ from AWS there in three ways this module corrects, in the server process only:
   flow logs in place (their models cannot be deleted through CloudFormation), so its VPC cannot
   be deleted. Deleting the VPC here first deletes what CloudFormation would have deleted before.
 - `AWS::AutoScaling::AutoScalingGroup` keeps an `AWS::NoValue` item of a list as None (AWS leaves
-  it out: ecs.yaml's empty InstanceType2-4 overrides) and drops `CapacityRebalance`.
+  it out: ecs.yaml's empty InstanceType2-4 overrides) and drops `CapacityRebalance`. A stack
+  update deletes and re-creates the group, terminating its instances and losing its warm pool;
+  AWS updates it in place (here too), and a new launch template version reaches only the
+  instances launched from then on.
+- A stack update whose parameters turn a resource's Condition false updates the resource; AWS
+  deletes it (and creates one whose Condition turns true). Here it is deleted (and created).
 - A stack update that touches a resource whose moto model cannot be updated (AWS::Logs::LogGroup
   when any parameter it names is passed again) loses that resource: its Ref and the outputs made
   from it are gone (ecs.yaml's LogGroupName, which the study stacks take). AWS updates it in
@@ -65,7 +70,8 @@ moto has no EC2 Image Builder and no EC2 Fast Launch, so the ami stack's part of
   its own template or parameters changed, not when a resource it names got a new ARN (AWS
   re-resolves `!GetAtt Recipe.Arn`, and ImageRecipeArn is create-only): an image whose recipe,
   infrastructure or distribution configuration was updated is updated too, and builds a new
-  AMI only when one of their ARNs differs.
+  AMI only when one of their ARNs differs. The same holds for an Auto Scaling group whose
+  launch template was updated (`!GetAtt LaunchTemplate.LatestVersionNumber`: a new version).
 - A FastLaunchConfigurations entry with Enabled enables EC2 Fast Launch for that AMI, refused
   below 6 MaxParallelLaunches as EnableFastLaunch does ("Value must be 6 or greater"), and makes
   TargetResourceCount pre-provisioned snapshots (DescribeSnapshots lists them).
@@ -83,7 +89,8 @@ https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecyc
 "Decrease latency for applications with long boot times using warm pools"):
 - the pool holds max(MinSize, MaxGroupPreparedCapacity (default MaxSize) - desired capacity)
   instances; missing ones launch into it (Warmed:Pending; activity "Launching a new EC2
-  instance into warm pool: i-..."), surplus ones are terminated;
+  instance into warm pool: i-..."), surplus ones are terminated (Warmed:Terminating, then
+  terminated at the next step: Auto Scaling does it after the call that shrank the pool);
 - with an autoscaling:EC2_INSTANCE_LAUNCHING hook an instance pauses in Warmed:Pending:Wait,
   then Warmed:Pending:Proceed, and is stopped (Warmed:Stopped; Warmed:Running or :Hibernated
   for those pool states);
@@ -96,8 +103,21 @@ https://docs.aws.amazon.com/autoscaling/ec2/userguide/warm-pool-instance-lifecyc
   boot; at later boots, i.e. when it leaves the pool, only with <persist>true</persist>, as
   EC2Launch runs user data), or by the hook's DefaultResult after HeartbeatTimeout;
   INSTANCE_MAY_COMPLETE lets the ECS server also require the instance role's permission;
+- each instance reports the launch template version it was launched from (moto reports the
+  template's default version for all), so an instance refresh can tell the old ones;
+- DeleteWarmPool refuses a pool that holds instances unless ForceDelete, which marks the pool
+  PendingDelete and returns: the next step terminates its instances, the one after removes it;
 - each DescribeAutoScalingGroups and DescribeWarmPool takes one step of these transitions (Auto
   Scaling acts on its own clock; these calls are how a caller sees it).
+EC2 Auto Scaling instance refreshes (moto 5.2.5 has none): StartInstanceRefresh decides what it
+replaces when it starts (with SkipMatching, the instances whose launch template version is not
+the group's; without, all), refuses a second one while one is active (InstanceRefreshInProgress)
+and a MaxHealthyPercentage without a MinHealthyPercentage at most 100 below it; each
+DescribeInstanceRefreshes takes one step: Pending, then InProgress replacing one instance per
+step, the group's first (terminated, then a new one launched from the group's template), then
+the pool's (terminated; the pool's refill launches its successor), then Successful, with
+LivePoolProgress and WarmPoolProgress; CancelInstanceRefresh makes it Cancelling, then
+Cancelled. DesiredConfiguration is not emulated (refused).
 Only groups with a warm pool or a launch hook are emulated; the others behave as in moto.
 Run as `python moto_server.py --port N`.
 """
@@ -355,6 +375,11 @@ IMAGE_INPUTS = (
 )
 
 
+# Resources updated when one they name with Fn::GetAtt was (module docstring): an image when
+# its recipe got a new ARN, a group when its launch template got a new LatestVersionNumber.
+GET_ATT_UPDATED = ("AWS::ImageBuilder::Image", "AWS::AutoScaling::AutoScalingGroup")
+
+
 def _get_att_targets(value: Any) -> set[str]:
     """The resources a template fragment names with Fn::GetAtt."""
     if isinstance(value, dict):
@@ -547,7 +572,7 @@ def _patch_image_builder() -> None:
         changed = set(actions["Modify"]) | set(actions["Add"])
         for name, spec in other_template["Resources"].items():
             if (
-                spec.get("Type") == "AWS::ImageBuilder::Image"
+                spec.get("Type") in GET_ATT_UPDATED
                 and name not in changed
                 and _get_att_targets(spec.get("Properties", {})) & changed
             ):
@@ -688,6 +713,15 @@ def _patch_in_place_updates() -> None:
     def update_or_keep(
         logical_id: str, resource_json: Any, resources_map: Any, *args: Any, **kwargs: Any
     ) -> Any:
+        condition = resource_json.get("Condition")
+        parsed = resources_map._parsed_resources
+        if condition and not resources_map.lazy_condition_map[condition]:
+            if parsed.get(logical_id) is not None:
+                resources_map._delete_resource(parsed[logical_id], resource_json)
+            return None
+        if logical_id in parsed and parsed[logical_id] is None:
+            del parsed[logical_id]  # its condition was false: created now
+            return resources_map[logical_id]
         updated = parse_and_update_resource(
             logical_id, resource_json, resources_map, *args, **kwargs
         )
@@ -927,23 +961,73 @@ def mixed_instances_group_patch() -> Any:
     without the NoValue overrides, with CapacityRebalance (a test may monkeypatch it in)."""
     from moto.autoscaling.models import FakeAutoScalingGroup
 
-    def drop_no_value_overrides(properties: dict[str, Any]) -> None:
-        template = (properties.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
-        if template.get("Overrides") is not None:
-            template["Overrides"] = [item for item in template["Overrides"] if item is not None]
-
     def keep_capacity_rebalance(group: Any, properties: dict[str, Any], *_: str) -> None:
         group.capacity_rebalance = str(properties.get("CapacityRebalance", False)).lower() == "true"
 
     return cloudformation_create_with(
-        FakeAutoScalingGroup, keep_capacity_rebalance, before=drop_no_value_overrides
+        FakeAutoScalingGroup, keep_capacity_rebalance, before=_drop_no_value_overrides
     )
 
 
+def _drop_no_value_overrides(properties: dict[str, Any]) -> None:
+    template = (properties.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
+    if template.get("Overrides") is not None:
+        template["Overrides"] = [item for item in template["Overrides"] if item is not None]
+
+
+def group_update_in_place(  # noqa: PLR0917 (moto's signature)
+    cls: Any,
+    original_resource: Any,
+    new_resource_name: str,
+    cloudformation_json: dict[str, Any],
+    account_id: str,
+    region_name: str,
+) -> Any:
+    """FakeAutoScalingGroup.update_from_cloudformation_json as CloudFormation updates a group:
+    in place, keeping its instances, desired capacity and warm pool (moto deletes and re-creates
+    it, which terminates them all)."""
+    properties = cloudformation_json["Properties"]
+    if original_resource.name != new_resource_name:  # a new name replaces the group on AWS too
+        return _ORIGINAL_GROUP_UPDATE(
+            original_resource, new_resource_name, cloudformation_json, account_id, region_name
+        )
+    _drop_no_value_overrides(properties)
+    policy = properties.get("MixedInstancesPolicy") or None
+    if policy is not None:
+        distribution = policy.setdefault("InstancesDistribution", {})
+        distribution.setdefault("OnDemandAllocationStrategy", "prioritized")
+    group = original_resource
+
+    def number(key: str) -> int | None:
+        return None if properties.get(key) is None else int(properties[key])
+
+    group.update(
+        availability_zones=properties.get("AvailabilityZones", []),
+        desired_capacity=number("DesiredCapacity"),
+        max_size=number("MaxSize"),
+        min_size=number("MinSize"),
+        launch_config_name=properties.get("LaunchConfigurationName"),
+        launch_template=properties.get("LaunchTemplate", {}),
+        vpc_zone_identifier=",".join(properties.get("VPCZoneIdentifier", [])) or None,
+        health_check_period=number("HealthCheckGracePeriod"),
+        health_check_type=properties.get("HealthCheckType"),
+        mixed_instances_policy=policy,
+    )
+    group.capacity_rebalance = str(properties.get("CapacityRebalance", False)).lower() == "true"
+    return group
+
+
+_ORIGINAL_GROUP_UPDATE: Any = None
+
+
 def _patch_mixed_instances_group() -> None:
+    global _ORIGINAL_GROUP_UPDATE  # noqa: PLW0603 (moto's own method, once per process)
     from moto.autoscaling.models import FakeAutoScalingGroup
 
     FakeAutoScalingGroup.create_from_cloudformation_json = mixed_instances_group_patch()  # type: ignore[method-assign]
+    if _ORIGINAL_GROUP_UPDATE is None:
+        _ORIGINAL_GROUP_UPDATE = FakeAutoScalingGroup.update_from_cloudformation_json
+    FakeAutoScalingGroup.update_from_cloudformation_json = classmethod(group_update_in_place)  # type: ignore[method-assign,assignment]
 
 
 def _patch_repository_empty_on_delete() -> None:
@@ -1124,6 +1208,8 @@ def warm_pool_step(group: Any) -> None:
     if not _emulated(group):
         return
     hook = _launch_hook(group)
+    if _deleting(group):
+        _step_deletion(group)
     for state in list(_warm(group)):
         _step_in_pool(group, state, hook)
     for state in list(group.instance_states):
@@ -1141,7 +1227,11 @@ def _waited(group: Any, state: Any, hook: Any) -> None:
 
 def _step_in_pool(group: Any, state: Any, hook: Any) -> None:
     current = state.lifecycle_state
-    if current == "Warmed:Pending":
+    if current == WARMED_TERMINATING:
+        group.autoscaling_backend.ec2_backend.terminate_instances([state.instance.id])
+        group.warm_instances.remove(state)
+        _record(group, f"Terminating EC2 instance: {state.instance.id}", state, done=True)
+    elif current == "Warmed:Pending":
         if hook is None:
             state.lifecycle_state = "Warmed:Pending:Proceed"
         else:
@@ -1182,9 +1272,9 @@ def pool_target(group: Any) -> int:
 
 def refill(group: Any) -> None:
     """Launch into the pool what it misses; terminate what it has too many of."""
-    if getattr(group, "warm_pool", None) is None:
+    if getattr(group, "warm_pool", None) is None or _deleting(group):
         return
-    pool = _warm(group)
+    pool = [s for s in _warm(group) if s.lifecycle_state != WARMED_TERMINATING]
     missing = pool_target(group) - len(pool)
     if missing > 0:
         before = len(group.instance_states)
@@ -1194,23 +1284,25 @@ def refill(group: Any) -> None:
         for state in launched:
             state.lifecycle_state = "Warmed:Pending"
             state.boots = 1
-            pool.append(state)
+            state.launched_from = _current_template(group)
+            _warm(group).append(state)
             description = f"Launching a new EC2 instance into warm pool: {state.instance.id}"
             _record(group, description, state)
     elif missing < 0:
-        # The ones still warming up go first.
+        # The ones still warming up go first; Auto Scaling terminates them on its own clock.
         surplus = sorted(pool, key=lambda s: s.lifecycle_state.startswith("Warmed:Pending"))[
             missing:
         ]
-        terminate = [s.instance.id for s in surplus]
-        group.autoscaling_backend.ec2_backend.terminate_instances(terminate)
-        group.warm_instances = [s for s in pool if s not in surplus]
+        for state in surplus:
+            state.lifecycle_state = WARMED_TERMINATING
 
 
 def _draw(group: Any, count: int) -> int:
     """Start up to `count` warmed instances from the pool into the group; how many."""
     from moto.core.utils import utcnow
 
+    if _deleting(group):
+        return 0
     ready = [s for s in _warm(group) if s.lifecycle_state in WARMED_STATES][:count]
     ec2 = group.autoscaling_backend.ec2_backend
     for state in ready:
@@ -1226,6 +1318,7 @@ def _draw(group: Any, count: int) -> int:
 
 
 WARMED_STATES = ("Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated")
+WARMED_TERMINATING = "Warmed:Terminating"
 
 
 def _launch_with_pool(self: Any, count_needed: int, propagated_tags: dict[str, str]) -> None:
@@ -1235,12 +1328,17 @@ def _launch_with_pool(self: Any, count_needed: int, propagated_tags: dict[str, s
         return
     cold = count_needed - _draw(self, count_needed)
     if cold > 0:
-        before = len(self.instance_states)
-        _ORIGINAL["launch"](self, cold, propagated_tags)
-        for state in self.instance_states[before:]:
-            state.lifecycle_state = "Pending"
-            state.boots = 1
-            _record(self, f"Launching a new EC2 instance: {state.instance.id}", state)
+        _launch_cold(self, cold, propagated_tags)
+
+
+def _launch_cold(group: Any, count: int, propagated_tags: dict[str, str]) -> None:
+    before = len(group.instance_states)
+    _ORIGINAL["launch"](group, count, propagated_tags)
+    for state in group.instance_states[before:]:
+        state.lifecycle_state = "Pending"
+        state.boots = 1
+        state.launched_from = _current_template(group)
+        _record(group, f"Launching a new EC2 instance: {state.instance.id}", state)
 
 
 def _set_desired_and_refill(self: Any, new_capacity: int | None) -> None:
@@ -1271,7 +1369,8 @@ def _put_warm_pool_and_fill(self: Any, **kwargs: Any) -> None:
 
 
 def _delete_warm_pool(self: Any, group_name: str, force_delete: bool = False) -> None:
-    """DeleteWarmPool terminates the pool's instances with it."""
+    """The pool goes at once with its instances: CloudFormation's delete of the resource, which
+    waits for them."""
     group = self.autoscaling_groups.get(group_name)
     if group is None:  # deleted with its group (moto deletes a stack's resources in any order)
         return
@@ -1280,6 +1379,45 @@ def _delete_warm_pool(self: Any, group_name: str, force_delete: bool = False) ->
         self.ec2_backend.terminate_instances(ids)
     group.warm_instances = []
     group.warm_pool = None
+
+
+WARM_POOL_PENDING_DELETE = "PendingDelete"
+
+
+def _deleting(group: Any) -> bool:
+    pool = getattr(group, "warm_pool", None)
+    return pool is not None and getattr(pool, "status", None) == WARM_POOL_PENDING_DELETE
+
+
+def delete_warm_pool_api(backend: Any, group_name: str, *, force_delete: bool) -> None:
+    """DeleteWarmPool as the API does it: refused while the pool holds instances unless
+    ForceDelete ("If there are instances in the warm pool, or if scaling activities are in
+    progress, use ... --force-delete. This option also terminates the Amazon EC2 instances and
+    any outstanding lifecycle actions": Auto Scaling user guide, "AWS CLI examples for working
+    with warm pools", Example 8). The pool is marked PendingDelete (WarmPoolConfiguration
+    Status), its instances are Warmed:Terminating, and the next steps terminate them and then
+    remove the pool: ForceDelete returns "without waiting for all instances to be terminated"
+    (DeleteWarmPool API reference)."""
+    from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
+
+    groups = backend.describe_auto_scaling_groups([group_name])
+    if not groups or groups[0].warm_pool is None:
+        raise ValidationError(f"No warm pool found for Auto Scaling group {group_name}")
+    group = groups[0]
+    if _warm(group) and not force_delete:
+        raise AutoscalingClientError(
+            "ResourceInUse",
+            f"The warm pool of {group_name} has {len(_warm(group))} instance(s); use ForceDelete",
+        )
+    group.warm_pool.status = WARM_POOL_PENDING_DELETE
+    for state in _warm(group):
+        state.lifecycle_state = WARMED_TERMINATING
+
+
+def _step_deletion(group: Any) -> None:
+    """A pool marked for deletion goes once its instances are terminated (_step_in_pool)."""
+    if not _warm(group):
+        group.warm_pool = None
 
 
 def _delete_group_and_pool(self: Any, group_name: str) -> None:
@@ -1333,16 +1471,18 @@ def _respond_describe_warm_pool(self: Any) -> Any:
         [self._get_param("AutoScalingGroupName")]
     )[0]
     warm_pool_step(group)
+    if group.warm_pool is None:
+        return ActionResult({"Instances": []})
     return ActionResult({"WarmPoolConfiguration": group.warm_pool, "Instances": list(_warm(group))})
 
 
 def _respond_delete_warm_pool(self: Any) -> Any:
     from moto.core.responses import EmptyResult
 
-    _delete_warm_pool(
+    delete_warm_pool_api(
         self.autoscaling_backend,
         self._get_param("AutoScalingGroupName"),
-        str(self._get_param("ForceDelete")).lower() == "true",
+        force_delete=str(self._get_param("ForceDelete")).lower() == "true",
     )
     return EmptyResult()
 
@@ -1361,6 +1501,204 @@ def _respond_describe_activities(self: Any) -> Any:
     # Newest first, as Auto Scaling lists them.
     found.sort(key=lambda a: a.start_time, reverse=True)
     return ActionResult({"Activities": found})
+
+
+def _current_template(group: Any) -> tuple[str, str] | None:
+    """The launch template ID and version number the group launches from now."""
+    template = group.ec2_launch_template
+    if template is None:
+        return None
+    version = str(group.launch_template_version)
+    if version == "$Latest":
+        version = str(template.latest_version_number)
+    elif version in ("$Default", "None"):
+        version = str(template.default_version_number)
+    return str(template.id), version
+
+
+def _launched_template(self: Any) -> dict[str, Any] | None:
+    """InstanceState.launch_template: the version the instance was launched from (moto reports
+    the template's default version for every instance, so a new version changes them all)."""
+    launched = getattr(self, "launched_from", None)
+    if launched is None:
+        return _ORIGINAL["instance_template"].fget(self)  # type: ignore[no-any-return]
+    template_id, version = launched
+    template = self.auto_scaling_group.ec2_backend.get_launch_template(template_id)
+    return {
+        "LaunchTemplateId": template_id,
+        "LaunchTemplateName": template.name,
+        "Version": version,
+    }
+
+
+# --- EC2 Auto Scaling instance refreshes (moto has none) ------------------------------------------
+
+REFRESH_ACTIVE = ("Pending", "InProgress", "Cancelling")
+
+
+def _refreshes(group: Any) -> list[dict[str, Any]]:
+    if not hasattr(group, "instance_refreshes"):
+        group.instance_refreshes = []
+    return group.instance_refreshes  # type: ignore[no-any-return]
+
+
+def _matches(group: Any, state: Any) -> bool:
+    return getattr(state, "launched_from", None) in (None, _current_template(group))
+
+
+def start_instance_refresh(
+    backend: Any, group_name: str, preferences: dict[str, Any], desired: dict[str, Any] | None
+) -> str:
+    """StartInstanceRefresh (module docstring): what it will replace, decided now."""
+    import uuid
+
+    from moto.autoscaling.exceptions import AutoscalingClientError, ValidationError
+    from moto.core.utils import utcnow
+
+    groups = backend.describe_auto_scaling_groups([group_name])
+    if not groups:
+        raise ValidationError(f"AutoScalingGroup name not found - {group_name}")
+    group = groups[0]
+    if desired:
+        raise ValidationError("the emulation does not take a DesiredConfiguration")
+    if any(refresh["Status"] in REFRESH_ACTIVE for refresh in _refreshes(group)):
+        raise AutoscalingClientError(
+            "InstanceRefreshInProgress",
+            f"An Instance Refresh is already in progress on {group_name}",
+        )
+    low = preferences.get("MinHealthyPercentage")
+    high = preferences.get("MaxHealthyPercentage")
+    # RefreshPreferences: "If you specify MaxHealthyPercentage, you must also specify
+    # MinHealthyPercentage, and the difference between them cannot be greater than 100."
+    if high is not None and (low is None or int(high) - int(low) > 100):
+        raise ValidationError("MaxHealthyPercentage needs a MinHealthyPercentage at most 100 below")
+    skip = str(preferences.get("SkipMatching", False)).lower() == "true"
+    live = [s.instance.id for s in group.instance_states if not (skip and _matches(group, s))]
+    warm = [s.instance.id for s in _warm(group) if not (skip and _matches(group, s))]
+    refresh = {
+        "InstanceRefreshId": str(uuid.uuid4()),
+        "AutoScalingGroupName": group.name,
+        "Status": "Pending",
+        "StatusReason": "",
+        "StartTime": utcnow(),
+        "Preferences": dict(preferences),
+        "live": live,
+        "warm": warm,
+        "total": (len(live), len(warm)),
+    }
+    _refreshes(group).append(refresh)
+    return str(refresh["InstanceRefreshId"])
+
+
+def _percent(left: int, total: int) -> int:
+    return 100 if total == 0 else round(100 * (total - left) / total)
+
+
+def _described(refresh: dict[str, Any]) -> dict[str, Any]:
+    live, warm = len(refresh["live"]), len(refresh["warm"])
+    total_live, total_warm = refresh["total"]
+    shown = {k: v for k, v in refresh.items() if k[0].isupper()}
+    shown["InstancesToUpdate"] = live + warm
+    shown["PercentageComplete"] = _percent(live + warm, total_live + total_warm)
+    shown["ProgressDetails"] = {
+        "LivePoolProgress": {
+            "PercentageComplete": _percent(live, total_live),
+            "InstancesToUpdate": live,
+        },
+        "WarmPoolProgress": {
+            "PercentageComplete": _percent(warm, total_warm),
+            "InstancesToUpdate": warm,
+        },
+    }
+    return shown
+
+
+def refresh_step(group: Any) -> None:
+    """One step of the group's active refresh: one instance replaced, the group's first, then
+    the warm pool's ("An instance refresh first replaces InService instances. Then it replaces
+    instances in the warm pool": Auto Scaling user guide, "Update the instances in a warm
+    pool"); a replaced pool instance is terminated and the pool's refill launches its
+    successor from the group's launch template."""
+    from moto.core.utils import utcnow
+
+    for refresh in _refreshes(group):
+        status = refresh["Status"]
+        if status == "Pending":
+            refresh["Status"] = "InProgress"
+        elif status == "Cancelling":
+            refresh.update(Status="Cancelled", EndTime=utcnow())
+        elif status == "InProgress" and (refresh["live"] or refresh["warm"]):
+            _replace_one(group, refresh)
+        elif status == "InProgress":  # the last replacement has had its step to start
+            refresh.update(Status="Successful", EndTime=utcnow())
+
+
+def _replace_one(group: Any, refresh: dict[str, Any]) -> None:
+    backend = group.autoscaling_backend
+    while refresh["live"]:
+        instance_id = refresh["live"].pop(0)
+        state = next((s for s in group.instance_states if s.instance.id == instance_id), None)
+        if state is not None:
+            # Terminate, then launch (MaxHealthyPercentage 100): from the group's template.
+            group.instance_states.remove(state)
+            backend.ec2_backend.terminate_instances([instance_id])
+            _record(group, f"Terminating EC2 instance: {instance_id}", state, done=True)
+            _launch_cold(group, 1, group.get_propagated_tags())
+            return
+    while refresh["warm"]:
+        instance_id = refresh["warm"].pop(0)
+        state = next((s for s in _warm(group) if s.instance.id == instance_id), None)
+        if state is not None:
+            backend.ec2_backend.terminate_instances([instance_id])
+            group.warm_instances.remove(state)
+            _record(group, f"Terminating EC2 instance: {instance_id}", state, done=True)
+            refill(group)
+            return
+
+
+def _respond_start_instance_refresh(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+
+    refresh_id = start_instance_refresh(
+        self.autoscaling_backend,
+        self._get_param("AutoScalingGroupName"),
+        self._get_param("Preferences", {}) or {},
+        self._get_param("DesiredConfiguration"),
+    )
+    return ActionResult({"InstanceRefreshId": refresh_id})
+
+
+def _respond_describe_instance_refreshes(self: Any) -> Any:
+    """Newest first, as Auto Scaling lists them; each call takes one step (module docstring)."""
+    from moto.core.responses import ActionResult
+
+    group = self.autoscaling_backend.describe_auto_scaling_groups(
+        [self._get_param("AutoScalingGroupName")]
+    )[0]
+    refresh_step(group)
+    wanted = set(self._get_param("InstanceRefreshIds", []) or [])
+    found = [
+        _described(refresh)
+        for refresh in reversed(_refreshes(group))
+        if not wanted or refresh["InstanceRefreshId"] in wanted
+    ]
+    return ActionResult({"InstanceRefreshes": found})
+
+
+def _respond_cancel_instance_refresh(self: Any) -> Any:
+    from moto.autoscaling.exceptions import AutoscalingClientError
+    from moto.core.responses import ActionResult
+
+    name = self._get_param("AutoScalingGroupName")
+    group = self.autoscaling_backend.describe_auto_scaling_groups([name])[0]
+    active = [r for r in _refreshes(group) if r["Status"] in ("Pending", "InProgress")]
+    if not active:
+        raise AutoscalingClientError(
+            "ActiveInstanceRefreshNotFound",
+            f"No in progress or pending Instance Refresh found for {name}",
+        )
+    active[0]["Status"] = "Cancelling"
+    return ActionResult({"InstanceRefreshId": active[0]["InstanceRefreshId"]})
 
 
 def _lifecycle_hook_model() -> Any:
@@ -1466,6 +1804,21 @@ def _warm_pool_model() -> Any:
             return cls(properties["AutoScalingGroupName"])
 
         @classmethod
+        def update_from_cloudformation_json(  # type: ignore[override]
+            cls,
+            original_resource: Any,
+            new_resource_name: str,
+            cloudformation_json: dict[str, Any],
+            account_id: str,
+            region_name: str,
+        ) -> Any:
+            """PutWarmPool with the new settings: a new size needs no replacement
+            (AWS::AutoScaling::WarmPool, MaxGroupPreparedCapacity: "No interruption")."""
+            return cls.create_from_cloudformation_json(
+                new_resource_name, cloudformation_json, account_id, region_name
+            )
+
+        @classmethod
         def delete_from_cloudformation_json(  # type: ignore[override]
             cls,
             resource_name: str,
@@ -1500,7 +1853,7 @@ def _register_models() -> None:
 def warm_pool_patches() -> list[tuple[Any, str, Any]]:
     """(object, attribute, value) triples that emulate warm pools; apply them with setattr (the
     server) or monkeypatch.setattr (a test). Registers the CloudFormation models as well."""
-    from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup
+    from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup, InstanceState
     from moto.autoscaling.responses import AutoScalingResponse
 
     _register_models()
@@ -1511,6 +1864,7 @@ def warm_pool_patches() -> list[tuple[Any, str, Any]]:
             put_warm_pool=FakeAutoScalingGroup.put_warm_pool,
             delete_group=AutoScalingBackend.delete_auto_scaling_group,
             describe_groups=AutoScalingResponse.describe_auto_scaling_groups,
+            instance_template=InstanceState.launch_template,
         )
     return [
         (FakeAutoScalingGroup, "replace_autoscaling_group_instances", _launch_with_pool),
@@ -1524,6 +1878,10 @@ def warm_pool_patches() -> list[tuple[Any, str, Any]]:
         (AutoScalingResponse, "describe_warm_pool", _respond_describe_warm_pool),
         (AutoScalingResponse, "delete_warm_pool", _respond_delete_warm_pool),
         (AutoScalingResponse, "describe_scaling_activities", _respond_describe_activities),
+        (InstanceState, "launch_template", property(_launched_template)),
+        (AutoScalingResponse, "start_instance_refresh", _respond_start_instance_refresh),
+        (AutoScalingResponse, "describe_instance_refreshes", _respond_describe_instance_refreshes),
+        (AutoScalingResponse, "cancel_instance_refresh", _respond_cancel_instance_refresh),
     ]
 
 

@@ -18,7 +18,7 @@ import yaml
 from cfnlint.decode import decode_str
 
 from deployer import cli
-from deployer import deploy as deploy_module
+from deployer import plan as plan_module
 
 from ..conftest import load_module
 
@@ -298,22 +298,22 @@ def test_the_estimate_gets_the_baked_boot_and_pull_times() -> None:
     cost = load_module("baked_ami_cost", REPO / "dags" / "windows_batch" / "cost.py")
     bench = load_module("baked_ami_bench_cost", REPO / "benchmarks" / "bench_cost.py")
     defaults = cost.load_cost_settings({}, backend="ecs")
-    assert float(deploy_module.PUBLIC_AMI_BOOT_S) == defaults.boot_s
-    assert float(deploy_module.PUBLIC_AMI_PULL_S) == defaults.pull_s
+    assert float(plan_module.PUBLIC_AMI_BOOT_S) == defaults.boot_s
+    assert float(plan_module.PUBLIC_AMI_PULL_S) == defaults.pull_s
     mwaa = load("mwaa")
     assert float(mwaa["Parameters"]["InstanceBootSeconds"]["Default"]) == defaults.boot_s
     assert float(mwaa["Parameters"]["ImagePullSeconds"]["Default"]) == defaults.pull_s
     # Fast Launch: "up to 65 % faster" (EC2 User Guide), the benchmark's assumption too.
-    assert round(defaults.boot_s * bench.FAST_LAUNCH_BOOT) == deploy_module.BAKED_AMI_BOOT_S
-    assert deploy_module.BAKED_AMI_PULL_S == 0
+    assert round(defaults.boot_s * bench.FAST_LAUNCH_BOOT) == plan_module.BAKED_AMI_BOOT_S
+    assert plan_module.BAKED_AMI_PULL_S == 0
     options = mwaa["Resources"]["Environment"]["Properties"]["AirflowConfigurationOptions"]
     assert options["windows_batch.boot_s"] == {"Ref": "InstanceBootSeconds"}
     assert options["windows_batch.pull_s"] == {"Ref": "ImagePullSeconds"}
     # MWAA hands windows_batch.<key> to Airflow as AIRFLOW__WINDOWS_BATCH__<KEY>.
     baked = cost.load_cost_settings(
         {
-            "AIRFLOW__WINDOWS_BATCH__BOOT_S": str(deploy_module.BAKED_AMI_BOOT_S),
-            "AIRFLOW__WINDOWS_BATCH__PULL_S": str(deploy_module.BAKED_AMI_PULL_S),
+            "AIRFLOW__WINDOWS_BATCH__BOOT_S": str(plan_module.BAKED_AMI_BOOT_S),
+            "AIRFLOW__WINDOWS_BATCH__PULL_S": str(plan_module.BAKED_AMI_PULL_S),
         },
         backend="ecs",
     )

@@ -291,13 +291,108 @@ def test_delete_warm_pool_and_the_stack_terminate_the_pool_instances(warm_aws: A
     pooled = set(steps(group, 3)[-1])
     assert ec2_states(pooled) == {"stopped"}
     autoscaling = boto3.client("autoscaling", region_name=REGION)
+    # A pool that holds instances is deleted only with ForceDelete (user guide, "AWS CLI
+    # examples for working with warm pools", Example 8).
+    with pytest.raises(ClientError, match="ResourceInUse"):
+        autoscaling.delete_warm_pool(AutoScalingGroupName=group)
     autoscaling.delete_warm_pool(AutoScalingGroupName=group, ForceDelete=True)
+    # It returns "without waiting for all instances to be terminated" (API reference): the
+    # pool is PendingDelete until they are, then gone.
+    assert ec2_states(pooled) == {"stopped"}
+    answer = autoscaling.describe_warm_pool(AutoScalingGroupName=group)
+    assert answer["WarmPoolConfiguration"]["Status"] == "PendingDelete"
     assert ec2_states(pooled) == {"terminated"}
     assert "WarmPoolConfiguration" not in autoscaling.describe_warm_pool(AutoScalingGroupName=group)
+    assert steps(group, 2) == [{}, {}]  # no refill
     again = ecs_stack(warm_aws, "e-ecs", WarmPoolSize="1")
     pooled = set(steps(again["AutoScalingGroupName"], 3)[-1])
     warm_aws.delete_stack(StackName="e-ecs")
     assert ec2_states(pooled) == {"terminated"}
+
+
+def refreshes(group: str) -> list[dict[str, Any]]:
+    """One DescribeInstanceRefreshes (one step of the refresh)."""
+    answer = boto3.client("autoscaling", region_name=REGION).describe_instance_refreshes(
+        AutoScalingGroupName=group
+    )
+    return list(answer["InstanceRefreshes"])
+
+
+def versions(instances: list[dict[str, Any]]) -> dict[str, str]:
+    return {i["InstanceId"]: i["LaunchTemplate"]["Version"] for i in instances}
+
+
+def test_an_instance_refresh_with_skip_matching_replaces_the_old_instances_group_first(
+    warm_aws: Any,
+) -> None:
+    """Instances keep the launch template version they were launched from ("existing
+    instances are not affected"); a refresh with SkipMatching replaces only those that do not
+    match the group's version, the group's first, then the pool's (user guide, "Update the
+    instances in a warm pool" and "Use an instance refresh with skip matching")."""
+    group = put_group(user_data=COMPLETES + "<persist>true</persist>\n")
+    autoscaling = boto3.client("autoscaling", region_name=REGION)
+    autoscaling.put_warm_pool(AutoScalingGroupName=group, MaxGroupPreparedCapacity=2)
+    autoscaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=1)
+    group_steps(group, 3)
+    described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    template_id = described["AutoScalingGroups"][0]["LaunchTemplate"]["LaunchTemplateId"]
+    boto3.client("ec2", region_name=REGION).create_launch_template_version(
+        LaunchTemplateId=template_id, SourceVersion="1", LaunchTemplateData={}
+    )
+    autoscaling.update_auto_scaling_group(
+        AutoScalingGroupName=group, LaunchTemplate={"LaunchTemplateId": template_id, "Version": "2"}
+    )
+    live = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    old_live = versions(live["AutoScalingGroups"][0]["Instances"])
+    old_pool = versions(autoscaling.describe_warm_pool(AutoScalingGroupName=group)["Instances"])
+    assert set(old_live.values()) == set(old_pool.values()) == {"1"}
+    assert (len(old_live), len(old_pool)) == (1, 1)
+
+    # RefreshPreferences: MaxHealthyPercentage needs a MinHealthyPercentage at most 100 below.
+    with pytest.raises(ClientError, match="MinHealthyPercentage"):
+        autoscaling.start_instance_refresh(
+            AutoScalingGroupName=group, Preferences={"MaxHealthyPercentage": 150}
+        )
+    started = autoscaling.start_instance_refresh(
+        AutoScalingGroupName=group,
+        Preferences={"SkipMatching": True, "MinHealthyPercentage": 100},
+    )["InstanceRefreshId"]
+    with pytest.raises(ClientError, match="InstanceRefreshInProgress"):
+        autoscaling.start_instance_refresh(AutoScalingGroupName=group)
+    (refresh,) = refreshes(group)  # Pending -> InProgress
+    assert (refresh["InstanceRefreshId"], refresh["Status"]) == (started, "InProgress")
+    progress = refresh["ProgressDetails"]
+    assert progress["LivePoolProgress"]["InstancesToUpdate"] == 1
+    assert progress["WarmPoolProgress"]["InstancesToUpdate"] == 1
+    (refresh,) = refreshes(group)  # the group's instance first
+    assert ec2_states(set(old_live)) == {"terminated"}
+    assert ec2_states(set(old_pool)) == {"stopped"}
+    assert refresh["ProgressDetails"]["WarmPoolProgress"]["InstancesToUpdate"] == 1
+    (refresh,) = refreshes(group)  # then the pool's
+    assert ec2_states(set(old_pool)) == {"terminated"}
+    (refresh,) = refreshes(group)
+    assert (refresh["Status"], refresh["PercentageComplete"]) == ("Successful", 100)
+    live = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    assert set(versions(live["AutoScalingGroups"][0]["Instances"]).values()) == {"2"}
+    steps(group, 3)
+    pooled = versions(autoscaling.describe_warm_pool(AutoScalingGroupName=group)["Instances"])
+    assert set(pooled.values()) == {"2"}
+
+    # Nothing left to replace: a new refresh with SkipMatching replaces nothing.
+    autoscaling.start_instance_refresh(
+        AutoScalingGroupName=group, Preferences={"SkipMatching": True}
+    )
+    assert [r["Status"] for r in refreshes(group)] == ["InProgress", "Successful"]
+    assert refreshes(group)[0]["Status"] == "Successful"
+    assert versions(autoscaling.describe_warm_pool(AutoScalingGroupName=group)["Instances"]) == (
+        pooled
+    )
+    # A cancelled refresh goes Cancelling, then Cancelled.
+    autoscaling.start_instance_refresh(AutoScalingGroupName=group)
+    assert autoscaling.cancel_instance_refresh(AutoScalingGroupName=group)["InstanceRefreshId"]
+    assert refreshes(group)[0]["Status"] == "Cancelled"
+    with pytest.raises(ClientError, match="ActiveInstanceRefreshNotFound"):
+        autoscaling.cancel_instance_refresh(AutoScalingGroupName=group)
 
 
 # --- The template ---------------------------------------------------------------------------------

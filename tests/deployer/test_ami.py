@@ -9,6 +9,9 @@ from typing import Any
 import moto_server  # tests/cloudformation/moto_server.py, loaded by tests/conftest.py
 
 from deployer import ami
+from deployer.stacks import read_template
+
+from .conftest import REPO
 
 LAYERS = ("storage", "network", "image", "ecs")
 
@@ -163,3 +166,57 @@ def test_a_given_image_uri_is_baked_with_the_built_ones(two_studies: Any) -> Non
     assert second["BakedAmiId"] != first["BakedAmiId"]
     assert f"removed baked AMI {first['BakedAmiId']}" in changed.out
     assert deployer.destroy("--prefix", prefix, "--yes").code == 0
+
+
+def test_fast_launch_keeps_a_snapshot_for_every_instance_of_the_group(one_study: Any) -> None:
+    """Each launch from a Fast Launch AMI uses one pre-provisioned snapshot, and EnableFastLaunch
+    takes at least 6 parallel launches (EC2 User Guide, "EC2 Fast Launch"; EC2 API reference,
+    EnableFastLaunch): FastLaunchSnapshotCount = --max-instances, FastLaunchMaxParallelLaunches
+    = max(6, --max-instances). A later --max-instances reaches the AMI baked already: the ami
+    stack's distribution configuration applies only to the AMIs it bakes from then on."""
+    deployer = one_study
+    prefix = deployer.prefix()
+    args = ("--prefix", prefix, "--skip", "mwaa", "--image-uri", "tiny=example.com/tiny:1")
+    ec2 = deployer.client("ec2")
+    baked = deployer.deploy(*args, "--bake-ami", "--max-instances", "4")
+    assert baked.code == 0, baked.text
+    stack = deployer.client("cloudformation").describe_stacks(StackName=f"{prefix}-ami")
+    parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Stacks"][0]["Parameters"]}
+    assert parameters["FastLaunchSnapshotCount"] == "4"
+    assert parameters["FastLaunchMaxParallelLaunches"] == "6"
+    ami_id = deployer.outputs(f"{prefix}-ami")["BakedAmiId"]
+    (fast_launch,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
+    assert fast_launch["SnapshotConfiguration"]["TargetResourceCount"] == 4
+    assert fast_launch["MaxParallelLaunches"] == 6
+
+    larger = deployer.deploy(*args, "--max-instances", "12")
+    assert larger.code == 0, larger.text
+    assert deployer.outputs(f"{prefix}-ami")["BakedAmiId"] == ami_id  # no new bake
+    assert f"EC2 Fast Launch for {ami_id} now launches with " in larger.out
+    assert "keeps 12 pre-provisioned snapshot(s) (was 4) and makes them 12 at a time (was 6)" in (
+        larger.out
+    )
+    (fast_launch,) = ec2.describe_fast_launch_images(ImageIds=[ami_id])["FastLaunchImages"]
+    assert fast_launch["SnapshotConfiguration"]["TargetResourceCount"] == 12
+    assert fast_launch["MaxParallelLaunches"] == 12
+    again = deployer.deploy(*args, "--max-instances", "12")
+    assert again.code == 0, again.text
+    assert "EC2 Fast Launch for" not in again.out
+
+
+def test_fast_launch_parallel_launches_stay_within_ec2s_minimum_and_the_default_quota() -> None:
+    """ami.yaml's own bounds (6: EnableFastLaunch's minimum; 40: the default Region quota)."""
+    declared = read_template(REPO / "cloudformation" / "ami.yaml")["Parameters"]
+    bounds = declared["FastLaunchMaxParallelLaunches"]
+    assert (bounds["MinValue"], bounds["MaxValue"]) == (
+        ami.FAST_LAUNCH_MIN_PARALLEL_LAUNCHES,
+        ami.FAST_LAUNCH_MAX_PARALLEL_LAUNCHES,
+    )
+    sizes = {n: ami.FastLaunchSize.for_group(n) for n in (1, 6, 10, 40, 50)}
+    assert {n: (s.snapshots, s.parallel_launches) for n, s in sizes.items()} == {
+        1: (1, 6),
+        6: (6, 6),
+        10: (10, 10),
+        40: (40, 40),
+        50: (50, 40),
+    }

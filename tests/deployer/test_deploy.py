@@ -571,6 +571,7 @@ def test_the_mwaa_stack_gets_every_parameter_it_needs(deployer: Any, monkeypatch
         ]
     }
     ecs_outputs["InstanceTypes"] = "c5.xlarge,m5.xlarge"
+    ecs_outputs |= {"WarmPoolSize": "3", "RootVolumeSizeInGiB": "120"}
     stacks._outputs[f"{prefix}-ecs"] = ecs_outputs
     stacks._outputs[f"{prefix}-network"] = {"MwaaSecurityGroupId": "sg-1"}
     passed: dict[str, dict[str, str]] = {}
@@ -609,6 +610,8 @@ def test_the_mwaa_stack_gets_every_parameter_it_needs(deployer: Any, monkeypatch
     assert re.fullmatch(declared["InstanceSizes"]["AllowedPattern"], parameters["InstanceSizes"])
     assert (parameters["InstanceBootSeconds"], parameters["ImagePullSeconds"]) == ("315", "0")
     assert parameters["PluginsS3ObjectVersion"] == "v2"
+    # The DAGs report and price the ECS stack's warm pool (windows_batch.warm_pool_size).
+    assert (parameters["WarmPoolSize"], parameters["RootVolumeSizeInGiB"]) == ("3", "120")
     assert parameters["RequirementsS3ObjectVersion"] == "v1"
 
 

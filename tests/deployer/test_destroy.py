@@ -192,18 +192,6 @@ def test_pause_keeps_results_images_and_studies_says_the_run_history_goes_and_de
         assert definition["taskDefinition"]["executionRoleArn"] == role
 
 
-def test_pause_empties_the_groups_warm_pool(deployer: Any) -> None:
-    """Warm pool instances are not in the group's Instances: scaling to 0 leaves them."""
-    prefix = deployed(deployer)
-    group = deployer.outputs(f"{prefix}-ecs")["AutoScalingGroupName"]
-    autoscaling = deployer.client("autoscaling")
-    autoscaling.put_warm_pool(AutoScalingGroupName=group, MinSize=2, MaxGroupPreparedCapacity=4)
-    ctx = deployer.context(prefix)
-    destroy_module.empty_warm_pool(ctx, group)
-    pool = autoscaling.describe_warm_pool(AutoScalingGroupName=group)["WarmPoolConfiguration"]
-    assert (pool["MinSize"], pool["MaxGroupPreparedCapacity"]) == (0, 0)
-
-
 def test_the_storage_stack_is_emptied_and_deleted_again_when_its_delete_fails(
     deployer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
