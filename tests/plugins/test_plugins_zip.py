@@ -22,7 +22,7 @@ def build(source: Path, archive: Path) -> bytes:
     """The deployer's plugins.zip of `source` (deployer/uploads.py), written to `archive`."""
     sys.path.insert(0, str(REPO))
     try:
-        from deployer.uploads import plugins_zip  # noqa: PLC0415
+        from deployer.uploads import plugins_zip
     finally:
         sys.path.remove(str(REPO))
     archive.write_bytes(plugins_zip(source))
