@@ -110,12 +110,13 @@ def run_dag() -> RunDag:
         *,
         logical_date: str | None = None,
         timeout_s: float = 300,
-        dag_id: str = DAG_ID,
+        dag_id: str | None = None,
     ) -> dict[str, Any]:
+        """dag_id: the DAG to run; by default the env's WB_DAG_ID, else DAG_ID."""
         proc = subprocess.run(
             [PYTHON, str(HERE / "dagtest_runner.py"), json.dumps(conf)]
             + ([logical_date] if logical_date else []),
-            env={**env, "WB_DAG_ID": dag_id},
+            env={**env, "WB_DAG_ID": dag_id or env.get("WB_DAG_ID") or DAG_ID},
             capture_output=True,
             text=True,
             timeout=timeout_s,

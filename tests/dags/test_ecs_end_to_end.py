@@ -291,11 +291,14 @@ def test_runs_every_chunk_in_its_container_combines_and_scales_in(
     # plan_tasks estimated the run; scale_in read its instances and tasks back and logged where
     # the time went.
     assert "cluster_size 2; estimate: 2 instances, about " in outcome["log"]
-    cost = outcome["xcom"]["scale_in.note_cost"]
+    # The note's cost part: the cluster's line and the time to the first task, each logged.
+    cost, first = outcome["xcom"]["scale_in.note_cost"].split("\n")
     assert cost.startswith("cluster: ")
     assert "instance-hours (on-demand c5.xlarge), about $" in cost
     assert "; 2 instances, 4 tasks, " in cost
+    assert first.startswith("first task: ")
     assert cost in outcome["log"]
+    assert first in outcome["log"]
 
     check_iam_coverage(deployment)
 

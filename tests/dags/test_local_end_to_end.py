@@ -20,6 +20,8 @@ from .conftest import WORKLOADS, RunDag
 
 pytestmark = pytest.mark.airflow
 
+BER = "windows-batch-compute-dag"
+"""The BER study's DAG (dags/studies/bersim), what these runs with Octave test."""
 STUDY = {
     "s3_bucket": "e2e-results",
     "num_tasks": 6,
@@ -39,7 +41,7 @@ def run_dir(env: dict[str, str], bucket: str, prefix: str, run_id: str) -> Path:
 def test_small_study_produces_a_plot_and_a_table_that_agree_with_theory(
     airflow_env: dict[str, str], run_dag: RunDag
 ) -> None:
-    outcome = run_dag(airflow_env, STUDY)
+    outcome = run_dag(airflow_env, STUDY, dag_id=BER)
     assert outcome["state"] == "success", outcome["log"][-4000:]
     sims = [k for k in outcome["tasks"] if k.startswith("simulate[")]
     assert len(sims) == STUDY["num_tasks"]
@@ -85,7 +87,7 @@ def test_failed_simulations_fail_the_run_but_still_yield_a_partial_study(
     # A folder where task 1's result must go: bersim cannot write it and fails for real.
     blocker = run_dir(airflow_env, "e2e-partial", "sim/task_results", run_id) / "task-00001.json"
     blocker.mkdir(parents=True)
-    outcome = run_dag(airflow_env, conf, logical_date=logical_date)
+    outcome = run_dag(airflow_env, conf, logical_date=logical_date, dag_id=BER)
     assert outcome["run_id"] == run_id
     assert outcome["state"] == "failed"
     assert outcome["tasks"]["simulate[1]"] == "failed"
@@ -102,7 +104,9 @@ def test_failed_simulations_fail_the_run_but_still_yield_a_partial_study(
 def test_input_only_plan_tasks_can_check_fails_the_run_before_any_work(
     airflow_env: dict[str, str], run_dag: RunDag
 ) -> None:
-    outcome = run_dag(airflow_env, {"num_tasks": 2, "ebn0_db": [0, 2, 4], "s3_bucket": "e2e-never"})
+    outcome = run_dag(
+        airflow_env, {"num_tasks": 2, "ebn0_db": [0, 2, 4], "s3_bucket": "e2e-never"}, dag_id=BER
+    )
     assert outcome["state"] == "failed"
     assert outcome["tasks"]["plan_tasks"] == "failed"
     assert outcome["tasks"]["scale_out"] == "upstream_failed"
@@ -114,7 +118,7 @@ def test_input_only_plan_tasks_can_check_fails_the_run_before_any_work(
 def test_the_schema_refuses_bad_input_before_a_run_exists(
     airflow_env: dict[str, str], run_dag: RunDag
 ) -> None:
-    outcome = run_dag(airflow_env, {"num_tasks": -3})
+    outcome = run_dag(airflow_env, {"num_tasks": -3}, dag_id=BER)
     assert "Invalid input for param num_tasks" in outcome["error"]
 
 
