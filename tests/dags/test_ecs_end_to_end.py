@@ -494,32 +494,6 @@ def run_with_a_stop(
         watcher.join(timeout=30)
 
 
-def test_a_chunk_that_failed_after_publishing_fails_the_run(
-    airflow_env: dict[str, str], run_dag: RunDag, ecs_deployment: Deploy
-) -> None:
-    """Its task was stopped from outside Airflow just after the runner published its outputs
-    and recorded its item, with no retry left: every output is there, the combine step
-    succeeds, but the run must not be green. (A host that went away instead runs the chunk
-    again without a retry: tests/dags/test_ecs_deadlines.py.)"""
-    key = f"studies/{DAG_ID}/_engine/{RUN_ID}/items/{SWEEP}-0000001.json"
-    # The frozen container ignores SIGTERM until it is resumed: keep ECS's stop timeout short.
-    deployment = ecs_deployment(MOTO_FREEZE_ON_PUT=key, MOTO_CONTAINER_STOP_TIMEOUT_S="2")
-    env = dag_env(airflow_env, deployment, AIRFLOW__WINDOWS_BATCH__RETRIES="0")
-    outcome = run_with_a_stop(run_dag, deployment, key, env, STUDY)
-    tasks = outcome["tasks"]
-    assert tasks[f"{SWEEP}[1]"] == "failed"
-    assert STOPPED_BY_A_PERSON in outcome["log"]
-    assert tasks[f"{SWEEP}[0]"] == tasks[f"{SWEEP}[2]"] == "success"
-    assert "Out/item-00003.txt" in output_names(deployment, outcome)
-    assert tasks["combine"] == "success"
-    assert combined(deployment, outcome)["summary"] == "6 items combined"
-    assert outcome["state"] == "failed"
-    assert tasks["finish"] == "failed"
-    assert f"The run failed: 1 task(s) failed: {SWEEP}[1]" in outcome["log"]
-    assert tasks["scale_in"] == "success"
-    assert 143 in exit_codes(deployment, outcome)  # SIGTERM, as Docker reports it
-
-
 def test_a_chunk_stopped_half_way_runs_only_its_unfinished_items_again(
     airflow_env: dict[str, str], run_dag: RunDag, ecs_deployment: Deploy
 ) -> None:

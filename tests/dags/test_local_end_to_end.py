@@ -101,49 +101,8 @@ def test_failed_simulations_fail_the_run_but_still_yield_a_partial_study(
     assert "MISSING" in outcome["log"]  # the summary logged for the partial study
 
 
-def test_input_only_plan_tasks_can_check_fails_the_run_before_any_work(
-    airflow_env: dict[str, str], run_dag: RunDag
-) -> None:
-    outcome = run_dag(
-        airflow_env, {"num_tasks": 2, "ebn0_db": [0, 2, 4], "s3_bucket": "e2e-never"}, dag_id=BER
-    )
-    assert outcome["state"] == "failed"
-    assert outcome["tasks"]["plan_tasks"] == "failed"
-    assert outcome["tasks"]["scale_out"] == "upstream_failed"
-    assert outcome["tasks"]["aggregate"] == "upstream_failed"
-    assert "ebn0_db: 3 Eb/N0 points need at least 3 tasks, but num_tasks is 2" in outcome["log"]
-    assert not (Path(airflow_env["AIRFLOW__WINDOWS_BATCH__LOCAL_ROOT"]) / "e2e-never").exists()
-
-
-def test_the_schema_refuses_bad_input_before_a_run_exists(
-    airflow_env: dict[str, str], run_dag: RunDag
-) -> None:
-    outcome = run_dag(airflow_env, {"num_tasks": -3}, dag_id=BER)
-    assert "Invalid input for param num_tasks" in outcome["error"]
-
-
 TINY = "tiny"
-
-
-def test_a_failure_budget_lets_the_run_finish_and_names_the_failed_task(
-    workload_env: dict[str, str], run_dag: RunDag
-) -> None:
-    env = {**workload_env, "AIRFLOW__WINDOWS_BATCH__RETRIES": "0"}
-    conf = {"Items": 6, "PerChunk": 2, "FailItems": "3", "max_failed_tasks": "1"}
-    outcome = run_dag(env, conf, dag_id=TINY)
-    assert outcome["state"] == "success", outcome["log"][-3000:]
-    tasks = outcome["tasks"]
-    assert (tasks["work[0]"], tasks["work[1]"], tasks["work[2]"]) == (
-        "success",
-        "failed",
-        "success",
-    )
-    # The aggregate sees what exists: items 1-2 and 5-6, not chunk 1's (3 failed before 4 ran).
-    assert outcome["xcom"]["combine.return_value"] == "4 items combined"
-    verdict = outcome["xcom"]["finish.return_value"]
-    assert "green within its failure budget: 1 of 3 work tasks failed" in verdict
-    assert "work[1]" in verdict
-    assert "4 of 6 work items done, 2 failed" in outcome["xcom"]["scale_in.note_progress"]
+"""The engine's tiny test workload (tests/workloads/studies/tiny)."""
 
 
 def test_a_spent_failure_budget_stops_the_tasks_not_started_and_fails_the_run(
