@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-from windows_batch import cost, cost_report
+from windows_batch import cost_report
 from windows_batch.capacity import Size
 
 if TYPE_CHECKING:
@@ -160,6 +160,8 @@ def warm_pool(autoscaling: Any, group: str) -> list[str] | None:
 def launch_origins(autoscaling: Any, group: str, *, since: datetime) -> dict[str, str]:
     """Instance ID -> `warm` (started from the warm pool) or `cold` (launched), from the group's
     launch activities since `since` (Auto Scaling lists them newest first)."""
+    from windows_batch.cost import launch_origin  # noqa: PLC0415 (the cost model: at run time)
+
     origins: dict[str, str] = {}
     pages = autoscaling.get_paginator("describe_scaling_activities").paginate(
         AutoScalingGroupName=group
@@ -169,7 +171,7 @@ def launch_origins(autoscaling: Any, group: str, *, since: datetime) -> dict[str
         for activity in activities:
             start = activity.get("StartTime")
             description = str(activity.get("Description", ""))
-            origin = cost.launch_origin(description)
+            origin = launch_origin(description)
             if start is None or start < since or origin not in ("warm", "cold"):
                 continue
             instance_id = description.rsplit(":", 1)[-1].strip()

@@ -22,9 +22,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from windows_batch import cost
-
 if TYPE_CHECKING:
+    from windows_batch import cost
     from windows_batch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,8 @@ def _client(settings: Settings, service: str, *, quick: bool = False) -> Any:
 
 def current_prices(settings: Settings, *, instance_types: Sequence[str] = ()) -> cost.Prices:
     """The price table, with AWS's current Spot prices when PRICE_SOURCE=aws and they load."""
+    from windows_batch import cost  # noqa: PLC0415 (the model: at run time only)
+
     table = settings.cost
     types = list(instance_types) or list(table.instance_types)
     if table.price_source != "aws" or settings.backend == "local":
@@ -81,6 +82,8 @@ def plan_estimate(
 ) -> cost.Sizing:
     """The cluster size for the run and its estimate (`auto` resolved); slots: the study's
     tasks per instance."""
+    from windows_batch import cost  # noqa: PLC0415 (the model: at run time only)
+
     table = settings.cost
     wants_spot = table.purchase_option == "spot"
     prices = current_prices(settings) if wants_spot else cost.prices_from(table)
@@ -156,6 +159,8 @@ def report_usage(
 ) -> str | None:
     """Log the run's phase and cost line and the time to its first task, and return them for
     the run note; task_ids: the run's ECS tasks' ids."""
+    from windows_batch import cost  # noqa: PLC0415 (the model: at run time only)
+
     try:
         ti = context["ti"]
         dag_run = context.get("dag_run")
@@ -201,6 +206,8 @@ def report_usage(
 def _pool_line(settings: Settings, timeline: cost.Timeline, prices: cost.Prices) -> str:
     """The warm pool's part of the run (instances started from it, their estimated refill,
     the stopped pool's EBS per hour), or "" without a pool."""
+    from windows_batch import cost  # noqa: PLC0415 (the model: at run time only)
+
     origins = [i.origin for i in timeline.instances]
     if settings.cost.warm_pool_size <= 0 and "warm" not in origins:
         return ""
@@ -217,6 +224,8 @@ def _pool_line(settings: Settings, timeline: cost.Timeline, prices: cost.Prices)
 
 def _first_task_line(ti: Any, dag_run: Any, timeline: cost.Timeline) -> str:
     """`first task: ... after the trigger (queued ..., boot ..., ...)`, or "" if none started."""
+    from windows_batch import cost  # noqa: PLC0415 (the model: at run time only)
+
     triggered = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None)
     if not isinstance(triggered, datetime):
         return ""

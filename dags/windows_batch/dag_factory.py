@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, TriggerRule, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from windows_batch import capacity, catalog, planning, publish, verdict
+from windows_batch import capacity, catalog, publish, verdict
 from windows_batch.cost_report import CLUSTER_SIZE_TEMPLATE
 from windows_batch.study import StudyDefinitionError, StudyError, failure_budget
 
@@ -83,6 +83,8 @@ def build_dag(study: Study, settings: Settings, *, other_dag_ids: tuple[str, ...
             params: Any = None, dag_run: Any = None, run_id: Any = None, ti: Any = None
         ) -> list[dict[str, Any]]:
             """Check the form and plan the chunks (nothing touches the cluster)."""
+            from windows_batch import planning  # noqa: PLC0415 (at run time, not at every parse)
+
             conf = dag_run.conf if dag_run is not None else None
             try:
                 planned = planning.plan_run(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from windows_batch.catalog import CatalogError, FailureBudget, parse_budget
-from windows_batch.cost import AUTO
+from windows_batch.cost_settings import AUTO
 from windows_batch.study import StudyError
 
 if TYPE_CHECKING:

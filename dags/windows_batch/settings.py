@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from windows_batch.capacity import CapacityError, InstanceSize, parse_sizes
-from windows_batch.cost import CostSettings, CostSettingsError, load_cost_settings
+from windows_batch.cost_settings import CostSettings, CostSettingsError, load_cost_settings
 
 PREFIX = "AIRFLOW__WINDOWS_BATCH__"
 BACKENDS = ("ecs", "local")
