@@ -6,7 +6,7 @@ whose ECS runs each task's container as a process: the base image's entrypoint, 
 task runner (`wbrun run --manifest s3://... --chunk N ...`), against moto's S3 with the study's
 task role's credentials. The DAG runs unchanged with mwaa.yaml's settings and the execution
 role's credentials; every call is authorized against the role's policy as the templates define
-it (see moto_ecs_server.py). The workloads (`tiny`, `grouped`) say exactly what happened: each
+it (see moto_ecs_server.py). The workloads (`tiny`, `sweep`) say exactly what happened: each
 work item writes one file, fails with a chosen exit code when asked, and a combine step counts
 the files.
 
@@ -497,26 +497,24 @@ def run_with_a_stop(
 def test_a_chunk_stopped_half_way_runs_only_its_unfinished_items_again(
     airflow_env: dict[str, str], run_dag: RunDag, ecs_deployment: Deploy
 ) -> None:
-    """Issue 19: 12 items in 3 chunks of 4 (`grouped`: the engine groups them, as many per
-    chunk as max_map_length 3 needs). Chunk 1's container is stopped once it has finished 2 of
-    its 4 items; the retry skips those (the runner's item records), runs the other 2, and the
-    run counts every item exactly once."""
-    dag_id = "grouped"
-    key = f"studies/{dag_id}/_engine/{RUN_ID}/items/{SWEEP}-0000005.json"
+    """Issue 19: a 2,000-item study (`sweep`: one cheap command per item; the engine groups the
+    items into chunks, as many per chunk as max_map_length 4 needs: 4 chunks of 500). Chunk 1's
+    container is stopped once it has finished 250 of its 500 items; the retry skips those (the
+    runner's item records), runs the other 250, and the run counts every item exactly once."""
+    dag_id, items, per_chunk, done_before_stop = "sweep", 2000, 500, 250
+    last_done = per_chunk + done_before_stop - 1  # the item record the container freezes on
+    key = f"studies/{dag_id}/_engine/{RUN_ID}/items/{SWEEP}-{last_done:07d}.json"
     deployment = ecs_deployment(MOTO_FREEZE_ON_PUT=key, MOTO_CONTAINER_STOP_TIMEOUT_S="2")
-    env = dag_env(airflow_env, deployment, dag_id=dag_id, AIRFLOW__CORE__MAX_MAP_LENGTH="3")
-    conf = {"Items": 12, "cluster_size": 1, "scale_out_timeout_s": 120}
+    env = dag_env(airflow_env, deployment, dag_id=dag_id, AIRFLOW__CORE__MAX_MAP_LENGTH="4")
+    conf = {"Items": items, "cluster_size": 1, "scale_out_timeout_s": 120}
     outcome = run_with_a_stop(run_dag, deployment, key, env, conf)
     assert outcome["state"] == "success", outcome["log"][-5000:]
-    assert [ChunkRef.parse(r).items for r in outcome["xcom"]["plan_tasks.return_value"]] == [
-        4,
-        4,
-        4,
-    ]
+    refs = [ChunkRef.parse(r) for r in outcome["xcom"]["plan_tasks.return_value"]]
+    assert [ref.items for ref in refs] == [per_chunk] * 4
     tries = outcome["tries"]
-    assert (tries[f"{SWEEP}[0]"], tries[f"{SWEEP}[1]"], tries[f"{SWEEP}[2]"]) == (1, 2, 1)
+    assert [tries[f"{SWEEP}[{n}]"] for n in range(4)] == [1, 2, 1, 1]
     assert STOPPED_BY_A_PERSON in outcome["log"]
-    assert exit_codes(deployment, outcome) == [0, 0, 0, 0, 143]
+    assert exit_codes(deployment, outcome) == [0, 0, 0, 0, 0, 143]  # 4 chunks, a retry, combine
 
     # What each container's runner did, from its CloudWatch stream: every item started once.
     containers = run_containers(deployment, outcome)
@@ -527,29 +525,26 @@ def test_a_chunk_stopped_half_way_runs_only_its_unfinished_items_again(
         for line in lines
         if (m := _ITEM_STARTED.search(line))
     )
-    assert started == dict.fromkeys(range(12), 1), started
+    assert started == dict.fromkeys(range(items), 1), sorted(
+        i for i in range(items) if started.get(i) != 1
+    )
     retry = [c for c in containers if chunk_of(c["command"]) == 1][-1]
     skipped = [line for line in logs[retry["task_arn"]] if "already done: skipped" in line]
     assert [line.split("wbrun: ", 1)[1] for line in skipped] == [
-        "item 4 already done: skipped",
-        "item 5 already done: skipped",
+        f"item {i} already done: skipped" for i in range(per_chunk, last_done + 1)
     ]
     # The runner's record of the chunk says the same.
     engine = str(run_of(outcome)["engine"])
-    record = json.loads(deployment.read(engine + "chunks/done/00001-4.json"))
+    record = json.loads(deployment.read(engine + f"chunks/done/00001-{per_chunk}.json"))
     assert [(i["index"], i.get("skipped", False)) for i in record["items"]] == [
-        (4, True),
-        (5, True),
-        (6, False),
-        (7, False),
+        (i, i <= last_done) for i in range(per_chunk, 2 * per_chunk)
     ]
-    assert output_names(deployment, outcome) == [
-        *(f"Out/item-{i:05d}.txt" for i in range(1, 13)),
-        "Out/results.json",
-    ]
-    assert combined(deployment, outcome)["summary"] == "12 items combined"
+    assert output_names(deployment, outcome) == sorted(
+        [*(f"Out/item-{i}" for i in range(1, items + 1)), "Out/results.json"]
+    )
+    assert combined(deployment, outcome)["summary"] == f"{items} items combined"
     assert outcome["xcom"]["scale_in.note_progress"] == (
-        "12 of 12 work items done, 0 failed, 0 pending (3 of 3 tasks done)"
+        f"{items} of {items} work items done, 0 failed, 0 pending (4 of 4 tasks done)"
     )
 
 

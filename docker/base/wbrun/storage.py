@@ -154,6 +154,31 @@ class Store:
             raise _translated(exc, uri, "list") from exc
         return any(item.get("Key") == loc.key for item in listed.get("Contents", []))
 
+    def keys_starting(self, uri: str) -> set[str]:
+        """The full URIs of the objects whose key starts with `uri`'s key (a raw prefix, not a
+        folder): one paginated listing instead of one request per key."""
+        path = self.local_path(uri)
+        if path is not None:
+            if not path.parent.is_dir():
+                return set()
+            folder = uri[: uri.rfind("/") + 1]
+            return {
+                folder + p.name
+                for p in path.parent.iterdir()
+                if p.is_file() and p.name.startswith(path.name)
+            }
+        loc = parse(uri)
+        found: set[str] = set()
+        try:
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=loc.bucket, Prefix=loc.key
+            )
+            for page in pages:
+                found.update(f"s3://{loc.bucket}/{i['Key']}" for i in page.get("Contents", []))
+        except Exception as exc:
+            raise _translated(exc, uri, "list") from exc
+        return found
+
     def list_files(self, prefix: str, *, recursive: bool = True) -> list[tuple[str, int]]:
         """(relative name, size) of every object under the folder `prefix`, sorted."""
         path = self.local_path(prefix)

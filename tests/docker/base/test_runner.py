@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -455,3 +456,63 @@ def test_through_s3_inputs_are_staged_and_inout_changes_land_under_the_run(
     assert published == [f"studies/t/runs/{RUN}/Cache/a.txt", f"studies/t/runs/{RUN}/Cache/new.txt"]
     body = s3.get_object(Bucket=BUCKET, Key="studies/t/inputs/cache/a.txt")["Body"].read()
     assert body == b"a"
+
+
+def test_a_chunk_asks_s3_once_which_of_its_items_are_done_and_skips_them(
+    s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 40-item chunk: the first try lists the item records once (not 40 requests, the cost
+    of a 100,000-item run's retries-to-be); its retry, with 30 items recorded done, lists once
+    and reads only those 30 records, each checked against its item's digest."""
+    own = f"s3://{BUCKET}/studies/t"
+    items = [
+        Item(
+            index=i,
+            argv=(PY, "-c", "import sys; sys.exit(9 if sys.argv[1] == '30' else 0)", str(i)),
+            expected_s=1,
+        )
+        for i in range(40)
+    ]
+    plan = Plan(
+        sweep=StepSpec(task_id="work"),
+        items=items,
+        outputs_uri=f"{own}/runs/{RUN}/",
+        summary="",
+        values={},
+    )
+    settings = settings_mod.load({"AIRFLOW__WINDOWS_BATCH__S3_BUCKET": BUCKET})
+    objects = Objects(settings)
+    objects._client = s3
+    ctx = RunContext(run_id=RUN, bucket=BUCKET, results_prefix="studies/t", local=False)
+    [ref] = manifest.write(
+        objects, plan=plan, chunks=[items], context=ctx, study_name="t", bundle_uri=""
+    )
+    calls: list[tuple[str, str]] = []
+
+    def count(model: Any, params: dict[str, Any], **_: Any) -> None:
+        calls.append((model.name, str(params.get("Prefix", params.get("Key", "")))))
+
+    s3.meta.events.register("before-parameter-build.s3", count)
+    store = Store(local_root="")
+    store._client = s3
+
+    def try_chunk() -> int:
+        work = Path(tempfile.mkdtemp(dir=tmp_path))
+        chunk_runner = runner.ChunkRunner(
+            manifest=ctx.engine_uri + "manifest/", store=store, work=work
+        )
+        entry = chunk_runner.chunk(0, at=(ref.offset, ref.length), sha=ref.sha)
+        return chunk_runner.run_chunk(entry, name="chunk-00000")
+
+    assert try_chunk() == 9  # item 30 fails: items 0-29 are recorded done
+    record_prefix = f"studies/t/_engine/{RUN}/items/work-"
+    listings = [p for op, p in calls if op == "ListObjectsV2" and p.startswith(record_prefix)]
+    assert listings == [record_prefix + "00000"]  # the 40 records' names share "work-00000"
+    calls.clear()
+    capsys.readouterr()
+    assert try_chunk() == 9  # the same item fails again; the 30 before it are skipped
+    listings = [p for op, p in calls if op == "ListObjectsV2" and p.startswith(record_prefix)]
+    reads = [k for op, k in calls if op == "GetObject" and k.startswith(record_prefix)]
+    assert listings == [record_prefix + "00000"]
+    assert sorted(reads) == [f"{record_prefix}{i:07d}.json" for i in range(30)]
+    assert capsys.readouterr().out.count("already done: skipped") == 30
