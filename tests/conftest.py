@@ -51,7 +51,7 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # Work units for `pytest -n N --dist loadscope` (make test). Each test file is one unit (its
 # module fixtures are set up once), except: tests/ui/ is one unit (its files share
 # `airflow standalone`, the browser and the finished run), and each test of these files of long
-# tests that share no module fixture is its own unit, so the two workers balance.
+# tests that share no module fixture is its own unit, so the workers balance.
 # (xdist's loadgroup cannot be used: with pytest 9 it no longer puts the group in the node ID.)
 _ONE_UNIT_FOLDERS = ("tests/ui/",)
 _ONE_UNIT_PER_TEST_FILES = (
