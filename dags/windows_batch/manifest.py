@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from windows_batch.objects import Objects
+    from windows_batch_results.progress import Progress
 
 SCHEMA = "windows-batch.manifest/1"
 CHUNK_RECORD_SCHEMA = "windows-batch.chunk/1"
@@ -192,64 +193,17 @@ def done_key(chunk: int, work_items: int) -> str:
     return f"chunks/done/{chunk:05d}-{work_items}.json"
 
 
-@dataclass(frozen=True)
-class Progress:
-    """What the task runner's chunk records say about a run (the Results view, the note)."""
+def progress(objects: Objects, engine_uri: str) -> Progress:
+    """Count a run's progress from two listings, as the Results view counts it: finished
+    chunks carry their work items in their record's name, failed ones are read (a few) for how
+    many of their items failed."""
+    from windows_batch_results.progress import failed_key, tally  # noqa: PLC0415
 
-    chunks_done: int = 0
-    chunks_failed: int = 0
-    items_done: int = 0
-    items_failed: int = 0
-    failed_chunks: tuple[int, ...] = ()
-    aggregated: bool = False
+    def names(folder: str) -> list[str]:
+        return [name for name, _ in objects.list(engine_uri + folder, recursive=False)]
 
-
-FAILED_READ = 100
-"""Failed chunks whose records are read for their item counts (the rest are counted whole)."""
-
-
-def progress(
-    objects: Objects, engine_uri: str, *, items_per_chunk: Mapping[int, int] | None = None
-) -> Progress:
-    """Count a run's progress from two listings: finished chunks carry their work items in
-    their record's name, failed ones are read (a few) for how many of their items failed."""
-    done_items = 0
-    done: set[int] = set()
-    aggregated = False
-    for name, _ in objects.list(engine_uri + "chunks/done/", recursive=False):
-        stem = name.removesuffix(".json")
-        if stem == "aggregate":
-            aggregated = True
-            continue
-        number, _, count = stem.partition("-")
-        if number.isdigit() and count.isdigit():
-            done.add(int(number))
-            done_items += int(count)
-    failed = []
-    for name, _ in objects.list(engine_uri + "chunks/failed/", recursive=False):
-        stem = name.removesuffix(".json")
-        if stem.isdigit() and int(stem) not in done:
-            failed.append(int(stem))
-    failed.sort()
-    failed_items = 0
-    records = objects.read_many(
-        engine_uri + f"chunks/failed/{n:05d}.json" for n in failed[:FAILED_READ]
-    )
-    sizes = items_per_chunk or {}
-    for chunk, data in zip(failed[:FAILED_READ], records, strict=True):
-        try:
-            record = json.loads(data or b"")
-            failed_items += int(record.get("failed", 0))
-            done_items += int(record.get("done", 0))
-        except (ValueError, AttributeError, TypeError):
-            failed_items += sizes.get(chunk, 1)
-    for chunk in failed[FAILED_READ:]:
-        failed_items += sizes.get(chunk, 1)
-    return Progress(
-        chunks_done=len(done),
-        chunks_failed=len(failed),
-        items_done=done_items,
-        items_failed=failed_items,
-        failed_chunks=tuple(failed),
-        aggregated=aggregated,
+    return tally(
+        names("chunks/done/"),
+        names("chunks/failed/"),
+        lambda chunks: objects.read_many(engine_uri + failed_key(n) for n in chunks),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from windows_batch_results.locate import S3Prefix
@@ -31,15 +32,42 @@ class Progress:
     failed_chunks: tuple[int, ...]
     aggregated: bool
 
+    @property
+    def chunks_failed(self) -> int:
+        return len(self.failed_chunks)
+
 
 def count(store: ResultsStore, engine: S3Prefix) -> Progress:
     """Two listings: finished chunks (with their work items), failed chunks."""
-    done_prefix = S3Prefix.parse(engine.uri + "chunks/done/")
-    failed_prefix = S3Prefix.parse(engine.uri + "chunks/failed/")
+
+    def names(folder: str) -> list[str]:
+        prefix = S3Prefix.parse(engine.uri + folder)
+        return [name for name, _ in store.list(prefix, limit=LISTING_LIMIT, recursive=False).files]
+
+    return tally(
+        names("chunks/done/"),
+        names("chunks/failed/"),
+        lambda numbers: store.read_many(engine, [failed_key(n) for n in numbers]),
+    )
+
+
+def failed_key(chunk: int) -> str:
+    """The runner's record of a failed try (docker/base/wbrun/runner.py failed_record)."""
+    return f"chunks/failed/{chunk:05d}.json"
+
+
+def tally(
+    done_names: Iterable[str],
+    failed_names: Iterable[str],
+    read_failed: Callable[[list[int]], Sequence[bytes | None]],
+) -> Progress:
+    """Count a run's progress from the names of its chunk records (`chunks/done/`,
+    `chunks/failed/`); read_failed(chunks) reads those failed chunks' records, in order. The
+    Results view and the run note (dags/windows_batch/manifest.py) both count with this."""
     items = 0
     done: set[int] = set()
     aggregated = False
-    for name, _ in store.list(done_prefix, limit=LISTING_LIMIT, recursive=False).files:
+    for name in done_names:
         stem = name.removesuffix(".json")
         if stem == "aggregate":
             aggregated = True
@@ -50,17 +78,13 @@ def count(store: ResultsStore, engine: S3Prefix) -> Progress:
             items += int(work)
     failed = sorted(
         int(stem)
-        for stem in (
-            name.removesuffix(".json")
-            for name, _ in store.list(failed_prefix, limit=LISTING_LIMIT, recursive=False).files
-        )
+        for stem in (name.removesuffix(".json") for name in failed_names)
         if stem.isdigit() and int(stem) not in done
     )
     # The failed chunks' records say how many of their items failed (a few reads: a run with
     # more failed chunks than FAILED_READ counts the rest as one failed item each).
     failed_items = 0
-    records = store.read_many(engine, [f"chunks/failed/{n:05d}.json" for n in failed[:FAILED_READ]])
-    for data in records:
+    for data in read_failed(failed[:FAILED_READ]):
         try:
             record = json.loads(data or b"")
             failed_items += int(record.get("failed", 1))
